@@ -1,0 +1,268 @@
+//! Loading, attaching and pinning the kernel programs.
+//!
+//! State lives under `/sys/fs/bpf/routing-peer/<instance>/`: maps are pinned
+//! so a restarted daemon (or the CLI) opens the very same maps, and links are
+//! pinned so the programs stay attached while no daemon runs.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{self, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
+    Ebpf, EbpfLoader,
+};
+use routing_peer_common::{map_names, program_names};
+use thiserror::Error;
+use tracing::{debug, info};
+
+#[cfg(test)]
+mod packet_tests;
+
+/// The compiled kernel programs, built by `build.rs`.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/routing-peer.bpf.o"));
+
+/// Where all instances keep their pins.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf/routing-peer";
+
+/// Maps that outlive the daemon. Everything else is rebuilt on start.
+const PINNED_MAPS: &[&str] = &[map_names::HOOK_STATS, map_names::DROP_STATS];
+
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("interface {iface}: {detail}")]
+    Interface { iface: String, detail: String },
+    #[error("pin {path}: {detail}")]
+    Pin { path: PathBuf, detail: String },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+type Result<T> = std::result::Result<T, DatapathError>;
+
+/// Filesystem layout of one instance's pins.
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(instance: &str) -> Self {
+        Self::at(Path::new(BPFFS_ROOT).join(instance))
+    }
+
+    pub fn at(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join("maps").join(name)
+    }
+
+    pub fn link(&self, program: &str, iface: &str) -> PathBuf {
+        self.root.join("links").join(format!("{program}@{iface}"))
+    }
+
+    pub fn exists(&self) -> bool {
+        self.root.exists()
+    }
+
+    fn create(&self) -> Result<()> {
+        ensure_bpffs()?;
+        fs::create_dir_all(self.root.join("maps"))?;
+        fs::create_dir_all(self.root.join("links"))?;
+        Ok(())
+    }
+
+    /// Removes every pin: the programs detach once nothing holds their links.
+    pub fn remove(&self) -> Result<()> {
+        match fs::remove_dir_all(&self.root) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there yet.
+fn ensure_bpffs() -> Result<()> {
+    let mounts = fs::read_to_string("/proc/self/mounts")?;
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+    {
+        return Ok(());
+    }
+    fs::create_dir_all("/sys/fs/bpf")?;
+    let status = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .status()?;
+    if !status.success() {
+        return Err(DatapathError::Pin {
+            path: "/sys/fs/bpf".into(),
+            detail: "cannot mount bpffs".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Kernel log verbosity for aya-log; `Warn` keeps the hot path quiet.
+pub fn log_level_for(verbose: bool) -> u8 {
+    if verbose {
+        aya_log::Level::Debug as u8
+    } else {
+        aya_log::Level::Warn as u8
+    }
+}
+
+/// Loads the object. With `pins`, persistent maps are adopted from (or
+/// created at) their pin paths; without, every map is private, as the packet
+/// tests want.
+pub fn load(pins: Option<&PinDir>, log_level: u8) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    loader.override_global(aya_log::LEVEL, &log_level, true);
+    let paths: Vec<(&str, PathBuf)> = match pins {
+        Some(pins) => {
+            pins.create()?;
+            PINNED_MAPS.iter().map(|m| (*m, pins.map(m))).collect()
+        }
+        None => Vec::new(),
+    };
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    Ok(loader.load(EBPF_OBJECT)?)
+}
+
+/// Whether `iface` carries Ethernet frames (veth, NIC) or bare IP (TUN, WireGuard).
+pub fn iface_is_l2(iface: &str) -> Result<bool> {
+    let path = format!("/sys/class/net/{iface}/type");
+    let kind = fs::read_to_string(&path).map_err(|e| DatapathError::Interface {
+        iface: iface.into(),
+        detail: format!("{path}: {e}"),
+    })?;
+    // ARPHRD_ETHER = 1; TUN and WireGuard are ARPHRD_NONE (65534).
+    Ok(kind.trim() == "1")
+}
+
+pub fn overlay_program_for(iface: &str) -> Result<&'static str> {
+    Ok(if iface_is_l2(iface)? {
+        program_names::OVERLAY_L2
+    } else {
+        program_names::OVERLAY_L3
+    })
+}
+
+/// Attaches a TC program on ingress of `iface` through a pinned TCX link.
+/// An existing pin is updated in place, so there is no window without a program.
+pub fn attach_tc(ebpf: &mut Ebpf, name: &'static str, iface: &str, pins: &PinDir) -> Result<()> {
+    let prog_err = |source| DatapathError::Program { name, source };
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::Program {
+            name,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(prog_err)?;
+    program.load().map_err(prog_err)?;
+    let pin_path = pins.link(name, iface);
+    let link_id = match PinnedLink::from_pin(&pin_path) {
+        Ok(old) => {
+            debug!(iface, name, "replacing the program in the pinned TC link");
+            let link = FdLink::from(old).try_into().map_err(|e: LinkError| {
+                DatapathError::Pin {
+                    path: pin_path.clone(),
+                    detail: e.to_string(),
+                }
+            })?;
+            program.attach_to_link(link).map_err(prog_err)?
+        }
+        Err(_) => {
+            // Older kernels without TCX need the clsact qdisc; harmless when present.
+            let _ = tc::qdisc_add_clsact(iface);
+            program
+                .attach_with_options(
+                    iface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(prog_err)?
+        }
+    };
+    pin_link(program.take_link(link_id).map_err(prog_err)?, &pin_path)?;
+    info!(iface, name, "TC ingress attached");
+    Ok(())
+}
+
+/// Attaches an XDP program to `iface` through a pinned link, native mode first.
+pub fn attach_xdp(ebpf: &mut Ebpf, name: &'static str, iface: &str, pins: &PinDir) -> Result<()> {
+    let prog_err = |source| DatapathError::Program { name, source };
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::Program {
+            name,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(prog_err)?;
+    program.load().map_err(prog_err)?;
+    let pin_path = pins.link(name, iface);
+    let link_id = match PinnedLink::from_pin(&pin_path) {
+        Ok(old) => {
+            let link = FdLink::from(old).try_into().map_err(|e: LinkError| {
+                DatapathError::Pin {
+                    path: pin_path.clone(),
+                    detail: e.to_string(),
+                }
+            })?;
+            program.attach_to_link(link).map_err(prog_err)?
+        }
+        Err(_) => match program.attach(iface, XdpMode::Driver) {
+            Ok(id) => id,
+            Err(e) => {
+                debug!(iface, error = %e, "native XDP unavailable, using generic XDP");
+                program.attach(iface, XdpMode::Skb).map_err(prog_err)?
+            }
+        },
+    };
+    pin_link(program.take_link(link_id).map_err(prog_err)?, &pin_path)?;
+    info!(iface, name, "XDP attached");
+    Ok(())
+}
+
+fn pin_link<L>(link: L, path: &Path) -> Result<()>
+where
+    FdLink: TryFrom<L, Error = LinkError>,
+{
+    let pin_err = |detail: String| DatapathError::Pin {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let fd_link = FdLink::try_from(link).map_err(|e| pin_err(e.to_string()))?;
+    if path.exists() {
+        // The old pin still names the same kernel link, now running the new program.
+        fs::remove_file(path)?;
+    }
+    fd_link
+        .pin(path)
+        .map_err(|e| pin_err(e.to_string()))?;
+    Ok(())
+}

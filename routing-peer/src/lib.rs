@@ -1,0 +1,3 @@
+//! routing-peer: an eBPF routing peer for WireGuard overlay networks.
+pub mod datapath;
+pub mod stats;

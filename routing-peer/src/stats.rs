@@ -1,0 +1,131 @@
+//! Reading the per-CPU counters, from a live `Ebpf` or from the pins.
+
+use aya::maps::{Map, MapData, PerCpuArray};
+use routing_peer_common::{map_names, DropReason, Hook, PacketCounter};
+use serde::Serialize;
+
+use crate::datapath::PinDir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("no routing-peer state at {0}: is the daemon running for this instance?")]
+    NotRunning(String),
+}
+
+/// Totals summed over all CPUs.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct Snapshot {
+    pub hooks: Vec<NamedCounter>,
+    pub drops: Vec<NamedCounter>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NamedCounter {
+    pub name: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Snapshot {
+    pub fn hook(&self, hook: Hook) -> &NamedCounter {
+        &self.hooks[hook as usize]
+    }
+
+    pub fn drop(&self, reason: DropReason) -> &NamedCounter {
+        &self.drops[reason as usize]
+    }
+}
+
+/// Sums each slot of a per-CPU array over all CPUs.
+pub fn sum_per_cpu<M: std::borrow::Borrow<MapData>>(
+    array: &PerCpuArray<M, PacketCounter>,
+    name: &'static str,
+    slots: u32,
+) -> Result<Vec<PacketCounter>, StatsError> {
+    (0..slots)
+        .map(|index| {
+            let per_cpu = array
+                .get(&index, 0)
+                .map_err(|source| StatsError::Map { name, source })?;
+            let mut total = PacketCounter::default();
+            per_cpu.iter().for_each(|c| total.add(c));
+            Ok(total)
+        })
+        .collect()
+}
+
+fn named<T: Copy>(
+    items: &[T],
+    counters: Vec<PacketCounter>,
+    name: impl Fn(T) -> &'static str,
+) -> Vec<NamedCounter> {
+    items
+        .iter()
+        .zip(counters)
+        .map(|(item, c)| NamedCounter {
+            name: name(*item),
+            packets: c.packets,
+            bytes: c.bytes,
+        })
+        .collect()
+}
+
+fn per_cpu_array<'m>(
+    map: &'m Map,
+    name: &'static str,
+) -> Result<PerCpuArray<&'m MapData, PacketCounter>, StatsError> {
+    PerCpuArray::try_from(map).map_err(|source| StatsError::Map { name, source })
+}
+
+/// Reads the counters from the maps of a loaded object.
+pub fn read_loaded(ebpf: &aya::Ebpf) -> Result<Snapshot, StatsError> {
+    let hooks = ebpf
+        .map(map_names::HOOK_STATS)
+        .ok_or(StatsError::NotRunning(map_names::HOOK_STATS.into()))?;
+    let drops = ebpf
+        .map(map_names::DROP_STATS)
+        .ok_or(StatsError::NotRunning(map_names::DROP_STATS.into()))?;
+    snapshot(
+        &per_cpu_array(hooks, map_names::HOOK_STATS)?,
+        &per_cpu_array(drops, map_names::DROP_STATS)?,
+    )
+}
+
+/// Reads the counters from the pinned maps, whether or not a daemon runs.
+pub fn read_pinned(pins: &PinDir) -> Result<Snapshot, StatsError> {
+    let open = |name: &'static str| {
+        let path = pins.map(name);
+        let data = MapData::from_pin(&path)
+            .map_err(|_| StatsError::NotRunning(pins.root().display().to_string()))?;
+        PerCpuArray::<MapData, PacketCounter>::try_from(Map::PerCpuArray(data))
+            .map_err(|source| StatsError::Map { name, source })
+    };
+    snapshot(
+        &open(map_names::HOOK_STATS)?,
+        &open(map_names::DROP_STATS)?,
+    )
+}
+
+fn snapshot<M: std::borrow::Borrow<MapData>>(
+    hooks: &PerCpuArray<M, PacketCounter>,
+    drops: &PerCpuArray<M, PacketCounter>,
+) -> Result<Snapshot, StatsError> {
+    Ok(Snapshot {
+        hooks: named(
+            &Hook::ALL,
+            sum_per_cpu(hooks, map_names::HOOK_STATS, Hook::COUNT)?,
+            Hook::name,
+        ),
+        drops: named(
+            &DropReason::ALL,
+            sum_per_cpu(drops, map_names::DROP_STATS, DropReason::COUNT)?,
+            DropReason::name,
+        ),
+    })
+}
