@@ -7,8 +7,7 @@ use routing_peer_common::{DropReason, Hook, PacketCounter};
 static HOOK_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(Hook::COUNT, 0);
 
 #[map]
-static DROP_STATS: PerCpuArray<PacketCounter> =
-    PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+static DROP_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
 
 #[inline(always)]
 fn bump(map: &PerCpuArray<PacketCounter>, index: u32, bytes: usize) {

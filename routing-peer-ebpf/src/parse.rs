@@ -115,6 +115,7 @@ impl Frame {
 
 /// What policy and conntrack need to know about a valid IP packet.
 /// Addresses are kept in network byte order; IPv4 uses `addr[0]` only.
+#[expect(dead_code, reason = "read by policy and conntrack, which come next")]
 pub struct Packet {
     pub ipv6: bool,
     pub l3_offset: usize,

@@ -12,7 +12,11 @@ use tokio::{
 use tracing::{info, warn};
 
 #[derive(Parser)]
-#[command(name = "routing-peer", version, about = "eBPF routing peer for WireGuard overlays")]
+#[command(
+    name = "routing-peer",
+    version,
+    about = "eBPF routing peer for WireGuard overlays"
+)]
 struct Cli {
     /// Instance name: pins live under /sys/fs/bpf/routing-peer/<instance>.
     #[arg(long, global = true, default_value = "default")]
@@ -47,8 +51,7 @@ enum Command {
 fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -106,10 +106,7 @@ pub fn read_pinned(pins: &PinDir) -> Result<Snapshot, StatsError> {
         PerCpuArray::<MapData, PacketCounter>::try_from(Map::PerCpuArray(data))
             .map_err(|source| StatsError::Map { name, source })
     };
-    snapshot(
-        &open(map_names::HOOK_STATS)?,
-        &open(map_names::DROP_STATS)?,
-    )
+    snapshot(&open(map_names::HOOK_STATS)?, &open(map_names::DROP_STATS)?)
 }
 
 fn snapshot<M: std::borrow::Borrow<MapData>>(

@@ -1,1 +1,90 @@
-fn main(){}
+//! Project automation: `cargo xtask setup | build | test | demo`.
+
+mod demo;
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "routing-peer build, test and demo tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the toolchain and test dependencies (Debian, root; idempotent).
+    Setup,
+    /// Build the eBPF object and the `routing-peer` binary that embeds it.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Everything CI checks: setup, build, fmt, clippy, unit, packet and e2e tests.
+    Test,
+    /// Run the walkthrough in throwaway network namespaces.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Build { release } => build(release),
+        Command::Test => test(),
+        Command::Demo => demo::run(),
+    }
+}
+
+fn build(release: bool) -> Result<()> {
+    setup::check_toolchain()?;
+    let mut args = vec!["build", "--locked", "-p", "routing-peer"];
+    if release {
+        args.push("--release");
+    }
+    util::cargo(&args)
+}
+
+fn test() -> Result<()> {
+    setup::run()?;
+    build(false)?;
+    util::step("cargo fmt --check");
+    util::cargo(&["fmt", "--all", "--check"])?;
+    util::cargo(&[
+        "fmt",
+        "--manifest-path",
+        "routing-peer-ebpf/Cargo.toml",
+        "--check",
+    ])?;
+    util::step("cargo clippy -D warnings (userspace)");
+    util::cargo(&[
+        "clippy",
+        "--locked",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    util::step("cargo clippy -D warnings (eBPF)");
+    util::debian_cargo(&[
+        "clippy",
+        "--locked",
+        "--release",
+        "--target",
+        util::BPF_TARGET,
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    util::step("unit, packet (BPF_PROG_TEST_RUN) and end-to-end tests");
+    let bin = util::workspace_root().join("target/debug/routing-peer");
+    util::cargo_with_env(
+        &["test", "--locked", "--workspace", "--no-fail-fast"],
+        &[("ROUTING_PEER_BIN", bin.as_os_str())],
+    )?;
+    util::step("checking nothing was left behind");
+    util::check_no_leftovers()
+}

@@ -187,12 +187,12 @@ pub fn attach_tc(ebpf: &mut Ebpf, name: &'static str, iface: &str, pins: &PinDir
     let link_id = match PinnedLink::from_pin(&pin_path) {
         Ok(old) => {
             debug!(iface, name, "replacing the program in the pinned TC link");
-            let link = FdLink::from(old).try_into().map_err(|e: LinkError| {
-                DatapathError::Pin {
+            let link = FdLink::from(old)
+                .try_into()
+                .map_err(|e: LinkError| DatapathError::Pin {
                     path: pin_path.clone(),
                     detail: e.to_string(),
-                }
-            })?;
+                })?;
             program.attach_to_link(link).map_err(prog_err)?
         }
         Err(_) => {
@@ -227,12 +227,12 @@ pub fn attach_xdp(ebpf: &mut Ebpf, name: &'static str, iface: &str, pins: &PinDi
     let pin_path = pins.link(name, iface);
     let link_id = match PinnedLink::from_pin(&pin_path) {
         Ok(old) => {
-            let link = FdLink::from(old).try_into().map_err(|e: LinkError| {
-                DatapathError::Pin {
+            let link = FdLink::from(old)
+                .try_into()
+                .map_err(|e: LinkError| DatapathError::Pin {
                     path: pin_path.clone(),
                     detail: e.to_string(),
-                }
-            })?;
+                })?;
             program.attach_to_link(link).map_err(prog_err)?
         }
         Err(_) => match program.attach(iface, XdpMode::Driver) {
@@ -261,8 +261,6 @@ where
         // The old pin still names the same kernel link, now running the new program.
         fs::remove_file(path)?;
     }
-    fd_link
-        .pin(path)
-        .map_err(|e| pin_err(e.to_string()))?;
+    fd_link.pin(path).map_err(|e| pin_err(e.to_string()))?;
     Ok(())
 }

@@ -89,8 +89,14 @@ fn tcp_syn_v4() -> Vec<u8> {
 
 fn udp_v6(payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::new();
-    let src = "2001:db8::2".parse::<std::net::Ipv6Addr>().unwrap().octets();
-    let dst = "2001:db8:1::5".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let src = "2001:db8::2"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets();
+    let dst = "2001:db8:1::5"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets();
     PacketBuilder::ethernet2(MAC_A, MAC_B)
         .ipv6(src, dst, 64)
         .udp(40000, 53)
@@ -170,7 +176,10 @@ fn malformed_ipv4_is_dropped_and_counted() {
     }
     let snap = stats::read_loaded(&ebpf).unwrap();
     let malformed = snap.drop(DropReason::Malformed);
-    assert_eq!((malformed.packets, malformed.bytes), (cases.len() as u64, bytes));
+    assert_eq!(
+        (malformed.packets, malformed.bytes),
+        (cases.len() as u64, bytes)
+    );
     assert_eq!(snap.drop(DropReason::Fragment).packets, 0);
 }
 
@@ -196,7 +205,7 @@ fn fragments_are_dropped_with_their_own_reason() {
     for frame in [&more_fragments, &later_fragment, &frag6] {
         assert_eq!(run_xdp(&mut ebpf, frame), XDP_DROP);
     }
-    assert_eq!(run_tc_l2(&mut ebpf, &frag6), TC_ACT_SHOT as u32);
+    assert_eq!(run_tc_l2(&mut ebpf, &frag6), TC_ACT_SHOT);
     let snap = stats::read_loaded(&ebpf).unwrap();
     assert_eq!(snap.drop(DropReason::Fragment).packets, 4);
     assert_eq!(snap.drop(DropReason::Malformed).packets, 0);

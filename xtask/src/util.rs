@@ -1,0 +1,113 @@
+use std::{
+    env,
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+/// Runs `cmd`, failing with its command line when it fails.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs `cmd` and returns its stdout; a failure is an error.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with_env(args, &[])
+}
+
+pub fn cargo_with_env(args: &[&str], envs: &[(&str, &OsStr)]) -> Result<()> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root()).args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    run_cmd(&mut cmd)
+}
+
+mod bpf {
+    include!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../routing-peer/bpf_toolchain.rs"
+    ));
+}
+pub use bpf::{missing_bpf_toolchain, BPF_TARGET};
+
+/// Debian's cargo on the eBPF crate, with the flags the BPF target needs.
+/// `args` starts with the subcommand; the build's own target dir is added.
+pub fn debian_cargo(args: &[&str]) -> Result<()> {
+    let root = workspace_root();
+    let mut cmd = bpf::debian_bpf_cargo(&root.join("routing-peer-ebpf"));
+    let (subcommand, rest) = args.split_first().expect("a cargo subcommand");
+    cmd.arg(subcommand)
+        .arg("--target-dir")
+        .arg(root.join("target/bpf"))
+        .args(rest);
+    run_cmd(&mut cmd)
+}
+
+/// Prefix of every namespace, interface and instance the tests create.
+pub const TEST_PREFIX: &str = "rpt";
+
+/// Fails when a test left a namespace, a pin or an nftables table behind.
+pub fn check_no_leftovers() -> Result<()> {
+    let mut leftovers = Vec::new();
+    let netns = output(Command::new("ip").args(["netns", "list"]))?;
+    leftovers.extend(
+        netns
+            .lines()
+            .filter(|l| l.starts_with(TEST_PREFIX))
+            .map(|l| format!("netns {l}")),
+    );
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf/routing-peer") {
+        leftovers.extend(
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(TEST_PREFIX))
+                .map(|n| format!("bpffs pin /sys/fs/bpf/routing-peer/{n}")),
+        );
+    }
+    if let Ok(tables) = output(Command::new("nft").args(["list", "tables"])) {
+        leftovers.extend(
+            tables
+                .lines()
+                .filter(|l| l.contains(TEST_PREFIX))
+                .map(|l| format!("nftables {l}")),
+        );
+    }
+    if !leftovers.is_empty() {
+        bail!("tests left state behind:\n  {}", leftovers.join("\n  "));
+    }
+    eprintln!("no namespaces, pins or nftables tables left behind");
+    Ok(())
+}
