@@ -33,9 +33,16 @@ fn process<C: EbpfContext>(ctx: &C, frame: Frame, hook: Hook) -> bool {
     }
 }
 
+/// Headers we may read: Ethernet, IPv6 with extension headers, TCP with options.
+const TC_PULL_LEN: u32 = 192;
+
 #[inline(always)]
 fn tc_verdict(ctx: &TcContext, l2: bool) -> i32 {
-    let frame = Frame::new(ctx.data(), ctx.data_end(), l2);
+    // GSO/GRO skbs may hold headers outside the linear area; pull them in.
+    if ctx.data_end() - ctx.data() < ctx.len().min(TC_PULL_LEN) as usize {
+        let _ = ctx.pull_data(ctx.len().min(TC_PULL_LEN));
+    }
+    let frame = Frame::new(ctx.data(), ctx.data_end(), ctx.len() as usize, l2);
     if process(ctx, frame, Hook::OverlayIngress) {
         TC_ACT_OK
     } else {
@@ -58,7 +65,7 @@ pub fn rp_overlay_l2(ctx: TcContext) -> i32 {
 /// XDP on the LAN interface.
 #[xdp]
 pub fn rp_lan_xdp(ctx: XdpContext) -> u32 {
-    let frame = Frame::new(ctx.data(), ctx.data_end(), true);
+    let frame = Frame::new(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data(), true);
     if process(&ctx, frame, Hook::LanIngress) {
         xdp_action::XDP_PASS
     } else {

@@ -88,18 +88,26 @@ pub struct IcmpHdr {
 pub struct Frame {
     start: usize,
     end: usize,
+    /// Length on the wire; for an skb this includes non-linear data.
+    wire_len: usize,
     l2: bool,
 }
 
 impl Frame {
     #[inline(always)]
-    pub fn new(start: usize, end: usize, l2: bool) -> Self {
-        Self { start, end, l2 }
+    pub fn new(start: usize, end: usize, wire_len: usize, l2: bool) -> Self {
+        Self {
+            start,
+            end,
+            wire_len,
+            l2,
+        }
     }
 
+    /// Bytes on the wire: what counters account and IP lengths are checked against.
     #[inline(always)]
     pub fn len(&self) -> usize {
-        self.end - self.start
+        self.wire_len
     }
 
     /// A bounds-checked pointer to a `T` at `offset`, as the verifier demands.

@@ -101,13 +101,26 @@ impl PinDir {
     }
 }
 
-/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there yet.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Mounts bpffs at /sys/fs/bpf when it is not there yet. Serialised with a
+/// lock so that daemons starting together don't stack two mounts.
 fn ensure_bpffs() -> Result<()> {
-    let mounts = fs::read_to_string("/proc/self/mounts")?;
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
-    {
+    let is_bpffs = || {
+        // SAFETY: statfs into a zeroed struct with a NUL-terminated path.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statfs(c"/sys/fs/bpf".as_ptr(), &mut st) };
+        rc == 0 && st.f_type == BPF_FS_MAGIC
+    };
+    if is_bpffs() {
+        return Ok(());
+    }
+    let lock = fs::File::create("/run/routing-peer-bpffs.lock")?;
+    // SAFETY: flock on an fd we own; released when `lock` closes.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    if is_bpffs() {
         return Ok(());
     }
     fs::create_dir_all("/sys/fs/bpf")?;
@@ -152,14 +165,38 @@ pub fn load(pins: Option<&PinDir>, log_level: u8) -> Result<Ebpf> {
 }
 
 /// Whether `iface` carries Ethernet frames (veth, NIC) or bare IP (TUN, WireGuard).
+/// Asks the kernel (SIOCGIFHWADDR) rather than sysfs, whose view belongs to
+/// the namespace that mounted it, not to the caller's.
 pub fn iface_is_l2(iface: &str) -> Result<bool> {
-    let path = format!("/sys/class/net/{iface}/type");
-    let kind = fs::read_to_string(&path).map_err(|e| DatapathError::Interface {
+    let if_err = |detail: String| DatapathError::Interface {
         iface: iface.into(),
-        detail: format!("{path}: {e}"),
-    })?;
-    // ARPHRD_ETHER = 1; TUN and WireGuard are ARPHRD_NONE (65534).
-    Ok(kind.trim() == "1")
+        detail,
+    };
+    let name = iface.as_bytes();
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        return Err(if_err("name too long".into()));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: a datagram socket only to carry the ioctl; closed below.
+    let rc = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req);
+        libc::close(fd);
+        rc
+    };
+    if rc != 0 {
+        return Err(if_err(io::Error::last_os_error().to_string()));
+    }
+    // SAFETY: SIOCGIFHWADDR fills the hwaddr member of the union.
+    let family = unsafe { req.ifr_ifru.ifru_hwaddr.sa_family };
+    Ok(family == libc::ARPHRD_ETHER)
 }
 
 pub fn overlay_program_for(iface: &str) -> Result<&'static str> {

@@ -1,0 +1,297 @@
+//! Test harness: throwaway network namespaces and daemons that clean up on
+//! every exit path (their `Drop` runs on success, failure and panic).
+//!
+//! Names are unique per process and per call, so tests run in parallel and
+//! beside a CI run on the same machine. Interfaces live inside the test's
+//! namespaces, so their names need not be unique.
+
+use std::{
+    fs::File,
+    net::UdpSocket,
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Prefix of every namespace and instance a test creates (`xtask` checks it).
+pub const TEST_PREFIX: &str = "rpt";
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test (in this or another process) uses.
+pub fn unique_name(tag: &str) -> String {
+    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    format!("{TEST_PREFIX}{}-{n}-{tag}", std::process::id())
+}
+
+/// The daemon binary under test.
+pub fn routing_peer_bin() -> PathBuf {
+    let path = std::env::var_os("ROUTING_PEER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/routing-peer")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask build` (or `cargo xtask test`)",
+        path.display()
+    );
+    path
+}
+
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// A network namespace, deleted (with its interfaces) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Result<Self> {
+        let name = unique_name(tag);
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Self { name };
+        // Quiet namespaces: no IPv6 autoconf chatter unless a test asks for v6.
+        ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")?;
+        ns.ip("link set lo up")?;
+        Ok(ns)
+    }
+
+    /// A command run inside this namespace. Only the network namespace is
+    /// entered: `ip netns exec` would also remount /sys and hide bpffs pins.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    pub fn ip(&self, args: &str) -> Result<Output> {
+        run(self.cmd("ip").args(args.split_whitespace()))
+    }
+
+    pub fn sh(&self, script: &str) -> Result<Output> {
+        run(self.cmd("sh").args(["-c", script]))
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: sockets it
+    /// opens belong to the namespace.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let file = File::open(format!("/run/netns/{}", self.name))?;
+        let handle = thread::spawn(move || {
+            // SAFETY: setns on an fd we own; affects this thread only.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(f())
+        });
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))?
+            .context("setns")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Connects `a` and `b` with a veth pair: `a_if` in `a`, `b_if` in `b`, with
+/// fixed MACs and addresses, up.
+pub struct VethSpec<'a> {
+    pub a: &'a Netns,
+    pub a_if: &'a str,
+    pub a_mac: &'a str,
+    pub a_addr: &'a str,
+    pub b: &'a Netns,
+    pub b_if: &'a str,
+    pub b_mac: &'a str,
+    pub b_addr: &'a str,
+}
+
+pub fn veth(spec: VethSpec<'_>) -> Result<()> {
+    spec.a.ip(&format!(
+        "link add {} address {} type veth peer name {} address {} netns {}",
+        spec.a_if, spec.a_mac, spec.b_if, spec.b_mac, spec.b.name
+    ))?;
+    spec.a
+        .ip(&format!("addr add {} dev {}", spec.a_addr, spec.a_if))?;
+    spec.b
+        .ip(&format!("addr add {} dev {}", spec.b_addr, spec.b_if))?;
+    spec.a.ip(&format!("link set {} up", spec.a_if))?;
+    spec.b.ip(&format!("link set {} up", spec.b_if))?;
+    // Static neighbours: no ARP, so packet counts are exact.
+    let a_ip = spec.a_addr.split('/').next().unwrap();
+    let b_ip = spec.b_addr.split('/').next().unwrap();
+    spec.a.ip(&format!(
+        "neigh replace {b_ip} lladdr {} dev {} nud permanent",
+        spec.b_mac, spec.a_if
+    ))?;
+    spec.b.ip(&format!(
+        "neigh replace {a_ip} lladdr {} dev {} nud permanent",
+        spec.a_mac, spec.b_if
+    ))?;
+    Ok(())
+}
+
+/// A running `routing-peer run`, stopped and brought `down` on drop.
+pub struct Daemon {
+    pub instance: String,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts the daemon in `ns` with `args` after `run`, and waits (bounded)
+    /// until its pins appear.
+    pub fn start(ns: &Netns, args: &[&str]) -> Result<Self> {
+        let instance = unique_name("d");
+        let child = ns
+            .cmd(routing_peer_bin().to_str().unwrap())
+            .args(["--instance", &instance, "run"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut daemon = Self {
+            instance,
+            child: Some(child),
+        };
+        daemon.wait_until_attached()?;
+        Ok(daemon)
+    }
+
+    fn wait_until_attached(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let links = PathBuf::from("/sys/fs/bpf/routing-peer")
+            .join(&self.instance)
+            .join("links");
+        while Instant::now() < deadline {
+            if std::fs::read_dir(&links).map(|d| d.count()).unwrap_or(0) >= 2 {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
+                bail!("daemon exited early: {status}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!("daemon did not attach within 20 s")
+    }
+
+    /// Runs a CLI subcommand against this instance and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = run(Command::new(routing_peer_bin())
+            .args(["--instance", &self.instance])
+            .args(args))?;
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    pub fn stats_json(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.cli(&["stats", "--json"])?)?)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(routing_peer_bin())
+            .args(["--instance", &self.instance, "down"])
+            .output();
+    }
+}
+
+/// Sends `count` UDP datagrams of `payload_len` bytes from inside `ns`.
+pub fn send_udp(ns: &Netns, to: &str, count: usize, payload_len: usize) -> Result<()> {
+    let to = to.to_string();
+    ns.enter(move || -> Result<()> {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let payload = vec![0x5a; payload_len];
+        for _ in 0..count {
+            socket.send_to(&payload, &to)?;
+        }
+        Ok(())
+    })?
+}
+
+/// Sends one raw Ethernet frame out of `iface` inside `ns` (AF_PACKET).
+pub fn send_raw_frame(ns: &Netns, iface: &str, frame: Vec<u8>) -> Result<()> {
+    let iface = std::ffi::CString::new(iface)?;
+    ns.enter(move || -> Result<()> {
+        // SAFETY: FFI with owned, correctly sized arguments; the fd is closed below.
+        unsafe {
+            let ifindex = libc::if_nametoindex(iface.as_ptr());
+            if ifindex == 0 {
+                bail!("no interface {iface:?}");
+            }
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            if fd < 0 {
+                bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+            }
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+            let sent = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            libc::close(fd);
+            if sent != frame.len() as isize {
+                bail!("sendto: {}", std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    })?
+}
+
+/// Polls `probe` until it returns `Some`, for at most `timeout`.
+pub fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe()? {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("condition not reached within {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+}
