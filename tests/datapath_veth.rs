@@ -5,9 +5,7 @@ use std::{net::UdpSocket, time::Duration};
 
 use anyhow::Result;
 use etherparse::PacketBuilder;
-use routing_peer_e2e::{
-    send_raw_frame, send_udp, veth, wait_for, Daemon, Netns, VethSpec,
-};
+use routing_peer_e2e::{send_raw_frame, send_udp, veth, wait_for, Daemon, Netns, VethSpec};
 use serde_json::Value;
 
 const R_OV_MAC: &str = "02:00:00:00:01:01";

@@ -65,7 +65,12 @@ pub fn rp_overlay_l2(ctx: TcContext) -> i32 {
 /// XDP on the LAN interface.
 #[xdp]
 pub fn rp_lan_xdp(ctx: XdpContext) -> u32 {
-    let frame = Frame::new(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data(), true);
+    let frame = Frame::new(
+        ctx.data(),
+        ctx.data_end(),
+        ctx.data_end() - ctx.data(),
+        true,
+    );
     if process(&ctx, frame, Hook::LanIngress) {
         xdp_action::XDP_PASS
     } else {

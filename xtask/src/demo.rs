@@ -52,7 +52,10 @@ fn step(interrupted: &AtomicBool, what: &str) -> Result<()> {
 }
 
 fn story(interrupted: &AtomicBool) -> Result<()> {
-    step(interrupted, "creating namespaces: overlay, routing peer, LAN")?;
+    step(
+        interrupted,
+        "creating namespaces: overlay, routing peer, LAN",
+    )?;
     let overlay = Netns::new("demo-o")?;
     let router = Netns::new("demo-r")?;
     let lan = Netns::new("demo-l")?;
@@ -77,7 +80,10 @@ fn story(interrupted: &AtomicBool) -> Result<()> {
         b_addr: "198.51.100.5/24",
     })?;
 
-    step(interrupted, "starting routing-peer (TC on ov0, XDP on lan0)")?;
+    step(
+        interrupted,
+        "starting routing-peer (TC on ov0, XDP on lan0)",
+    )?;
     let daemon = Daemon::start(&router, &["--overlay", "ov0", "--lan", "lan0"])?;
 
     step(interrupted, "sending 100 UDP datagrams from each side")?;
