@@ -1,9 +1,19 @@
 //! Types shared by the kernel programs and user space.
 //!
-//! Everything here is `#[repr(C)]` plain data: the kernel writes it into maps
-//! and user space reads it back byte for byte. The `user` feature adds aya's
-//! `Pod` so user space can use these types as map keys and values.
+//! Everything here is `#[repr(C)]` plain data without implicit padding: the
+//! kernel writes it into maps and user space reads it back byte for byte.
+//! The `user` feature adds aya's `Pod` so user space can use these types as
+//! map keys and values. Addresses are stored as the packet carries them
+//! (network byte order words); IPv4 uses word 0 and leaves the rest zero.
 #![no_std]
+
+pub const AF_INET: u32 = 4;
+pub const AF_INET6: u32 = 6;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Packets and bytes, the unit every counter in the data path uses.
 #[repr(C)]
@@ -51,17 +61,264 @@ pub enum DropReason {
     Malformed = 0,
     /// IP fragment: not tracked, so it can't be matched against policy.
     Fragment = 1,
+    /// No rule allows it (default deny), or the destination is no resource.
+    NoPolicy = 2,
+    /// A drop rule matched.
+    PolicyDrop = 3,
+    /// A tracked flow that the current policy no longer allows.
+    PolicyRevoked = 4,
+    /// The overlay source address belongs to no configured peer.
+    UnknownSource = 5,
+    /// A LAN-initiated packet toward an overlay address.
+    LanUnsolicited = 6,
+    /// The conntrack table refused a new entry.
+    CtFull = 7,
+    /// No free SNAT port within the configured range and retries.
+    NatExhausted = 8,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 2;
-    pub const ALL: [DropReason; Self::COUNT as usize] =
-        [DropReason::Malformed, DropReason::Fragment];
+    pub const COUNT: u32 = 9;
+    pub const ALL: [DropReason; Self::COUNT as usize] = [
+        DropReason::Malformed,
+        DropReason::Fragment,
+        DropReason::NoPolicy,
+        DropReason::PolicyDrop,
+        DropReason::PolicyRevoked,
+        DropReason::UnknownSource,
+        DropReason::LanUnsolicited,
+        DropReason::CtFull,
+        DropReason::NatExhausted,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             DropReason::Malformed => "malformed",
             DropReason::Fragment => "fragment",
+            DropReason::NoPolicy => "no-policy",
+            DropReason::PolicyDrop => "policy-drop",
+            DropReason::PolicyRevoked => "policy-revoked",
+            DropReason::UnknownSource => "unknown-source",
+            DropReason::LanUnsolicited => "lan-unsolicited",
+            DropReason::CtFull => "conntrack-full",
+            DropReason::NatExhausted => "nat-ports-exhausted",
+        }
+    }
+}
+
+/// An address with its family, as an exact-match key (peers, NAT).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub family: u32,
+    pub addr: [u32; 4],
+}
+
+/// LPM data for destination lookups: family (32 bits, always matched) then
+/// the address, so the prefix length is 32 + the address prefix length.
+pub type LpmAddr = AddrKey;
+
+/// What the overlay source address tells: which peer, and its policy class
+/// (peers that are sources of the same rules share a class).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerValue {
+    pub peer_id: u32,
+    pub src_class: u32,
+}
+
+pub const DEST_MASQUERADE: u32 = 1 << 0;
+/// One of the routing peer's own addresses: the input chain.
+pub const DEST_SELF: u32 = 1 << 1;
+
+/// What a destination prefix resolves to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DestValue {
+    /// Index into `RESOURCE_STATS`; 0 is "no resource" (the input chain).
+    pub resource_id: u32,
+    /// Resources targeted by the same rules share a class.
+    pub dst_class: u32,
+    pub flags: u32,
+}
+
+/// Bits of the policy key the LPM always matches: the two classes.
+pub const POLICY_PREFIX_ANY_PROTO: u32 = 64;
+pub const POLICY_PREFIX_ANY_PORT: u32 = 72;
+pub const POLICY_PREFIX_EXACT: u32 = 88;
+
+/// Policy LPM data, Cilium style: wildcards are prefix lengths. Fields are
+/// big-endian so the trie matches them most significant bit first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyKey {
+    pub src_class: [u8; 4],
+    pub dst_class: [u8; 4],
+    pub proto: u8,
+    pub port: [u8; 2],
+    pub _pad: u8,
+}
+
+impl PolicyKey {
+    pub fn new(src_class: u32, dst_class: u32, proto: u8, port: u16) -> Self {
+        Self {
+            src_class: src_class.to_be_bytes(),
+            dst_class: dst_class.to_be_bytes(),
+            proto,
+            port: port.to_be_bytes(),
+            _pad: 0,
+        }
+    }
+}
+
+pub const ACTION_ACCEPT: u32 = 1;
+pub const ACTION_DROP: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyValue {
+    pub action: u32,
+    pub rule_id: u32,
+}
+
+/// A flow in its original direction: overlay peer → remote (resource).
+/// ICMP echo uses the identifier as `peer_port` and 0 as `remote_port`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub peer: [u32; 4],
+    pub remote: [u32; 4],
+    pub peer_port: u16,
+    pub remote_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+pub const CT_TCP_SYN_SENT: u8 = 1;
+pub const CT_TCP_ESTABLISHED: u8 = 2;
+pub const CT_TCP_CLOSING: u8 = 3;
+pub const CT_TCP_RESET: u8 = 4;
+pub const CT_UDP_UNREPLIED: u8 = 5;
+pub const CT_UDP_REPLIED: u8 = 6;
+pub const CT_ICMP: u8 = 7;
+pub const CT_OTHER: u8 = 8;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+pub const CT_FLAG_MASQUERADE: u8 = 1 << 0;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// Peer → remote.
+    pub fwd: PacketCounter,
+    /// Remote → peer.
+    pub rev: PacketCounter,
+    /// The translated source, when masqueraded.
+    pub nat_addr: [u32; 4],
+    pub nat_port: u16,
+    pub state: u8,
+    pub flags: u8,
+    /// TCP flags seen, OR-accumulated per direction.
+    pub tcp_flags_fwd: u8,
+    pub tcp_flags_rev: u8,
+    pub _pad: [u8; 2],
+    pub peer_id: u32,
+    pub resource_id: u32,
+    pub rule_id: u32,
+    /// The policy generation this flow was last checked against.
+    pub policy_gen: u32,
+}
+
+/// Endpoint-independent SNAT mapping (RFC 4787): one external port per
+/// peer endpoint, whatever the remote.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatEndpoint {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Per-resource counters, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResourceCounters {
+    pub fwd: PacketCounter,
+    pub rev: PacketCounter,
+    pub denied: PacketCounter,
+    pub new_flows: u64,
+    pub _pad: u64,
+}
+
+impl ResourceCounters {
+    pub fn add(&mut self, other: &ResourceCounters) {
+        self.fwd.add(&other.fwd);
+        self.rev.add(&other.rev);
+        self.denied.add(&other.denied);
+        self.new_flows += other.new_flows;
+    }
+}
+
+/// Run-time settings, one array slot written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Which copy (0 or 1) of the peer, destination and policy maps is live.
+    pub active_slot: u32,
+    /// Bumped on every policy change: flows re-check when they see a new one.
+    pub policy_gen: u32,
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// TCP MSS ceiling for SYNs (overlay MTU − 40 for IPv4); 0 disables.
+    pub mss_clamp: u16,
+    pub _pad: u16,
+    pub tcp_established_ns: u64,
+    pub tcp_transitory_ns: u64,
+    pub udp_ns: u64,
+    pub udp_unreplied_ns: u64,
+    pub icmp_ns: u64,
+}
+
+const SECOND: u64 = 1_000_000_000;
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            active_slot: 0,
+            policy_gen: 1,
+            snat_port_min: 32768,
+            snat_port_max: 60999,
+            mss_clamp: 0,
+            _pad: 0,
+            // RFC 5382: at least 2 h 4 min established, 4 min transitory.
+            tcp_established_ns: (2 * 3600 + 4 * 60) * SECOND,
+            tcp_transitory_ns: 240 * SECOND,
+            // RFC 4787: at least 2 min once replied.
+            udp_ns: 120 * SECOND,
+            udp_unreplied_ns: 30 * SECOND,
+            icmp_ns: 30 * SECOND,
+        }
+    }
+}
+
+impl DatapathConfig {
+    /// How long a flow in `state` lives without packets.
+    pub fn timeout_ns(&self, state: u8) -> u64 {
+        match state {
+            CT_TCP_ESTABLISHED => self.tcp_established_ns,
+            CT_TCP_SYN_SENT | CT_TCP_CLOSING => self.tcp_transitory_ns,
+            CT_TCP_RESET => 10 * SECOND,
+            CT_UDP_REPLIED | CT_OTHER => self.udp_ns,
+            CT_UDP_UNREPLIED => self.udp_unreplied_ns,
+            _ => self.icmp_ns,
         }
     }
 }
@@ -70,6 +327,33 @@ impl DropReason {
 pub mod map_names {
     pub const HOOK_STATS: &str = "HOOK_STATS";
     pub const DROP_STATS: &str = "DROP_STATS";
+    pub const RESOURCE_STATS: &str = "RESOURCE_STATS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const PEERS: [&str; 2] = ["PEERS_0", "PEERS_1"];
+    pub const DESTS: [&str; 2] = ["DESTS_0", "DESTS_1"];
+    pub const POLICY: [&str; 2] = ["POLICY_0", "POLICY_1"];
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const NAT_FWD: &str = "NAT_FWD";
+    pub const NAT_REV: &str = "NAT_REV";
+    pub const XDP_REDIRECT_IFACES: &str = "XDP_REDIRECT_IFACES";
+
+    /// Every map that holds state worth keeping across a daemon restart.
+    pub const PERSISTENT: [&str; 14] = [
+        HOOK_STATS,
+        DROP_STATS,
+        RESOURCE_STATS,
+        CONFIG,
+        PEERS[0],
+        PEERS[1],
+        DESTS[0],
+        DESTS[1],
+        POLICY[0],
+        POLICY[1],
+        CONNTRACK,
+        NAT_FWD,
+        NAT_REV,
+        XDP_REDIRECT_IFACES,
+    ];
 }
 
 /// Names of the programs in the object file.
@@ -84,6 +368,51 @@ pub mod program_names {
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: plain old data, `#[repr(C)]`, no padding, every bit pattern valid.
-    unsafe impl aya::Pod for super::PacketCounter {}
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]` plain data with explicit padding
+    // fields, so every byte is initialised and every bit pattern is valid.
+    unsafe impl aya::Pod for PacketCounter {}
+    unsafe impl aya::Pod for AddrKey {}
+    unsafe impl aya::Pod for PeerValue {}
+    unsafe impl aya::Pod for DestValue {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for NatEndpoint {}
+    unsafe impl aya::Pod for ResourceCounters {}
+    unsafe impl aya::Pod for DatapathConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    /// Sizes are ABI with the kernel and with pinned maps.
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<PolicyKey>(), 12);
+        assert_eq!(size_of::<CtKey>(), 40);
+        assert_eq!(size_of::<CtEntry>(), 88);
+        assert_eq!(size_of::<NatEndpoint>(), 20);
+        assert_eq!(size_of::<DatapathConfig>(), 56);
+        assert_eq!(size_of::<ResourceCounters>(), 64);
+    }
+
+    #[test]
+    fn policy_key_is_big_endian_for_prefix_matching() {
+        let key = PolicyKey::new(1, 0x0203, IPPROTO_TCP, 443);
+        assert_eq!(key.src_class, [0, 0, 0, 1]);
+        assert_eq!(key.dst_class, [0, 0, 2, 3]);
+        assert_eq!(key.port, [1, 187]);
+    }
+
+    #[test]
+    fn timeouts_meet_the_rfcs() {
+        let c = DatapathConfig::default();
+        assert!(c.timeout_ns(CT_TCP_ESTABLISHED) >= (2 * 3600 + 4 * 60) * SECOND);
+        assert!(c.timeout_ns(CT_TCP_SYN_SENT) >= 240 * SECOND);
+        assert!(c.timeout_ns(CT_UDP_REPLIED) >= 120 * SECOND);
+    }
 }

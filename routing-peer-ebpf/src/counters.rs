@@ -1,31 +1,62 @@
 //! Per-CPU counters: lock-free on the hot path, summed by user space.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use routing_peer_common::{DropReason, Hook, PacketCounter};
+use routing_peer_common::{DropReason, Hook, PacketCounter, ResourceCounters};
+
+/// Resource ids index this array; user space sizes it to the configuration.
+const MAX_RESOURCES: u32 = 131072;
 
 #[map]
 static HOOK_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(Hook::COUNT, 0);
 
 #[map]
-static DROP_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+static DROP_STATS: PerCpuArray<PacketCounter> =
+    PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+
+#[map]
+static RESOURCE_STATS: PerCpuArray<ResourceCounters> =
+    PerCpuArray::with_max_entries(MAX_RESOURCES, 0);
 
 #[inline(always)]
-fn bump(map: &PerCpuArray<PacketCounter>, index: u32, bytes: usize) {
-    if let Some(counter) = map.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
-        unsafe {
-            (*counter).packets += 1;
-            (*counter).bytes += bytes as u64;
-        }
-    }
+fn bump(counter: &mut PacketCounter, bytes: usize) {
+    counter.packets += 1;
+    counter.bytes += bytes as u64;
 }
 
 #[inline(always)]
 pub fn count_hook(hook: Hook, bytes: usize) {
-    bump(&HOOK_STATS, hook as u32, bytes);
+    if let Some(c) = HOOK_STATS.get_ptr_mut(hook as u32) {
+        // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
+        bump(unsafe { &mut *c }, bytes);
+    }
 }
 
 #[inline(always)]
 pub fn count_drop(reason: DropReason, bytes: usize) {
-    bump(&DROP_STATS, reason as u32, bytes);
+    if let Some(c) = DROP_STATS.get_ptr_mut(reason as u32) {
+        // SAFETY: as above.
+        bump(unsafe { &mut *c }, bytes);
+    }
+}
+
+pub enum ResourceEvent {
+    Forward,
+    Reply,
+    Denied,
+    NewFlow,
+}
+
+#[inline(always)]
+pub fn count_resource(resource_id: u32, event: ResourceEvent, bytes: usize) {
+    let Some(c) = RESOURCE_STATS.get_ptr_mut(resource_id) else {
+        return;
+    };
+    // SAFETY: as above.
+    let c = unsafe { &mut *c };
+    match event {
+        ResourceEvent::Forward => bump(&mut c.fwd, bytes),
+        ResourceEvent::Reply => bump(&mut c.rev, bytes),
+        ResourceEvent::Denied => bump(&mut c.denied, bytes),
+        ResourceEvent::NewFlow => c.new_flows += 1,
+    }
 }

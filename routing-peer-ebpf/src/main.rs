@@ -1,81 +1,360 @@
 //! The routing peer's kernel data path.
 //!
 //! One file per concern, in the order a packet meets them: `parse` validates
-//! headers, `counters` accounts for every verdict. Entry points stay thin.
+//! headers, `policy` names the source and destination and decides,
+//! `conntrack` remembers allowed flows, `nat` masquerades, `forward` routes
+//! and redirects, `counters` accounts for every verdict. The entry points
+//! below only sequence them.
 #![no_std]
 #![no_main]
+// Inline BPF assembly, for atomic counter adds.
+#![feature(asm_experimental_arch)]
 
+mod config;
+mod conntrack;
 mod counters;
+mod ctx;
+mod forward;
+mod nat;
 mod parse;
+mod policy;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_ns,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
 use aya_log_ebpf::debug;
-use routing_peer_common::Hook;
+use routing_peer_common::{
+    AddrKey, CtEntry, CtKey, DatapathConfig, DropReason, Hook, NatEndpoint, PeerValue,
+    CT_FLAG_MASQUERADE, DEST_MASQUERADE, DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP,
+};
 
-use crate::parse::{parse_packet, Frame};
-
-#[inline(always)]
-fn process<C: EbpfContext>(ctx: &C, frame: Frame, hook: Hook) -> bool {
-    counters::count_hook(hook, frame.len());
-    match parse_packet(&frame) {
-        Ok(_packet) => true,
-        Err(reason) => {
-            counters::count_drop(reason, frame.len());
-            // Off unless the daemon runs with --verbose-datapath (AYA_LOG_LEVEL).
-            debug!(ctx, "drop: reason {} len {}", reason as u32, frame.len());
-            false
-        }
-    }
-}
+use crate::{
+    conntrack::Direction,
+    counters::ResourceEvent,
+    forward::Route,
+    nat::Side,
+    parse::{parse_packet, Frame, Packet},
+    policy::Verdict,
+};
 
 /// Headers we may read: Ethernet, IPv6 with extension headers, TCP with options.
 const TC_PULL_LEN: u32 = 192;
 
 #[inline(always)]
-fn tc_verdict(ctx: &TcContext, l2: bool) -> i32 {
+fn is_icmp(proto: u8) -> bool {
+    proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6
+}
+
+/// The port policy matches on: the destination port for TCP and UDP, none otherwise.
+#[inline(always)]
+fn policy_port(proto: u8, port: u16) -> u16 {
+    if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
+        port
+    } else {
+        0
+    }
+}
+
+#[inline(always)]
+fn forward_key(pkt: &Packet) -> CtKey {
+    CtKey {
+        peer: pkt.src,
+        remote: pkt.dst,
+        peer_port: pkt.sport,
+        remote_port: if is_icmp(pkt.proto) { 0 } else { pkt.dport },
+        proto: pkt.proto,
+        family: forward::family(pkt.ipv6) as u8,
+        _pad: [0; 2],
+    }
+}
+
+/// Re-checks a tracked flow against the current policy when it changed.
+/// A flow the new policy no longer allows is removed and its packet dropped.
+#[inline(always)]
+fn revalidate(
+    entry: *mut CtEntry,
+    key: &CtKey,
+    src_class: Option<u32>,
+    cfg: &DatapathConfig,
+) -> Result<(), DropReason> {
+    // SAFETY: map value pointer, valid for this run.
+    if unsafe { (*entry).policy_gen } == cfg.policy_gen {
+        return Ok(());
+    }
+    let slot = cfg.active_slot;
+    let family = key.family as u32;
+    let src_class = match src_class {
+        Some(c) => Some(c),
+        None => policy::peer(slot, &AddrKey { family, addr: key.peer }).map(|p| p.src_class),
+    };
+    let dest = policy::dest(slot, &AddrKey { family, addr: key.remote });
+    if let (Some(src_class), Some(dest)) = (src_class, dest) {
+        let port = policy_port(key.proto, key.remote_port);
+        if let Verdict::Accept(rule_id) =
+            policy::decide(slot, src_class, dest.dst_class, key.proto, port)
+        {
+            // SAFETY: as above.
+            unsafe {
+                (*entry).rule_id = rule_id;
+                (*entry).resource_id = dest.resource_id;
+                (*entry).policy_gen = cfg.policy_gen;
+            }
+            return Ok(());
+        }
+    }
+    conntrack::remove(key);
+    Err(DropReason::PolicyRevoked)
+}
+
+enum NewFlow {
+    Tracked(*mut CtEntry),
+    /// The input chain allowed it: the kernel delivers it locally.
+    ToSelf,
+    /// Allowed, but no route here to masquerade on: the kernel decides.
+    ToKernel,
+}
+
+/// Policy for a packet no flow covers; on accept, the flow is tracked.
+#[inline(always)]
+fn new_flow(
+    pkt: &Packet,
+    key: &CtKey,
+    peer: &PeerValue,
+    route: Option<&Route>,
+    cfg: &DatapathConfig,
+    now: u64,
+    len: usize,
+) -> Result<NewFlow, DropReason> {
+    let slot = cfg.active_slot;
+    let dest = policy::dest(slot, &AddrKey { family: key.family as u32, addr: pkt.dst })
+        .ok_or(DropReason::NoPolicy)?;
+    let port = policy_port(pkt.proto, pkt.dport);
+    let rule_id = match policy::decide(slot, peer.src_class, dest.dst_class, pkt.proto, port) {
+        Verdict::Accept(rule_id) => rule_id,
+        Verdict::Drop => {
+            counters::count_resource(dest.resource_id, ResourceEvent::Denied, len);
+            return Err(DropReason::PolicyDrop);
+        }
+        Verdict::NoMatch => {
+            counters::count_resource(dest.resource_id, ResourceEvent::Denied, len);
+            return Err(DropReason::NoPolicy);
+        }
+    };
+    if dest.flags & DEST_SELF != 0 {
+        return Ok(NewFlow::ToSelf);
+    }
+    let mut entry = CtEntry {
+        first_seen_ns: now,
+        last_seen_ns: now,
+        state: conntrack::initial_state(pkt.proto, pkt.tcp_flags),
+        peer_id: peer.peer_id,
+        resource_id: dest.resource_id,
+        rule_id,
+        policy_gen: cfg.policy_gen,
+        nat_port: pkt.sport,
+        ..Default::default()
+    };
+    if dest.flags & DEST_MASQUERADE != 0 {
+        let Some(route) = route else {
+            return Ok(NewFlow::ToKernel);
+        };
+        let peer_endpoint = NatEndpoint {
+            addr: pkt.src,
+            port: pkt.sport,
+            proto: pkt.proto,
+            family: key.family,
+        };
+        let external = nat::snat_mapping(&peer_endpoint, route.src, cfg)?;
+        entry.nat_addr = external.addr;
+        entry.nat_port = external.port;
+        entry.flags |= CT_FLAG_MASQUERADE;
+    }
+    let tracked = conntrack::create(key, &entry).ok_or(DropReason::CtFull)?;
+    counters::count_resource(dest.resource_id, ResourceEvent::NewFlow, 0);
+    Ok(NewFlow::Tracked(tracked))
+}
+
+/// Overlay → LAN: policy, conntrack, masquerade, redirect.
+#[inline(always)]
+fn overlay_to_lan(ctx: &TcContext, pkt: &Packet, len: usize) -> Result<i32, DropReason> {
+    let cfg = config::current().ok_or(DropReason::NoPolicy)?;
+    let family = forward::family(pkt.ipv6);
+    let peer = policy::peer(cfg.active_slot, &AddrKey { family, addr: pkt.src })
+        .ok_or(DropReason::UnknownSource)?;
+    let key = forward_key(pkt);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // An expiring TTL goes to the kernel, which answers time-exceeded.
+    let route = if pkt.ttl > 1 {
+        // SAFETY: reading the skb's ingress ifindex.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        forward::lookup(ctx, pkt, ifindex, true)
+    } else {
+        None
+    };
+    let entry = match conntrack::lookup(&key, now, &cfg) {
+        Some(entry) => {
+            revalidate(entry, &key, Some(peer.src_class), &cfg)?;
+            entry
+        }
+        None => match new_flow(pkt, &key, &peer, route.as_ref(), &cfg, now, len)? {
+            NewFlow::Tracked(entry) => entry,
+            NewFlow::ToSelf | NewFlow::ToKernel => return Ok(TC_ACT_OK),
+        },
+    };
+    conntrack::update(entry, Direction::Forward, len as u64, pkt.tcp_flags, now);
+    // SAFETY: map value pointer, valid for this run.
+    let (resource_id, flags, nat_addr, nat_port) = unsafe {
+        (
+            (*entry).resource_id,
+            (*entry).flags,
+            (*entry).nat_addr,
+            (*entry).nat_port,
+        )
+    };
+    counters::count_resource(resource_id, ResourceEvent::Forward, len);
+    if flags & CT_FLAG_MASQUERADE != 0 {
+        nat::rewrite(ctx, pkt, Side::Source, nat_addr, nat_port)
+            .map_err(|_| DropReason::Malformed)?;
+    }
+    let Some(route) = route else {
+        return Ok(TC_ACT_OK);
+    };
+    forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
+    Ok(forward::redirect_neigh(&route, pkt.ipv6))
+}
+
+/// LAN → overlay: replies of tracked flows pass (no policy needed) after
+/// reverse NAT; LAN-initiated packets toward the overlay are dropped;
+/// everything else is the host's business.
+#[inline(always)]
+fn lan_to_overlay(ctx: &XdpContext, pkt: &Packet, len: usize) -> Result<u32, DropReason> {
+    let Some(cfg) = config::current() else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    let family = forward::family(pkt.ipv6);
+    let remote_port = if is_icmp(pkt.proto) { 0 } else { pkt.sport };
+    let external = NatEndpoint {
+        addr: pkt.dst,
+        port: pkt.dport,
+        proto: pkt.proto,
+        family: family as u8,
+    };
+    let peer_endpoint = nat::reverse(&external).unwrap_or(NatEndpoint {
+        addr: pkt.dst,
+        port: pkt.dport,
+        ..external
+    });
+    let key = CtKey {
+        peer: peer_endpoint.addr,
+        remote: pkt.src,
+        peer_port: peer_endpoint.port,
+        remote_port,
+        proto: pkt.proto,
+        family: family as u8,
+        _pad: [0; 2],
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(entry) = conntrack::lookup(&key, now, &cfg) else {
+        let to_overlay = policy::peer(cfg.active_slot, &AddrKey { family, addr: pkt.dst });
+        return match to_overlay {
+            Some(_) => Err(DropReason::LanUnsolicited),
+            None => Ok(xdp_action::XDP_PASS),
+        };
+    };
+    revalidate(entry, &key, None, &cfg)?;
+    conntrack::update(entry, Direction::Reply, len as u64, pkt.tcp_flags, now);
+    // SAFETY: map value pointer, valid for this run.
+    let (resource_id, flags) = unsafe { ((*entry).resource_id, (*entry).flags) };
+    counters::count_resource(resource_id, ResourceEvent::Reply, len);
+    if flags & CT_FLAG_MASQUERADE != 0 {
+        nat::rewrite(ctx, pkt, Side::Destination, key.peer, key.peer_port)
+            .map_err(|_| DropReason::Malformed)?;
+    }
+    if pkt.ttl <= 1 {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let translated = Packet {
+        dst: key.peer,
+        dport: key.peer_port,
+        ..*pkt
+    };
+    // SAFETY: reading the frame's ingress ifindex.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let Some(route) = forward::lookup(ctx, &translated, ifindex, false) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    // Only where XDP can hand the frame on; the kernel routes the rest
+    // (a TUN overlay, for one), decrementing the TTL itself.
+    if forward::xdp_redirect_allowed(route.ifindex) {
+        forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
+        if let Some(action) = forward::xdp_redirect(ctx, &route) {
+            return Ok(action);
+        }
+    }
+    Ok(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn drop_packet<C: EbpfContext>(ctx: &C, reason: DropReason, len: usize) {
+    counters::count_drop(reason, len);
+    // Off unless the daemon runs with --verbose-datapath (AYA_LOG_LEVEL).
+    debug!(ctx, "drop: reason {} len {}", reason as u32, len);
+}
+
+#[inline(always)]
+fn tc_overlay(ctx: &TcContext, l2: bool) -> i32 {
     // GSO/GRO skbs may hold headers outside the linear area; pull them in.
     if ctx.data_end() - ctx.data() < ctx.len().min(TC_PULL_LEN) as usize {
         let _ = ctx.pull_data(ctx.len().min(TC_PULL_LEN));
     }
-    let frame = Frame::new(ctx.data(), ctx.data_end(), ctx.len() as usize, l2);
-    if process(ctx, frame, Hook::OverlayIngress) {
-        TC_ACT_OK
-    } else {
+    let len = ctx.len() as usize;
+    counters::count_hook(Hook::OverlayIngress, len);
+    let frame = Frame::new(ctx.data(), ctx.data_end(), len, l2);
+    let verdict = match parse_packet(&frame) {
+        Ok(Some(pkt)) => overlay_to_lan(ctx, &pkt, len),
+        Ok(None) => Ok(TC_ACT_OK),
+        Err(reason) => Err(reason),
+    };
+    verdict.unwrap_or_else(|reason| {
+        drop_packet(ctx, reason, len);
         TC_ACT_SHOT
-    }
+    })
 }
 
 /// TC ingress on an L3 overlay device (WireGuard or TUN): packets start at the IP header.
 #[classifier]
 pub fn rp_overlay_l3(ctx: TcContext) -> i32 {
-    tc_verdict(&ctx, false)
+    tc_overlay(&ctx, false)
 }
 
 /// TC ingress on an L2 overlay stand-in (veth), so benchmarks can leave WireGuard out.
 #[classifier]
 pub fn rp_overlay_l2(ctx: TcContext) -> i32 {
-    tc_verdict(&ctx, true)
+    tc_overlay(&ctx, true)
 }
 
 /// XDP on the LAN interface.
 #[xdp]
 pub fn rp_lan_xdp(ctx: XdpContext) -> u32 {
-    let frame = Frame::new(
-        ctx.data(),
-        ctx.data_end(),
-        ctx.data_end() - ctx.data(),
-        true,
-    );
-    if process(&ctx, frame, Hook::LanIngress) {
-        xdp_action::XDP_PASS
-    } else {
+    let len = ctx.data_end() - ctx.data();
+    counters::count_hook(Hook::LanIngress, len);
+    let frame = Frame::new(ctx.data(), ctx.data_end(), len, true);
+    let verdict = match parse_packet(&frame) {
+        Ok(Some(pkt)) => lan_to_overlay(&ctx, &pkt, len),
+        Ok(None) => Ok(xdp_action::XDP_PASS),
+        Err(reason) => Err(reason),
+    };
+    verdict.unwrap_or_else(|reason| {
+        drop_packet(&ctx, reason, len);
         xdp_action::XDP_DROP
-    }
+    })
 }
 
 #[cfg(not(test))]

@@ -3,14 +3,14 @@
 
 use core::mem::size_of;
 
-use routing_peer_common::DropReason;
+use routing_peer_common::{DropReason, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_ICMPV6: u8 = 58;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
 const IPV6_HOPOPTS: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
@@ -123,18 +123,24 @@ impl Frame {
 
 /// What policy and conntrack need to know about a valid IP packet.
 /// Addresses are kept in network byte order; IPv4 uses `addr[0]` only.
-#[expect(dead_code, reason = "read by policy and conntrack, which come next")]
+#[derive(Clone, Copy)]
 pub struct Packet {
     pub ipv6: bool,
     pub l3_offset: usize,
     pub l4_offset: usize,
+    /// IP total length (IPv6: header plus payload).
+    pub l3_len: usize,
     pub proto: u8,
     pub src: [u32; 4],
     pub dst: [u32; 4],
-    /// Host byte order. For ICMP echo, the identifier; otherwise 0.
+    /// Host byte order. ICMP echo carries its identifier in both ports;
+    /// other ICMP messages have none.
     pub sport: u16,
-    /// Host byte order. For ICMP, type << 8 | code.
     pub dport: u16,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
+    /// TCP flags; 0 for other protocols.
+    pub tcp_flags: u8,
 }
 
 /// `Ok(None)` is a valid non-IP frame (ARP, LLDP, …) that the stack should see.
@@ -164,11 +170,12 @@ pub fn parse_packet(frame: &Frame) -> Result<Option<Packet>, DropReason> {
 #[inline(always)]
 fn parse_ipv4(frame: &Frame, l3_offset: usize) -> Result<Packet, DropReason> {
     let ip: *const Ipv4Hdr = frame.ptr_at(l3_offset)?;
-    let (version_ihl, tot_len, frag_off, proto, src, dst) = unsafe {
+    let (version_ihl, tot_len, frag_off, ttl, proto, src, dst) = unsafe {
         (
             (*ip).version_ihl,
             u16::from_be((*ip).tot_len) as usize,
             u16::from_be((*ip).frag_off),
+            (*ip).ttl,
             (*ip).proto,
             (*ip).src,
             (*ip).dst,
@@ -187,27 +194,31 @@ fn parse_ipv4(frame: &Frame, l3_offset: usize) -> Result<Packet, DropReason> {
         return Err(DropReason::Fragment);
     }
     let l4_offset = l3_offset + header_len;
-    let (sport, dport) = parse_l4(frame, l4_offset, proto)?;
+    let (sport, dport, tcp_flags) = parse_l4(frame, l4_offset, proto)?;
     Ok(Packet {
         ipv6: false,
         l3_offset,
         l4_offset,
+        l3_len: tot_len,
         proto,
         src: [src, 0, 0, 0],
         dst: [dst, 0, 0, 0],
         sport,
         dport,
+        ttl,
+        tcp_flags,
     })
 }
 
 #[inline(always)]
 fn parse_ipv6(frame: &Frame, l3_offset: usize) -> Result<Packet, DropReason> {
     let ip: *const Ipv6Hdr = frame.ptr_at(l3_offset)?;
-    let (vtc_flow, payload_len, mut next_hdr, src, dst) = unsafe {
+    let (vtc_flow, payload_len, mut next_hdr, ttl, src, dst) = unsafe {
         (
             u32::from_be((*ip).vtc_flow),
             u16::from_be((*ip).payload_len) as usize,
             (*ip).next_hdr,
+            (*ip).hop_limit,
             (*ip).src,
             (*ip).dst,
         )
@@ -235,23 +246,26 @@ fn parse_ipv6(frame: &Frame, l3_offset: usize) -> Result<Packet, DropReason> {
         // More extension headers than we walk: refuse rather than skip policy.
         return Err(DropReason::Malformed);
     }
-    let (sport, dport) = parse_l4(frame, l4_offset, next_hdr)?;
+    let (sport, dport, tcp_flags) = parse_l4(frame, l4_offset, next_hdr)?;
     Ok(Packet {
         ipv6: true,
         l3_offset,
         l4_offset,
+        l3_len: size_of::<Ipv6Hdr>() + payload_len,
         proto: next_hdr,
         src,
         dst,
         sport,
         dport,
+        ttl,
+        tcp_flags,
     })
 }
 
-/// Ports for TCP and UDP; identifier and type/code for ICMP. Other protocols
-/// carry no ports and match port-less rules only.
+/// (source port, destination port, TCP flags). Other protocols carry no
+/// ports and match port-less rules only.
 #[inline(always)]
-fn parse_l4(frame: &Frame, l4_offset: usize, proto: u8) -> Result<(u16, u16), DropReason> {
+fn parse_l4(frame: &Frame, l4_offset: usize, proto: u8) -> Result<(u16, u16, u8), DropReason> {
     match proto {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = frame.ptr_at(l4_offset)?;
@@ -260,18 +274,24 @@ fn parse_l4(frame: &Frame, l4_offset: usize, proto: u8) -> Result<(u16, u16), Dr
             if ((doff_flags >> 12) as usize) * 4 < size_of::<TcpHdr>() {
                 return Err(DropReason::Malformed);
             }
-            Ok((u16::from_be(source), u16::from_be(dest)))
+            Ok((u16::from_be(source), u16::from_be(dest), doff_flags as u8))
         }
         IPPROTO_UDP => {
             let udp: *const UdpHdr = frame.ptr_at(l4_offset)?;
             let (source, dest) = unsafe { ((*udp).source, (*udp).dest) };
-            Ok((u16::from_be(source), u16::from_be(dest)))
+            Ok((u16::from_be(source), u16::from_be(dest), 0))
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             let icmp: *const IcmpHdr = frame.ptr_at(l4_offset)?;
-            let (kind, code, id) = unsafe { ((*icmp).kind, (*icmp).code, (*icmp).id) };
-            Ok((u16::from_be(id), (kind as u16) << 8 | code as u16))
+            let (kind, id) = unsafe { ((*icmp).kind, u16::from_be((*icmp).id)) };
+            let echo = if proto == IPPROTO_ICMP {
+                kind == ICMP_ECHO_REQUEST || kind == ICMP_ECHO_REPLY
+            } else {
+                kind == ICMPV6_ECHO_REQUEST || kind == ICMPV6_ECHO_REPLY
+            };
+            let id = if echo { id } else { 0 };
+            Ok((id, id, 0))
         }
-        _ => Ok((0, 0)),
+        _ => Ok((0, 0, 0)),
     }
 }

@@ -1,3 +1,4 @@
 //! routing-peer: an eBPF routing peer for WireGuard overlay networks.
+pub mod config;
 pub mod datapath;
 pub mod stats;

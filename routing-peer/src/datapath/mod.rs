@@ -23,6 +23,7 @@ use tracing::{debug, info};
 
 #[cfg(test)]
 mod packet_tests;
+pub mod tables;
 
 /// The compiled kernel programs, built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] =
@@ -32,7 +33,7 @@ pub static EBPF_OBJECT: &[u8] =
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf/routing-peer";
 
 /// Maps that outlive the daemon. Everything else is rebuilt on start.
-const PINNED_MAPS: &[&str] = &[map_names::HOOK_STATS, map_names::DROP_STATS];
+const PINNED_MAPS: &[&str] = &map_names::PERSISTENT;
 
 #[derive(Debug, Error)]
 pub enum DatapathError {

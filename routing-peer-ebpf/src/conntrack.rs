@@ -1,0 +1,130 @@
+//! Connection tracking: one LRU entry per flow, keyed by its original
+//! direction (peer → remote), holding state, per-direction counters, the NAT
+//! mapping and the rule that allowed it.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::LruHashMap,
+};
+use routing_peer_common::{
+    CtEntry, CtKey, DatapathConfig, CT_ICMP, CT_OTHER, CT_TCP_CLOSING, CT_TCP_ESTABLISHED,
+    CT_TCP_RESET, CT_TCP_SYN_SENT, CT_UDP_REPLIED, CT_UDP_UNREPLIED, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
+
+const MAX_FLOWS: u32 = 262144;
+
+#[map]
+static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Peer → remote.
+    Forward,
+    /// Remote → peer.
+    Reply,
+}
+
+/// The live entry for `key`, or `None` when absent or expired.
+#[inline(always)]
+pub fn lookup(key: &CtKey, now: u64, cfg: &DatapathConfig) -> Option<*mut CtEntry> {
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: map value pointer, valid for this program run.
+    let (last_seen, state) = unsafe { ((*entry).last_seen_ns, (*entry).state) };
+    if now.saturating_sub(last_seen) > cfg.timeout_ns(state) {
+        return None;
+    }
+    Some(entry)
+}
+
+/// Records a new flow. Another CPU may have raced us to the same key; its
+/// entry then stands and is returned.
+#[inline(always)]
+pub fn create(key: &CtKey, entry: &CtEntry) -> Option<*mut CtEntry> {
+    // An expired entry may still sit under this key: replace it.
+    let _ = CONNTRACK.remove(key);
+    let _ = CONNTRACK.insert(key, entry, BPF_NOEXIST as u64);
+    CONNTRACK.get_ptr_mut(key)
+}
+
+#[inline(always)]
+pub fn remove(key: &CtKey) {
+    let _ = CONNTRACK.remove(key);
+}
+
+#[inline(always)]
+pub fn initial_state(proto: u8, tcp_flags: u8) -> u8 {
+    match proto {
+        IPPROTO_TCP if tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0 => CT_TCP_SYN_SENT,
+        // Picked up mid-stream (e.g. after a restart that lost state): established.
+        IPPROTO_TCP => CT_TCP_ESTABLISHED,
+        IPPROTO_UDP => CT_UDP_UNREPLIED,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => CT_ICMP,
+        _ => CT_OTHER,
+    }
+}
+
+#[inline(always)]
+fn next_state(state: u8, dir: Direction, flags_seen_rev: u8, tcp_flags: u8) -> u8 {
+    if tcp_flags & TCP_RST != 0 {
+        return CT_TCP_RESET;
+    }
+    if tcp_flags & TCP_FIN != 0 {
+        return CT_TCP_CLOSING;
+    }
+    match state {
+        // The reply's SYN-ACK, or any ACK after it, establishes the flow.
+        CT_TCP_SYN_SENT
+            if (dir == Direction::Reply && tcp_flags & TCP_SYN != 0)
+                || (dir == Direction::Forward && flags_seen_rev & TCP_SYN != 0) =>
+        {
+            CT_TCP_ESTABLISHED
+        }
+        CT_UDP_UNREPLIED if dir == Direction::Reply => CT_UDP_REPLIED,
+        // A new SYN reopens a flow that had closed.
+        CT_TCP_CLOSING | CT_TCP_RESET if tcp_flags & TCP_SYN != 0 => CT_TCP_SYN_SENT,
+        s => s,
+    }
+}
+
+/// `*target += value` as one BPF atomic instruction: flow counters are
+/// shared by all CPUs. (The BPF target's `core` has no atomic RMW methods.)
+#[inline(always)]
+fn atomic_add(target: &mut u64, value: u64) {
+    // SAFETY: `target` is a valid, aligned u64 in a map value.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({ptr} + 0) += {val}",
+            ptr = in(reg) target as *mut u64,
+            val = in(reg) value,
+        );
+    }
+}
+
+/// Accounts one packet of `len` bytes and advances the state.
+#[inline(always)]
+pub fn update(entry: *mut CtEntry, dir: Direction, len: u64, tcp_flags: u8, now: u64) {
+    // SAFETY: map value pointer; counters are shared between CPUs, so they
+    // are added atomically. State races are benign: both CPUs write a
+    // legal state and the next packet corrects it.
+    unsafe {
+        let counter = match dir {
+            Direction::Forward => &mut (*entry).fwd,
+            Direction::Reply => &mut (*entry).rev,
+        };
+        atomic_add(&mut counter.packets, 1);
+        atomic_add(&mut counter.bytes, len);
+        (*entry).last_seen_ns = now;
+        match dir {
+            Direction::Forward => (*entry).tcp_flags_fwd |= tcp_flags,
+            Direction::Reply => (*entry).tcp_flags_rev |= tcp_flags,
+        }
+        let rev_flags = (*entry).tcp_flags_rev;
+        let state = (*entry).state;
+        let next = next_state(state, dir, rev_flags, tcp_flags);
+        if next != state {
+            (*entry).state = next;
+        }
+    }
+}

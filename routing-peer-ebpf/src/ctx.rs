@@ -1,0 +1,153 @@
+//! Packet writes behind one interface, so NAT and forwarding code serve both
+//! hooks. TC goes through the skb helpers, which keep CHECKSUM_PARTIAL skbs
+//! right; XDP frames are always fully checksummed, so direct writes with an
+//! incremental (RFC 1624) update are exact there.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::{TcContext, XdpContext},
+};
+
+pub trait Mangle {
+    fn store_u8(&self, offset: usize, value: u8) -> Result<(), ()>;
+    /// Writes `value` (already in network byte order) at `offset`.
+    fn store_u16(&self, offset: usize, value: u16) -> Result<(), ()>;
+    fn store_u32(&self, offset: usize, value: u32) -> Result<(), ()>;
+    /// Updates the IPv4 header checksum at `csum_offset` for a 16- or 32-bit change.
+    fn l3_csum(&self, csum_offset: usize, from: u32, to: u32, size: u8) -> Result<(), ()>;
+    /// Updates an L4 checksum for a 16- or 32-bit change. `pseudo` marks a
+    /// field of the pseudo-header; `udp` keeps a zero (absent) checksum zero.
+    fn l4_csum(
+        &self,
+        csum_offset: usize,
+        from: u32,
+        to: u32,
+        size: u8,
+        pseudo: bool,
+        udp: bool,
+    ) -> Result<(), ()>;
+}
+
+impl Mangle for TcContext {
+    #[inline(always)]
+    fn store_u8(&self, offset: usize, value: u8) -> Result<(), ()> {
+        self.store(offset, &value, 0).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn store_u16(&self, offset: usize, value: u16) -> Result<(), ()> {
+        self.store(offset, &value, 0).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn store_u32(&self, offset: usize, value: u32) -> Result<(), ()> {
+        self.store(offset, &value, 0).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn l3_csum(&self, csum_offset: usize, from: u32, to: u32, size: u8) -> Result<(), ()> {
+        self.l3_csum_replace(csum_offset, from as u64, to as u64, size as u64)
+            .map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn l4_csum(
+        &self,
+        csum_offset: usize,
+        from: u32,
+        to: u32,
+        size: u8,
+        pseudo: bool,
+        udp: bool,
+    ) -> Result<(), ()> {
+        let mut flags = size as u64;
+        if pseudo {
+            flags |= BPF_F_PSEUDO_HDR as u64;
+        }
+        if udp {
+            flags |= BPF_F_MARK_MANGLED_0 as u64;
+        }
+        self.l4_csum_replace(csum_offset, from as u64, to as u64, flags)
+            .map_err(|_| ())
+    }
+}
+
+#[inline(always)]
+fn xdp_ptr<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
+    let at = ctx.data() + offset;
+    if at + core::mem::size_of::<T>() > ctx.data_end() {
+        return Err(());
+    }
+    Ok(at as *mut T)
+}
+
+/// One's-complement incremental update (RFC 1624, eqn. 3) of `check` for a
+/// change of `from` to `to`, all as stored in memory.
+#[inline(always)]
+pub fn csum_update(check: u16, from: u32, to: u32, size: u8) -> u16 {
+    let mut sum = (!check) as u32;
+    if size == 4 {
+        sum += (!(from >> 16) & 0xffff) + (!from & 0xffff);
+        sum += (to >> 16) + (to & 0xffff);
+    } else {
+        sum += !from & 0xffff;
+        sum += to & 0xffff;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+impl Mangle for XdpContext {
+    #[inline(always)]
+    fn store_u8(&self, offset: usize, value: u8) -> Result<(), ()> {
+        let p: *mut [u8; 2] = xdp_ptr(self, offset)?;
+        unsafe { (*p)[0] = value };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn store_u16(&self, offset: usize, value: u16) -> Result<(), ()> {
+        let p: *mut u16 = xdp_ptr(self, offset)?;
+        unsafe { p.write_unaligned(value) };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn store_u32(&self, offset: usize, value: u32) -> Result<(), ()> {
+        let p: *mut u32 = xdp_ptr(self, offset)?;
+        unsafe { p.write_unaligned(value) };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn l3_csum(&self, csum_offset: usize, from: u32, to: u32, size: u8) -> Result<(), ()> {
+        let p: *mut u16 = xdp_ptr(self, csum_offset)?;
+        unsafe { *p = csum_update(*p, from, to, size) };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn l4_csum(
+        &self,
+        csum_offset: usize,
+        from: u32,
+        to: u32,
+        size: u8,
+        _pseudo: bool,
+        udp: bool,
+    ) -> Result<(), ()> {
+        let p: *mut u16 = xdp_ptr(self, csum_offset)?;
+        unsafe {
+            if udp && *p == 0 {
+                return Ok(());
+            }
+            let mut check = csum_update(*p, from, to, size);
+            if udp && check == 0 {
+                check = 0xffff;
+            }
+            *p = check;
+        }
+        Ok(())
+    }
+}

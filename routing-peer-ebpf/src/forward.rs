@@ -1,0 +1,164 @@
+//! Forwarding without the kernel IP stack: a FIB lookup, a TTL decrement and
+//! a redirect. Anything the fast path can't do well (unknown route, packet
+//! too big, TTL about to expire, unresolved neighbour on XDP) goes to the
+//! kernel, which routes it or answers with the right ICMP error.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
+        BPF_FIB_LOOKUP_SRC,
+    },
+    helpers::{bpf_redirect, bpf_redirect_neigh},
+    macros::map,
+    maps::HashMap,
+    EbpfContext,
+};
+use routing_peer_common::{AF_INET, AF_INET6};
+
+use crate::{ctx::Mangle, parse::Packet};
+
+const AF_INET_KERNEL: u8 = 2;
+const AF_INET6_KERNEL: u8 = 10;
+
+/// L2 interfaces XDP may redirect into (each needs an XDP program on its
+/// peer end for veth). Others get the kernel path.
+#[map]
+static XDP_REDIRECT_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+
+pub struct Route {
+    pub ifindex: u32,
+    /// The address the kernel would use as source on that route: the masquerade address.
+    pub src: [u32; 4],
+    /// The next hop (the destination itself when on-link).
+    pub nexthop: [u32; 4],
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+/// Looks the destination up in the FIB as the kernel would forward it.
+/// `None` sends the packet to the kernel.
+#[inline(always)]
+pub fn lookup<C: EbpfContext>(ctx: &C, pkt: &Packet, in_ifindex: u32, skb: bool) -> Option<Route> {
+    // SAFETY: all-zero is a valid bpf_fib_lookup.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = if pkt.ipv6 { AF_INET6_KERNEL } else { AF_INET_KERNEL };
+    params.l4_protocol = pkt.proto;
+    params.sport = pkt.sport.to_be();
+    params.dport = pkt.dport.to_be();
+    params.__bindgen_anon_1.tot_len = pkt.l3_len as u16;
+    params.ifindex = in_ifindex;
+    if pkt.ipv6 {
+        params.__bindgen_anon_3.ipv6_src = pkt.src;
+        params.__bindgen_anon_4.ipv6_dst = pkt.dst;
+    } else {
+        params.__bindgen_anon_3.ipv4_src = pkt.src[0];
+        params.__bindgen_anon_4.ipv4_dst = pkt.dst[0];
+    }
+    // TC resolves neighbours in bpf_redirect_neigh; XDP needs them now.
+    let flags = if skb {
+        BPF_FIB_LOOKUP_SRC | BPF_FIB_LOOKUP_SKIP_NEIGH
+    } else {
+        0
+    };
+    // SAFETY: params is a valid, correctly sized bpf_fib_lookup.
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            flags,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return None;
+    }
+    // SAFETY: the helper filled the union members of our family.
+    unsafe {
+        let (src, nexthop) = if pkt.ipv6 {
+            (params.__bindgen_anon_3.ipv6_src, params.__bindgen_anon_4.ipv6_dst)
+        } else {
+            (
+                [params.__bindgen_anon_3.ipv4_src, 0, 0, 0],
+                [params.__bindgen_anon_4.ipv4_dst, 0, 0, 0],
+            )
+        };
+        Some(Route {
+            ifindex: params.ifindex,
+            src,
+            nexthop,
+            smac: params.smac,
+            dmac: params.dmac,
+        })
+    }
+}
+
+/// Decrements the TTL (hop limit). The caller has checked it is above 1.
+#[inline(always)]
+pub fn decrement_ttl<C: Mangle>(ctx: &C, pkt: &Packet) -> Result<(), ()> {
+    if pkt.ipv6 {
+        // No header checksum in IPv6.
+        return ctx.store_u8(pkt.l3_offset + 7, pkt.ttl - 1);
+    }
+    // TTL and protocol share a 16-bit word, which the checksum covers.
+    let from = u16::from_ne_bytes([pkt.ttl, pkt.proto]) as u32;
+    let to = u16::from_ne_bytes([pkt.ttl - 1, pkt.proto]) as u32;
+    ctx.store_u16(pkt.l3_offset + 8, to as u16)?;
+    ctx.l3_csum(pkt.l3_offset + 10, from, to, 2)
+}
+
+/// TC: hand the packet to the egress device's neighbour layer, which adds
+/// the L2 header (the overlay side may have none).
+#[inline(always)]
+pub fn redirect_neigh(route: &Route, ipv6: bool) -> i32 {
+    // SAFETY: all-zero is a valid bpf_redir_neigh.
+    let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+    if ipv6 {
+        nh.nh_family = AF_INET6_KERNEL as u32;
+        nh.__bindgen_anon_1.ipv6_nh = route.nexthop;
+    } else {
+        nh.nh_family = AF_INET_KERNEL as u32;
+        nh.__bindgen_anon_1.ipv4_nh = route.nexthop[0];
+    }
+    // SAFETY: nh is valid and correctly sized.
+    unsafe {
+        bpf_redirect_neigh(
+            route.ifindex,
+            &mut nh,
+            size_of::<bpf_redir_neigh>() as i32,
+            0,
+        ) as i32
+    }
+}
+
+#[inline(always)]
+pub fn xdp_redirect_allowed(ifindex: u32) -> bool {
+    // SAFETY: lookup in a map of plain integers.
+    unsafe { XDP_REDIRECT_IFACES.get(&ifindex).is_some() }
+}
+
+/// XDP: rewrite the Ethernet header and redirect. `None` means: let the
+/// kernel forward it.
+#[inline(always)]
+pub fn xdp_redirect<C: Mangle>(ctx: &C, route: &Route) -> Option<u32> {
+    let d = route.dmac;
+    let s = route.smac;
+    for (i, pair) in [[d[0], d[1]], [d[2], d[3]], [d[4], d[5]], [s[0], s[1]], [s[2], s[3]], [s[4], s[5]]]
+        .iter()
+        .enumerate()
+    {
+        ctx.store_u16(2 * i, u16::from_ne_bytes(*pair)).ok()?;
+    }
+    // SAFETY: plain helper call.
+    Some(unsafe { bpf_redirect(route.ifindex, 0) } as u32)
+}
+
+#[inline(always)]
+pub fn family(ipv6: bool) -> u32 {
+    if ipv6 {
+        AF_INET6
+    } else {
+        AF_INET
+    }
+}

@@ -1,0 +1,154 @@
+//! Masquerade: endpoint-independent SNAT (RFC 4787) of the overlay source to
+//! the egress LAN address, and the reverse translation of replies.
+//!
+//! A mapping is a pair of LRU entries, peer endpoint → external endpoint and
+//! back, both created with BPF_NOEXIST so CPUs racing for a port can't both
+//! win. The peer's own port is kept when free; otherwise random ports in the
+//! configured range are tried a bounded number of times. ICMP echo uses its
+//! identifier as the port.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, macros::map, maps::LruHashMap};
+use routing_peer_common::{
+    DatapathConfig, DropReason, NatEndpoint, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP,
+};
+
+use crate::{ctx::Mangle, parse::Packet};
+
+const MAX_MAPPINGS: u32 = 131072;
+/// Random ports tried after the preserved one; bounded for the verifier.
+const PORT_RETRIES: u32 = 16;
+
+#[map]
+static NAT_FWD: LruHashMap<NatEndpoint, NatEndpoint> = LruHashMap::with_max_entries(MAX_MAPPINGS, 0);
+#[map]
+static NAT_REV: LruHashMap<NatEndpoint, NatEndpoint> = LruHashMap::with_max_entries(MAX_MAPPINGS, 0);
+
+#[inline(always)]
+fn same(a: &NatEndpoint, b: &NatEndpoint) -> bool {
+    a.addr == b.addr && a.port == b.port && a.proto == b.proto && a.family == b.family
+}
+
+/// Claims `external` for `peer` if it is free or already `peer`'s.
+#[inline(always)]
+fn claim(peer: &NatEndpoint, external: &NatEndpoint) -> bool {
+    if NAT_REV.insert(external, peer, BPF_NOEXIST as u64).is_err() {
+        // SAFETY: copied out at once.
+        match unsafe { NAT_REV.get(external) } {
+            Some(owner) if same(owner, peer) => {}
+            _ => return false,
+        }
+    }
+    let _ = NAT_FWD.insert(peer, external, 0);
+    true
+}
+
+/// The external endpoint for `peer` on `nat_addr`, reusing its mapping.
+#[inline(always)]
+pub fn snat_mapping(
+    peer: &NatEndpoint,
+    nat_addr: [u32; 4],
+    cfg: &DatapathConfig,
+) -> Result<NatEndpoint, DropReason> {
+    // SAFETY: copied out at once.
+    if let Some(existing) = unsafe { NAT_FWD.get(peer).copied() } {
+        // LRU may have evicted the reverse half; re-claiming restores it.
+        if existing.addr == nat_addr && claim(peer, &existing) {
+            return Ok(existing);
+        }
+    }
+    let mut external = NatEndpoint {
+        addr: nat_addr,
+        port: peer.port,
+        proto: peer.proto,
+        family: peer.family,
+    };
+    if claim(peer, &external) {
+        return Ok(external);
+    }
+    let span = (cfg.snat_port_max as u32).saturating_sub(cfg.snat_port_min as u32) + 1;
+    for _ in 0..PORT_RETRIES {
+        // SAFETY: plain helper call.
+        let random = unsafe { bpf_get_prandom_u32() };
+        external.port = cfg.snat_port_min + (random % span) as u16;
+        if claim(peer, &external) {
+            return Ok(external);
+        }
+    }
+    Err(DropReason::NatExhausted)
+}
+
+/// The peer endpoint behind an external one, for a reply.
+#[inline(always)]
+pub fn reverse(external: &NatEndpoint) -> Option<NatEndpoint> {
+    // SAFETY: copied out at once.
+    unsafe { NAT_REV.get(external).copied() }
+}
+
+pub enum Side {
+    Source,
+    Destination,
+}
+
+/// Where the L4 checksum lives, and whether it covers the pseudo-header.
+#[inline(always)]
+fn l4_checksum(pkt: &Packet) -> Option<(usize, bool)> {
+    match pkt.proto {
+        IPPROTO_TCP => Some((pkt.l4_offset + 16, true)),
+        IPPROTO_UDP => Some((pkt.l4_offset + 6, true)),
+        IPPROTO_ICMP => Some((pkt.l4_offset + 2, false)),
+        IPPROTO_ICMPV6 => Some((pkt.l4_offset + 2, true)),
+        _ => None,
+    }
+}
+
+/// Rewrites one side's address and port (host order), fixing every checksum.
+#[inline(always)]
+pub fn rewrite<C: Mangle>(
+    ctx: &C,
+    pkt: &Packet,
+    side: Side,
+    addr: [u32; 4],
+    port: u16,
+) -> Result<(), ()> {
+    let udp = pkt.proto == IPPROTO_UDP;
+    let l4 = l4_checksum(pkt);
+    let (old_addr, old_port) = match side {
+        Side::Source => (pkt.src, pkt.sport),
+        Side::Destination => (pkt.dst, pkt.dport),
+    };
+    if pkt.ipv6 {
+        let base = pkt.l3_offset + if matches!(side, Side::Source) { 8 } else { 24 };
+        for i in 0..4 {
+            if old_addr[i] != addr[i] {
+                ctx.store_u32(base + 4 * i, addr[i])?;
+                if let Some((csum, true)) = l4 {
+                    ctx.l4_csum(csum, old_addr[i], addr[i], 4, true, udp)?;
+                }
+            }
+        }
+    } else if old_addr[0] != addr[0] {
+        let at = pkt.l3_offset + if matches!(side, Side::Source) { 12 } else { 16 };
+        ctx.store_u32(at, addr[0])?;
+        ctx.l3_csum(pkt.l3_offset + 10, old_addr[0], addr[0], 4)?;
+        if let Some((csum, true)) = l4 {
+            ctx.l4_csum(csum, old_addr[0], addr[0], 4, true, udp)?;
+        }
+    }
+    if old_port != port {
+        let at = match pkt.proto {
+            IPPROTO_TCP | IPPROTO_UDP => {
+                pkt.l4_offset + if matches!(side, Side::Source) { 0 } else { 2 }
+            }
+            // The echo identifier stands for both ports.
+            IPPROTO_ICMP | IPPROTO_ICMPV6 => pkt.l4_offset + 4,
+            _ => return Ok(()),
+        };
+        let (from, to) = (old_port.to_be() as u32, port.to_be() as u32);
+        ctx.store_u16(at, port.to_be())?;
+        if let Some((csum, _)) = l4 {
+            ctx.l4_csum(csum, from, to, 2, false, udp)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! Policy: who is the source, what is the destination, and which rule decides.
+//!
+//! Three lookups, none of which scans: the source address → peer and its
+//! class (hash), the destination → resource and its class (LPM, longest
+//! prefix first), and (source class, destination class, proto, port) → rule
+//! (LPM, with "any protocol" and port ranges as shorter prefixes). Drop
+//! precedence is resolved by the compiler, which never lets an accept be more
+//! specific than an overlapping drop.
+//!
+//! Each map has two copies; `DatapathConfig::active_slot` says which one is
+//! live, so a packet never sees half of one policy and half of another.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::Key, HashMap, LpmTrie},
+};
+use routing_peer_common::{
+    AddrKey, DestValue, PeerValue, PolicyKey, PolicyValue, ACTION_ACCEPT, ACTION_DROP,
+    POLICY_PREFIX_EXACT,
+};
+
+const MAX_PEERS: u32 = 16384;
+const MAX_DESTS: u32 = 262144;
+const MAX_POLICY: u32 = 1 << 20;
+
+#[map]
+static PEERS_0: HashMap<AddrKey, PeerValue> = HashMap::with_max_entries(MAX_PEERS, 0);
+#[map]
+static PEERS_1: HashMap<AddrKey, PeerValue> = HashMap::with_max_entries(MAX_PEERS, 0);
+#[map]
+static DESTS_0: LpmTrie<AddrKey, DestValue> = LpmTrie::with_max_entries(MAX_DESTS, 0);
+#[map]
+static DESTS_1: LpmTrie<AddrKey, DestValue> = LpmTrie::with_max_entries(MAX_DESTS, 0);
+#[map]
+static POLICY_0: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY, 0);
+#[map]
+static POLICY_1: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY, 0);
+
+pub enum Verdict {
+    Accept(u32),
+    Drop,
+    NoMatch,
+}
+
+#[inline(always)]
+pub fn peer(slot: u32, addr: &AddrKey) -> Option<PeerValue> {
+    let map = if slot == 0 { &PEERS_0 } else { &PEERS_1 };
+    // SAFETY: the value is copied out before the map can change under us.
+    unsafe { map.get(addr).copied() }
+}
+
+#[inline(always)]
+pub fn dest(slot: u32, addr: &AddrKey) -> Option<DestValue> {
+    let map = if slot == 0 { &DESTS_0 } else { &DESTS_1 };
+    // 32 bits of family, then the whole address.
+    let key = Key::new(32 + 128, *addr);
+    map.get(&key).copied()
+}
+
+#[inline(always)]
+pub fn decide(slot: u32, src_class: u32, dst_class: u32, proto: u8, port: u16) -> Verdict {
+    let map = if slot == 0 { &POLICY_0 } else { &POLICY_1 };
+    let key = Key::new(
+        POLICY_PREFIX_EXACT,
+        PolicyKey::new(src_class, dst_class, proto, port),
+    );
+    match map.get(&key) {
+        Some(v) if v.action == ACTION_ACCEPT => Verdict::Accept(v.rule_id),
+        Some(v) if v.action == ACTION_DROP => Verdict::Drop,
+        _ => Verdict::NoMatch,
+    }
+}

@@ -1,0 +1,246 @@
+//! The policy the data path enforces, as map contents, and the diff-based,
+//! double-buffered way it reaches the kernel.
+//!
+//! The peer, destination and policy maps exist twice. An update goes into
+//! the copy no packet reads, then one write to `CONFIG` flips `active_slot`
+//! and bumps `policy_gen`; packets see either the whole old policy or the
+//! whole new one. Then the old copy is brought up to date, so both copies
+//! always differ by at most one update. Each write is a diff: a one-rule
+//! change touches only the entries it changes.
+
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    net::IpAddr,
+};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError},
+    Ebpf, Pod,
+};
+use ipnet::IpNet;
+use routing_peer_common::{
+    map_names, AddrKey, DatapathConfig, DestValue, PeerValue, PolicyKey, PolicyValue, AF_INET,
+    AF_INET6,
+};
+
+/// An address as the data path keys it (network byte order words).
+pub fn addr_key(addr: IpAddr) -> AddrKey {
+    match addr {
+        IpAddr::V4(v4) => AddrKey {
+            family: AF_INET,
+            addr: [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+        },
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            AddrKey {
+                family: AF_INET6,
+                addr: [word(0), word(4), word(8), word(12)],
+            }
+        }
+    }
+}
+
+pub fn addr_from_key(family: u32, addr: [u32; 4]) -> IpAddr {
+    if family == AF_INET6 {
+        let mut o = [0u8; 16];
+        for (i, w) in addr.iter().enumerate() {
+            o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        IpAddr::from(o)
+    } else {
+        IpAddr::from(addr[0].to_ne_bytes())
+    }
+}
+
+/// A destination prefix: LPM data plus its prefix length (32 family bits + the net's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DestPrefix {
+    pub key: AddrKey,
+    pub prefix_len: u32,
+}
+
+impl DestPrefix {
+    pub fn new(net: IpNet) -> Self {
+        Self {
+            key: addr_key(net.network()),
+            prefix_len: 32 + u32::from(net.prefix_len()),
+        }
+    }
+}
+
+/// A policy prefix: classes, then protocol and port bits as far as matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyPrefix {
+    pub key: PolicyKey,
+    pub prefix_len: u32,
+}
+
+/// Everything the compiler produces for the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tables {
+    pub peers: HashMap<AddrKey, PeerValue>,
+    pub dests: HashMap<DestPrefix, DestValue>,
+    pub policy: HashMap<PolicyPrefix, PolicyValue>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DiffStats {
+    pub written: usize,
+    pub removed: usize,
+}
+
+impl std::ops::AddAssign for DiffStats {
+    fn add_assign(&mut self, o: Self) {
+        self.written += o.written;
+        self.removed += o.removed;
+    }
+}
+
+/// Entries of `new` that differ from `old`, and keys of `old` gone from `new`.
+fn diff<'a, K: Eq + Hash, V: PartialEq>(
+    old: &'a HashMap<K, V>,
+    new: &'a HashMap<K, V>,
+) -> (Vec<(&'a K, &'a V)>, Vec<&'a K>) {
+    let upserts = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .collect();
+    let removals = old.keys().filter(|k| !new.contains_key(*k)).collect();
+    (upserts, removals)
+}
+
+fn hash_map<'m, K: Pod, V: Pod>(
+    ebpf: &'m mut Ebpf,
+    name: &str,
+) -> Result<BpfHashMap<&'m mut MapData, K, V>, MapError> {
+    let map = ebpf.map_mut(name).ok_or(MapError::InvalidName {
+        name: name.to_string(),
+    })?;
+    BpfHashMap::try_from(map)
+}
+
+fn lpm_map<'m, K: Pod, V: Pod>(
+    ebpf: &'m mut Ebpf,
+    name: &str,
+) -> Result<LpmTrie<&'m mut MapData, K, V>, MapError> {
+    let map = ebpf.map_mut(name).ok_or(MapError::InvalidName {
+        name: name.to_string(),
+    })?;
+    LpmTrie::try_from(map)
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+/// Brings slot `slot` from `old` to `new`. Removals go last so that a
+/// prefix being replaced by a shorter one never leaves a gap.
+pub fn write_slot(
+    ebpf: &mut Ebpf,
+    slot: usize,
+    old: &Tables,
+    new: &Tables,
+) -> Result<DiffStats, MapError> {
+    let mut stats = DiffStats::default();
+
+    let (up, rm) = diff(&old.peers, &new.peers);
+    let mut peers = hash_map::<AddrKey, PeerValue>(ebpf, map_names::PEERS[slot])?;
+    for (k, v) in &up {
+        peers.insert(*k, *v, 0)?;
+    }
+    for k in &rm {
+        ignore_missing(peers.remove(k))?;
+    }
+    stats += DiffStats {
+        written: up.len(),
+        removed: rm.len(),
+    };
+
+    let (up, rm) = diff(&old.dests, &new.dests);
+    let mut dests = lpm_map::<AddrKey, DestValue>(ebpf, map_names::DESTS[slot])?;
+    for (k, v) in &up {
+        dests.insert(&Key::new(k.prefix_len, k.key), *v, 0)?;
+    }
+    for k in &rm {
+        ignore_missing(dests.remove(&Key::new(k.prefix_len, k.key)))?;
+    }
+    stats += DiffStats {
+        written: up.len(),
+        removed: rm.len(),
+    };
+
+    let (up, rm) = diff(&old.policy, &new.policy);
+    let mut policy = lpm_map::<PolicyKey, PolicyValue>(ebpf, map_names::POLICY[slot])?;
+    for (k, v) in &up {
+        policy.insert(&Key::new(k.prefix_len, k.key), *v, 0)?;
+    }
+    for k in &rm {
+        ignore_missing(policy.remove(&Key::new(k.prefix_len, k.key)))?;
+    }
+    stats += DiffStats {
+        written: up.len(),
+        removed: rm.len(),
+    };
+    Ok(stats)
+}
+
+pub fn read_config(ebpf: &mut Ebpf) -> Result<DatapathConfig, MapError> {
+    let map = ebpf.map_mut(map_names::CONFIG).ok_or(MapError::InvalidName {
+        name: map_names::CONFIG.into(),
+    })?;
+    Array::<_, DatapathConfig>::try_from(map)?.get(&0, 0)
+}
+
+pub fn write_config(ebpf: &mut Ebpf, config: &DatapathConfig) -> Result<(), MapError> {
+    let map = ebpf.map_mut(map_names::CONFIG).ok_or(MapError::InvalidName {
+        name: map_names::CONFIG.into(),
+    })?;
+    Array::<_, DatapathConfig>::try_from(map)?.set(0, config, 0)
+}
+
+/// The data path's policy state as user space tracks it: what each slot holds.
+pub struct PolicyState {
+    pub slots: [Tables; 2],
+    pub config: DatapathConfig,
+}
+
+impl PolicyState {
+    /// Fresh maps: both slots empty, defaults written.
+    pub fn init(ebpf: &mut Ebpf, config: DatapathConfig) -> Result<Self, MapError> {
+        write_config(ebpf, &config)?;
+        Ok(Self {
+            slots: [Tables::default(), Tables::default()],
+            config,
+        })
+    }
+
+    /// Installs `new` atomically from the packets' point of view.
+    pub fn install(&mut self, ebpf: &mut Ebpf, new: &Tables) -> Result<DiffStats, MapError> {
+        let live = self.config.active_slot as usize;
+        let standby = 1 - live;
+        let stats = write_slot(ebpf, standby, &self.slots[standby], new)?;
+        self.slots[standby] = new.clone();
+        self.config.active_slot = standby as u32;
+        self.config.policy_gen = self.config.policy_gen.wrapping_add(1).max(1);
+        write_config(ebpf, &self.config)?;
+        // The old copy catches up, so the next update is again a small diff.
+        write_slot(ebpf, live, &self.slots[live], new)?;
+        self.slots[live] = new.clone();
+        Ok(stats)
+    }
+
+    /// Changes run-time settings without touching the policy.
+    pub fn set_config(&mut self, ebpf: &mut Ebpf, config: DatapathConfig) -> Result<(), MapError> {
+        self.config = DatapathConfig {
+            active_slot: self.config.active_slot,
+            policy_gen: self.config.policy_gen,
+            ..config
+        };
+        write_config(ebpf, &self.config)
+    }
+}
