@@ -2,15 +2,11 @@
 //! direction (peer → remote), holding state, per-direction counters, the NAT
 //! mapping and the rule that allowed it.
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    macros::map,
-    maps::LruHashMap,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::LruHashMap};
 use routing_peer_common::{
     CtEntry, CtKey, DatapathConfig, CT_ICMP, CT_OTHER, CT_TCP_CLOSING, CT_TCP_ESTABLISHED,
-    CT_TCP_RESET, CT_TCP_SYN_SENT, CT_UDP_REPLIED, CT_UDP_UNREPLIED, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    CT_TCP_RESET, CT_TCP_SYN_SENT, CT_UDP_REPLIED, CT_UDP_UNREPLIED, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 const MAX_FLOWS: u32 = 262144;

@@ -10,8 +10,7 @@ const MAX_RESOURCES: u32 = 131072;
 static HOOK_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(Hook::COUNT, 0);
 
 #[map]
-static DROP_STATS: PerCpuArray<PacketCounter> =
-    PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+static DROP_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
 
 #[map]
 static RESOURCE_STATS: PerCpuArray<ResourceCounters> =

@@ -43,7 +43,11 @@ pub struct Route {
 pub fn lookup<C: EbpfContext>(ctx: &C, pkt: &Packet, in_ifindex: u32, skb: bool) -> Option<Route> {
     // SAFETY: all-zero is a valid bpf_fib_lookup.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = if pkt.ipv6 { AF_INET6_KERNEL } else { AF_INET_KERNEL };
+    params.family = if pkt.ipv6 {
+        AF_INET6_KERNEL
+    } else {
+        AF_INET_KERNEL
+    };
     params.l4_protocol = pkt.proto;
     params.sport = pkt.sport.to_be();
     params.dport = pkt.dport.to_be();
@@ -77,7 +81,10 @@ pub fn lookup<C: EbpfContext>(ctx: &C, pkt: &Packet, in_ifindex: u32, skb: bool)
     // SAFETY: the helper filled the union members of our family.
     unsafe {
         let (src, nexthop) = if pkt.ipv6 {
-            (params.__bindgen_anon_3.ipv6_src, params.__bindgen_anon_4.ipv6_dst)
+            (
+                params.__bindgen_anon_3.ipv6_src,
+                params.__bindgen_anon_4.ipv6_dst,
+            )
         } else {
             (
                 [params.__bindgen_anon_3.ipv4_src, 0, 0, 0],
@@ -144,9 +151,16 @@ pub fn xdp_redirect_allowed(ifindex: u32) -> bool {
 pub fn xdp_redirect<C: Mangle>(ctx: &C, route: &Route) -> Option<u32> {
     let d = route.dmac;
     let s = route.smac;
-    for (i, pair) in [[d[0], d[1]], [d[2], d[3]], [d[4], d[5]], [s[0], s[1]], [s[2], s[3]], [s[4], s[5]]]
-        .iter()
-        .enumerate()
+    for (i, pair) in [
+        [d[0], d[1]],
+        [d[2], d[3]],
+        [d[4], d[5]],
+        [s[0], s[1]],
+        [s[2], s[3]],
+        [s[4], s[5]],
+    ]
+    .iter()
+    .enumerate()
     {
         ctx.store_u16(2 * i, u16::from_ne_bytes(*pair)).ok()?;
     }

@@ -90,9 +90,22 @@ fn revalidate(
     let family = key.family as u32;
     let src_class = match src_class {
         Some(c) => Some(c),
-        None => policy::peer(slot, &AddrKey { family, addr: key.peer }).map(|p| p.src_class),
+        None => policy::peer(
+            slot,
+            &AddrKey {
+                family,
+                addr: key.peer,
+            },
+        )
+        .map(|p| p.src_class),
     };
-    let dest = policy::dest(slot, &AddrKey { family, addr: key.remote });
+    let dest = policy::dest(
+        slot,
+        &AddrKey {
+            family,
+            addr: key.remote,
+        },
+    );
     if let (Some(src_class), Some(dest)) = (src_class, dest) {
         let port = policy_port(key.proto, key.remote_port);
         if let Verdict::Accept(rule_id) =
@@ -131,8 +144,14 @@ fn new_flow(
     len: usize,
 ) -> Result<NewFlow, DropReason> {
     let slot = cfg.active_slot;
-    let dest = policy::dest(slot, &AddrKey { family: key.family as u32, addr: pkt.dst })
-        .ok_or(DropReason::NoPolicy)?;
+    let dest = policy::dest(
+        slot,
+        &AddrKey {
+            family: key.family as u32,
+            addr: pkt.dst,
+        },
+    )
+    .ok_or(DropReason::NoPolicy)?;
     let port = policy_port(pkt.proto, pkt.dport);
     let rule_id = match policy::decide(slot, peer.src_class, dest.dst_class, pkt.proto, port) {
         Verdict::Accept(rule_id) => rule_id,
@@ -184,8 +203,14 @@ fn new_flow(
 fn overlay_to_lan(ctx: &TcContext, pkt: &Packet, len: usize) -> Result<i32, DropReason> {
     let cfg = config::current().ok_or(DropReason::NoPolicy)?;
     let family = forward::family(pkt.ipv6);
-    let peer = policy::peer(cfg.active_slot, &AddrKey { family, addr: pkt.src })
-        .ok_or(DropReason::UnknownSource)?;
+    let peer = policy::peer(
+        cfg.active_slot,
+        &AddrKey {
+            family,
+            addr: pkt.src,
+        },
+    )
+    .ok_or(DropReason::UnknownSource)?;
     let key = forward_key(pkt);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -262,7 +287,13 @@ fn lan_to_overlay(ctx: &XdpContext, pkt: &Packet, len: usize) -> Result<u32, Dro
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(entry) = conntrack::lookup(&key, now, &cfg) else {
-        let to_overlay = policy::peer(cfg.active_slot, &AddrKey { family, addr: pkt.dst });
+        let to_overlay = policy::peer(
+            cfg.active_slot,
+            &AddrKey {
+                family,
+                addr: pkt.dst,
+            },
+        );
         return match to_overlay {
             Some(_) => Err(DropReason::LanUnsolicited),
             None => Ok(xdp_action::XDP_PASS),

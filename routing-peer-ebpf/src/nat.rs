@@ -7,10 +7,11 @@
 //! configured range are tried a bounded number of times. ICMP echo uses its
 //! identifier as the port.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, macros::map, maps::LruHashMap,
+};
 use routing_peer_common::{
-    DatapathConfig, DropReason, NatEndpoint, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP,
+    DatapathConfig, DropReason, NatEndpoint, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{ctx::Mangle, parse::Packet};
@@ -20,9 +21,11 @@ const MAX_MAPPINGS: u32 = 131072;
 const PORT_RETRIES: u32 = 16;
 
 #[map]
-static NAT_FWD: LruHashMap<NatEndpoint, NatEndpoint> = LruHashMap::with_max_entries(MAX_MAPPINGS, 0);
+static NAT_FWD: LruHashMap<NatEndpoint, NatEndpoint> =
+    LruHashMap::with_max_entries(MAX_MAPPINGS, 0);
 #[map]
-static NAT_REV: LruHashMap<NatEndpoint, NatEndpoint> = LruHashMap::with_max_entries(MAX_MAPPINGS, 0);
+static NAT_REV: LruHashMap<NatEndpoint, NatEndpoint> =
+    LruHashMap::with_max_entries(MAX_MAPPINGS, 0);
 
 #[inline(always)]
 fn same(a: &NatEndpoint, b: &NatEndpoint) -> bool {

@@ -228,7 +228,8 @@ pub fn parse_resource_address(raw: &str) -> Result<ResourceAddress, String> {
     let valid_label = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             && !l.starts_with('-')
             && !l.ends_with('-')
     };
@@ -311,7 +312,11 @@ impl Policy {
         self.ports
             .iter()
             .map(|p| (*p as u16, *p as u16))
-            .chain(self.port_ranges.iter().map(|r| (r.start as u16, r.end as u16)))
+            .chain(
+                self.port_ranges
+                    .iter()
+                    .map(|r| (r.start as u16, r.end as u16)),
+            )
             .collect()
     }
 }
@@ -490,7 +495,10 @@ pub fn validate(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
             );
         }
         if p.addresses.is_empty() {
-            r.error(format!("{field}.addresses"), "needs at least one overlay address");
+            r.error(
+                format!("{field}.addresses"),
+                "needs at least one overlay address",
+            );
         }
         for (j, a) in p.addresses.iter().enumerate() {
             let af = format!("{field}.addresses[{j}]");
@@ -523,10 +531,12 @@ pub fn validate(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
         &mut r,
         "resource",
         config.networks.iter().enumerate().flat_map(|(i, n)| {
-            n.resources
-                .iter()
-                .enumerate()
-                .map(move |(j, res)| (format!("networks[{i}].resources[{j}].name"), res.name.as_str()))
+            n.resources.iter().enumerate().map(move |(j, res)| {
+                (
+                    format!("networks[{i}].resources[{j}].name"),
+                    res.name.as_str(),
+                )
+            })
         }),
     );
     let mut resource_groups = HashSet::new();
@@ -572,13 +582,18 @@ pub fn validate(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
     for (i, p) in config.policies.iter().enumerate() {
         let field = format!("policies[{i}]");
         if p.sources.is_empty() {
-            r.error(format!("{field}.sources"), "needs at least one source peer group");
+            r.error(
+                format!("{field}.sources"),
+                "needs at least one source peer group",
+            );
         }
         for (j, g) in p.sources.iter().enumerate() {
             if !peer_groups.contains(g.as_str()) {
                 r.error(
                     format!("{field}.sources[{j}]"),
-                    format!("unknown peer group `{g}`; add it to a peer's `groups` or fix the name"),
+                    format!(
+                        "unknown peer group `{g}`; add it to a peer's `groups` or fix the name"
+                    ),
                 );
             }
         }
@@ -618,7 +633,10 @@ pub fn validate(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
                     );
                 }
                 if p.destinations.is_empty() {
-                    r.error(format!("{field}.destinations"), "a peer policy needs destination peer groups");
+                    r.error(
+                        format!("{field}.destinations"),
+                        "a peer policy needs destination peer groups",
+                    );
                 }
                 for (j, g) in p.destinations.iter().enumerate() {
                     let f = format!("{field}.destinations[{j}]");
@@ -756,7 +774,10 @@ ports = [443]
     fn the_example_loads() {
         let loaded = parse(Path::new("rp.toml"), &example()).unwrap();
         assert_eq!(loaded.config.peers.len(), 2);
-        assert!(loaded.config.networks[0].masquerade, "masquerade defaults on");
+        assert!(
+            loaded.config.networks[0].masquerade,
+            "masquerade defaults on"
+        );
         assert!(loaded.warnings.is_empty());
     }
 
@@ -764,7 +785,10 @@ ports = [443]
     fn every_problem_is_reported_with_its_field() {
         let text = example()
             .replace("sources = [\"Development\"]", "sources = [\"Developers\"]")
-            .replace("ports = [443]", "ports = [70000]\nport_ranges = [{ start = 9000, end = 8000 }]")
+            .replace(
+                "ports = [443]",
+                "ports = [70000]\nport_ranges = [{ start = 9000, end = 8000 }]",
+            )
             .replace("\"198.51.100.5/32\"", "\"198.51.100.5/24\"")
             .replace("100.64.0.3", "192.0.2.9")
             .replace("name = \"bob\"", "name = \"alice\"");
@@ -778,11 +802,23 @@ ports = [443]
             "peers[1].addresses[0]",
             "peers[1].name",
         ] {
-            assert!(fields.contains(&expected), "{expected} missing from {found:#?}");
+            assert!(
+                fields.contains(&expected),
+                "{expected} missing from {found:#?}"
+            );
         }
-        let host_bits = found.iter().find(|p| p.field == "networks[0].resources[0].address").unwrap();
-        assert!(host_bits.message.contains("198.51.100.0/24"), "{host_bits:?}");
-        let inverted = found.iter().find(|p| p.field == "policies[0].port_ranges[0]").unwrap();
+        let host_bits = found
+            .iter()
+            .find(|p| p.field == "networks[0].resources[0].address")
+            .unwrap();
+        assert!(
+            host_bits.message.contains("198.51.100.0/24"),
+            "{host_bits:?}"
+        );
+        let inverted = found
+            .iter()
+            .find(|p| p.field == "policies[0].port_ranges[0]")
+            .unwrap();
         assert!(inverted.message.contains("inverted"), "{inverted:?}");
     }
 
@@ -798,7 +834,10 @@ ports = [443]
             parse_resource_address("10.0.0.0/8").unwrap().kind(),
             "subnet"
         );
-        assert_eq!(parse_resource_address("2001:db8::5").unwrap().kind(), "host");
+        assert_eq!(
+            parse_resource_address("2001:db8::5").unwrap().kind(),
+            "host"
+        );
     }
 
     #[test]
@@ -821,9 +860,18 @@ destinations = ["Routing Peers"]
 "#;
         let found = problems(&text);
         let fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
-        assert!(fields.contains(&"policies[1].destinations[0]"), "{found:#?}");
-        assert!(fields.contains(&"policies[1].destination_resources"), "{found:#?}");
-        assert!(fields.contains(&"policies[2].destinations[0]"), "{found:#?}");
+        assert!(
+            fields.contains(&"policies[1].destinations[0]"),
+            "{found:#?}"
+        );
+        assert!(
+            fields.contains(&"policies[1].destination_resources"),
+            "{found:#?}"
+        );
+        assert!(
+            fields.contains(&"policies[2].destinations[0]"),
+            "{found:#?}"
+        );
     }
 
     #[test]

@@ -8,11 +8,7 @@
 //! always differ by at most one update. Each write is a diff: a one-rule
 //! change touches only the entries it changes.
 
-use std::{
-    collections::HashMap,
-    hash::Hash,
-    net::IpAddr,
-};
+use std::{collections::HashMap, hash::Hash, net::IpAddr};
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError},
@@ -190,16 +186,20 @@ pub fn write_slot(
 }
 
 pub fn read_config(ebpf: &mut Ebpf) -> Result<DatapathConfig, MapError> {
-    let map = ebpf.map_mut(map_names::CONFIG).ok_or(MapError::InvalidName {
-        name: map_names::CONFIG.into(),
-    })?;
+    let map = ebpf
+        .map_mut(map_names::CONFIG)
+        .ok_or(MapError::InvalidName {
+            name: map_names::CONFIG.into(),
+        })?;
     Array::<_, DatapathConfig>::try_from(map)?.get(&0, 0)
 }
 
 pub fn write_config(ebpf: &mut Ebpf, config: &DatapathConfig) -> Result<(), MapError> {
-    let map = ebpf.map_mut(map_names::CONFIG).ok_or(MapError::InvalidName {
-        name: map_names::CONFIG.into(),
-    })?;
+    let map = ebpf
+        .map_mut(map_names::CONFIG)
+        .ok_or(MapError::InvalidName {
+            name: map_names::CONFIG.into(),
+        })?;
     Array::<_, DatapathConfig>::try_from(map)?.set(0, config, 0)
 }
 

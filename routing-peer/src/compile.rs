@@ -1,0 +1,455 @@
+//! The policy compiler: configuration in, map contents out.
+//!
+//! Peers that are sources of the same rules share a *source class*; address
+//! prefixes that are destinations of the same rules share a *destination
+//! class*. The policy map is keyed by (source class, destination class,
+//! protocol, port), with "any protocol" and port ranges as shorter LPM
+//! prefixes, so the kernel never scans rules, peers or resources: one hash
+//! lookup, two LPM lookups, whatever the size of the configuration.
+//!
+//! Precedence: a drop beats an accept. LPM picks the most specific entry, so
+//! the compiler drops any accept entry that lies inside (or equals) a drop
+//! entry of the same class pair; where a drop lies inside an accept, LPM
+//! already picks the drop.
+//!
+//! A prefix nested inside another resource's prefix (a /32 in a /24) gets
+//! the rules of both. The routing peer's own addresses get only peer
+//! (input-chain) rules: a resource policy never opens the routing peer.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use routing_peer_common::{
+    DestValue, PeerValue, PolicyKey, PolicyValue, ACTION_ACCEPT, ACTION_DROP, DEST_MASQUERADE,
+    DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, POLICY_PREFIX_ANY_PORT,
+    POLICY_PREFIX_ANY_PROTO,
+};
+
+use crate::{
+    config::{parse_resource_address, Action, Config, PolicyKind, Protocol, ResourceAddress},
+    datapath::tables::{addr_key, DestPrefix, PolicyPrefix, Tables},
+};
+
+/// Ids the kernel stores, with the names the CLI shows for them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Names {
+    /// Index = id; 0 is "none".
+    pub peers: Vec<String>,
+    pub resources: Vec<String>,
+    pub rules: Vec<String>,
+}
+
+/// A domain resource whose resolved addresses the DNS forwarder installs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainResource {
+    pub resource_id: u32,
+    pub name: String,
+    pub address: ResourceAddress,
+    pub groups: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Compiled {
+    pub tables: Tables,
+    pub names: Names,
+    pub domains: Vec<DomainResource>,
+    pub peer_classes: usize,
+    pub dest_classes: usize,
+}
+
+/// Interns sets of rule ids as class ids (from 1).
+#[derive(Default)]
+struct Classes {
+    ids: HashMap<BTreeSet<u32>, u32>,
+    members: Vec<BTreeSet<u32>>,
+}
+
+impl Classes {
+    fn intern(&mut self, rules: BTreeSet<u32>) -> u32 {
+        if let Some(id) = self.ids.get(&rules) {
+            return *id;
+        }
+        self.members.push(rules.clone());
+        let id = self.members.len() as u32;
+        self.ids.insert(rules, id);
+        id
+    }
+}
+
+/// One LPM block of the policy key space below a class pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Block {
+    proto: Option<u8>,
+    /// (first port, prefix bits of the 16-bit port).
+    ports: Option<(u16, u32)>,
+}
+
+impl Block {
+    fn contains(&self, other: &Block) -> bool {
+        let proto = match (self.proto, other.proto) {
+            (None, _) => true,
+            (Some(a), Some(b)) => a == b,
+            (Some(_), None) => false,
+        };
+        let ports = match (self.ports, other.ports) {
+            (None, _) => true,
+            (Some((pa, ba)), Some((pb, bb))) => {
+                ba <= bb && (u32::from(pa) >> (16 - ba)) == (u32::from(pb) >> (16 - ba))
+            }
+            (Some(_), None) => false,
+        };
+        proto && ports
+    }
+
+    fn prefix(&self, src_class: u32, dst_class: u32) -> PolicyPrefix {
+        let (proto, port, prefix_len) = match (self.proto, self.ports) {
+            (None, _) => (0, 0, POLICY_PREFIX_ANY_PROTO),
+            (Some(p), None) => (p, 0, POLICY_PREFIX_ANY_PORT),
+            (Some(p), Some((port, bits))) => (p, port, POLICY_PREFIX_ANY_PORT + bits),
+        };
+        PolicyPrefix {
+            key: PolicyKey::new(src_class, dst_class, proto, port),
+            prefix_len,
+        }
+    }
+}
+
+/// Splits an inclusive port range into aligned prefix blocks.
+pub fn port_blocks(lo: u16, hi: u16) -> Vec<(u16, u32)> {
+    let mut out = Vec::new();
+    let (mut start, end) = (u32::from(lo), u32::from(hi));
+    while start <= end {
+        let mut size_bits = start.trailing_zeros().min(16);
+        while size_bits > 0 && start + (1 << size_bits) - 1 > end {
+            size_bits -= 1;
+        }
+        out.push((start as u16, 16 - size_bits));
+        start += 1 << size_bits;
+    }
+    out
+}
+
+fn blocks_of(protocol: Protocol, ranges: &[(u16, u16)]) -> Vec<Block> {
+    let protos: &[u8] = match protocol {
+        Protocol::All => {
+            return vec![Block {
+                proto: None,
+                ports: None,
+            }]
+        }
+        Protocol::Tcp => &[IPPROTO_TCP],
+        Protocol::Udp => &[IPPROTO_UDP],
+        Protocol::Icmp => &[IPPROTO_ICMP, IPPROTO_ICMPV6],
+    };
+    let mut out = Vec::new();
+    for &proto in protos {
+        if ranges.is_empty() {
+            out.push(Block {
+                proto: Some(proto),
+                ports: None,
+            });
+        }
+        for &(lo, hi) in ranges {
+            out.extend(port_blocks(lo, hi).into_iter().map(|ports| Block {
+                proto: Some(proto),
+                ports: Some(ports),
+            }));
+        }
+    }
+    out
+}
+
+/// The compiled form of one enabled policy.
+struct Rule {
+    id: u32,
+    action: Action,
+    blocks: Vec<Block>,
+}
+
+/// Entries for one class pair, drop precedence applied.
+fn resolve(rules: &[&Rule]) -> Vec<(Block, PolicyValue)> {
+    let drops: Vec<(Block, u32)> = rules
+        .iter()
+        .filter(|r| r.action == Action::Drop)
+        .flat_map(|r| r.blocks.iter().map(move |b| (*b, r.id)))
+        .collect();
+    let mut out: HashMap<Block, PolicyValue> = HashMap::new();
+    for (block, id) in &drops {
+        out.entry(*block).or_insert(PolicyValue {
+            action: ACTION_DROP,
+            rule_id: *id,
+        });
+    }
+    for rule in rules.iter().filter(|r| r.action == Action::Accept) {
+        for block in &rule.blocks {
+            if drops.iter().any(|(d, _)| d.contains(block)) {
+                continue;
+            }
+            out.entry(*block).or_insert(PolicyValue {
+                action: ACTION_ACCEPT,
+                rule_id: rule.id,
+            });
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Compiles `config`. `self_addrs` are the routing peer's own addresses
+/// (overlay and LAN); `resolved` maps domain resource names to the addresses
+/// the DNS forwarder currently holds for them.
+pub fn compile(
+    config: &Config,
+    self_addrs: &[IpAddr],
+    resolved: &HashMap<String, Vec<IpAddr>>,
+) -> Compiled {
+    let mut names = Names {
+        peers: vec![String::new()],
+        resources: vec![String::new()],
+        rules: vec![String::new()],
+    };
+    let mut rules = Vec::new();
+    for policy in &config.policies {
+        names.rules.push(policy.name.clone());
+        if !policy.enabled {
+            continue;
+        }
+        rules.push((
+            policy,
+            Rule {
+                id: names.rules.len() as u32 - 1,
+                action: policy.action,
+                blocks: blocks_of(policy.protocol, &policy.port_ranges()),
+            },
+        ));
+    }
+
+    // Source classes.
+    let mut src_classes = Classes::default();
+    let mut peers = HashMap::new();
+    for peer in &config.peers {
+        names.peers.push(peer.name.clone());
+        let peer_id = names.peers.len() as u32 - 1;
+        let member: BTreeSet<u32> = rules
+            .iter()
+            .filter(|(p, _)| p.sources.iter().any(|g| peer.groups.contains(g)))
+            .map(|(_, r)| r.id)
+            .collect();
+        let src_class = src_classes.intern(member);
+        for addr in &peer.addresses {
+            peers.insert(addr_key(*addr), PeerValue { peer_id, src_class });
+        }
+    }
+
+    // Destination prefixes with their direct rule sets.
+    struct Dest {
+        net: IpNet,
+        resource_id: u32,
+        flags: u32,
+        rules: BTreeSet<u32>,
+    }
+    let mut dests: Vec<Dest> = Vec::new();
+    let mut domains = Vec::new();
+    for network in &config.networks {
+        for res in &network.resources {
+            names.resources.push(res.name.clone());
+            let resource_id = names.resources.len() as u32 - 1;
+            let Ok(address) = parse_resource_address(&res.address) else {
+                continue;
+            };
+            if !res.enabled {
+                continue;
+            }
+            let direct: BTreeSet<u32> = rules
+                .iter()
+                .filter(|(p, _)| {
+                    p.kind == PolicyKind::Resource
+                        && (p.destinations.iter().any(|g| res.groups.contains(g))
+                            || p.destination_resources.contains(&res.name))
+                })
+                .map(|(_, r)| r.id)
+                .collect();
+            let flags = if network.masquerade {
+                DEST_MASQUERADE
+            } else {
+                0
+            };
+            let nets: Vec<IpNet> = match &address {
+                ResourceAddress::Host(n) | ResourceAddress::Subnet(n) => vec![*n],
+                ResourceAddress::Domain(_) | ResourceAddress::Wildcard(_) => {
+                    domains.push(DomainResource {
+                        resource_id,
+                        name: res.name.clone(),
+                        address: address.clone(),
+                        groups: res.groups.clone(),
+                    });
+                    resolved
+                        .get(&res.name)
+                        .into_iter()
+                        .flatten()
+                        .map(|ip| IpNet::from(*ip))
+                        .collect()
+                }
+            };
+            for net in nets {
+                dests.push(Dest {
+                    net,
+                    resource_id,
+                    flags,
+                    rules: direct.clone(),
+                });
+            }
+        }
+    }
+
+    // Nesting: a prefix inherits the rules of every prefix that contains it.
+    let by_net: HashMap<IpNet, BTreeSet<u32>> = dests.iter().fold(HashMap::new(), |mut m, d| {
+        m.entry(d.net).or_default().extend(d.rules.iter().copied());
+        m
+    });
+    let inherited: Vec<BTreeSet<u32>> = dests
+        .iter()
+        .map(|d| {
+            let mut all = d.rules.clone();
+            for len in 0..d.net.prefix_len() {
+                if let Ok(parent) = IpNet::new(d.net.addr(), len) {
+                    if let Some(r) = by_net.get(&parent.trunc()) {
+                        all.extend(r.iter().copied());
+                    }
+                }
+            }
+            // Two resources with the same prefix: both grant.
+            all.extend(by_net[&d.net].iter().copied());
+            all
+        })
+        .collect();
+
+    let mut dst_classes = Classes::default();
+    let mut tables = Tables {
+        peers,
+        ..Default::default()
+    };
+    for (d, rules_of) in dests.iter().zip(inherited) {
+        let dst_class = dst_classes.intern(rules_of);
+        tables.dests.insert(
+            DestPrefix::new(d.net),
+            DestValue {
+                resource_id: d.resource_id,
+                dst_class,
+                flags: d.flags,
+            },
+        );
+    }
+    let self_rules: BTreeSet<u32> = rules
+        .iter()
+        .filter(|(p, _)| {
+            p.kind == PolicyKind::Peer
+                && p.destinations
+                    .iter()
+                    .any(|g| config.routing_peer.groups.contains(g))
+        })
+        .map(|(_, r)| r.id)
+        .collect();
+    let self_class = dst_classes.intern(self_rules);
+    for addr in self_addrs {
+        tables.dests.insert(
+            DestPrefix::new(IpNet::from(*addr)),
+            DestValue {
+                resource_id: 0,
+                dst_class: self_class,
+                flags: DEST_SELF,
+            },
+        );
+    }
+
+    // Policy entries for every class pair some rule connects.
+    let rule_by_id: HashMap<u32, &Rule> = rules.iter().map(|(_, r)| (r.id, r)).collect();
+    // Pairs come from each rule's classes, never from all class pairs.
+    let by_rule = |classes: &Classes| {
+        let mut m: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (idx, members) in classes.members.iter().enumerate() {
+            for rule in members {
+                m.entry(*rule).or_default().push(idx as u32 + 1);
+            }
+        }
+        m
+    };
+    let (src_by_rule, dst_by_rule) = (by_rule(&src_classes), by_rule(&dst_classes));
+    let mut pairs: HashMap<(u32, u32), Vec<u32>> = HashMap::new();
+    for (_, rule) in &rules {
+        let (Some(srcs), Some(dsts)) = (src_by_rule.get(&rule.id), dst_by_rule.get(&rule.id))
+        else {
+            continue;
+        };
+        for s in srcs {
+            for d in dsts {
+                pairs.entry((*s, *d)).or_default().push(rule.id);
+            }
+        }
+    }
+    for ((s, d), ids) in pairs {
+        let pair_rules: Vec<&Rule> = ids.iter().map(|id| rule_by_id[id]).collect();
+        for (block, value) in resolve(&pair_rules) {
+            tables.policy.insert(block.prefix(s, d), value);
+        }
+    }
+
+    Compiled {
+        tables,
+        names,
+        domains,
+        peer_classes: src_classes.members.len(),
+        dest_classes: dst_classes.members.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_become_aligned_blocks() {
+        assert_eq!(port_blocks(443, 443), vec![(443, 16)]);
+        assert_eq!(port_blocks(0, 65535), vec![(0, 0)]);
+        assert_eq!(port_blocks(8000, 8003), vec![(8000, 14)]);
+        // 1-3: 1/16, 2/15.
+        assert_eq!(port_blocks(1, 3), vec![(1, 16), (2, 15)]);
+        let blocks = port_blocks(1000, 2000);
+        let covered: u32 = blocks.iter().map(|(_, bits)| 1u32 << (16 - bits)).sum();
+        assert_eq!(covered, 1001);
+        assert!(blocks.len() <= 30, "{} blocks", blocks.len());
+    }
+
+    #[test]
+    fn drop_beats_accept_whatever_the_specificity() {
+        let accept = Rule {
+            id: 1,
+            action: Action::Accept,
+            blocks: blocks_of(Protocol::Tcp, &[(443, 443)]),
+        };
+        let drop_all_tcp = Rule {
+            id: 2,
+            action: Action::Drop,
+            blocks: blocks_of(Protocol::Tcp, &[]),
+        };
+        let resolved = resolve(&[&accept, &drop_all_tcp]);
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].1.action, ACTION_DROP);
+
+        // An accept wider than the drop stays; LPM picks the drop where it applies.
+        let accept_all = Rule {
+            id: 3,
+            action: Action::Accept,
+            blocks: blocks_of(Protocol::All, &[]),
+        };
+        let drop_ssh = Rule {
+            id: 4,
+            action: Action::Drop,
+            blocks: blocks_of(Protocol::Tcp, &[(22, 22)]),
+        };
+        let resolved = resolve(&[&accept_all, &drop_ssh]);
+        assert_eq!(resolved.len(), 2);
+    }
+}
