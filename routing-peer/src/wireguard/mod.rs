@@ -1,0 +1,205 @@
+//! Keeping the overlay's WireGuard interface configured and handshaking.
+//!
+//! Kernel WireGuard (production) is driven over generic netlink; where the
+//! kernel has no WireGuard, `wireguard-go` runs the same interface as a TUN
+//! device and is driven over its UAPI socket. Either way the configuration
+//! is applied as a diff: peers are added, updated and removed in place and
+//! the interface is never restarted, so existing tunnels survive a reload.
+
+pub mod netlink;
+pub mod uapi;
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use base64::{engine::general_purpose::STANDARD, Engine};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::config::{Config, WireguardMode};
+
+pub type Key = [u8; 32];
+
+#[derive(Debug, Error)]
+pub enum WgError {
+    #[error("key {what}: {detail}")]
+    Key { what: String, detail: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("UAPI: {0}")]
+    Uapi(String),
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+pub fn decode_key(what: &str, b64: &str) -> Result<Key, WgError> {
+    let bytes = STANDARD.decode(b64.trim()).map_err(|e| WgError::Key {
+        what: what.into(),
+        detail: e.to_string(),
+    })?;
+    bytes.try_into().map_err(|_| WgError::Key {
+        what: what.into(),
+        detail: "not 32 bytes".into(),
+    })
+}
+
+pub fn encode_key(key: &Key) -> String {
+    STANDARD.encode(key)
+}
+
+/// The public key of a private key (X25519 base point multiplication).
+pub fn public_key(private: &Key) -> Key {
+    x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*private)).to_bytes()
+}
+
+/// One peer as WireGuard should know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub public_key: Key,
+    pub endpoint: Option<SocketAddr>,
+    pub persistent_keepalive: Option<u16>,
+    pub allowed_ips: Vec<IpNet>,
+}
+
+/// The whole device as WireGuard should know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceSpec {
+    pub private_key: Key,
+    pub listen_port: u16,
+    pub peers: Vec<PeerSpec>,
+}
+
+impl DeviceSpec {
+    pub fn from_config(config: &Config) -> Result<Self, WgError> {
+        let rp = &config.routing_peer;
+        let raw = std::fs::read_to_string(&rp.private_key_file).map_err(|e| WgError::Key {
+            what: rp.private_key_file.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        let private_key = decode_key(&rp.private_key_file.display().to_string(), &raw)?;
+        let peers = config
+            .peers
+            .iter()
+            .map(|p| {
+                Ok(PeerSpec {
+                    public_key: decode_key(&p.name, &p.public_key)?,
+                    endpoint: p.endpoint.as_deref().and_then(|e| e.parse().ok()),
+                    persistent_keepalive: p.persistent_keepalive,
+                    // A peer routes only its own overlay addresses through us.
+                    allowed_ips: p.addresses.iter().map(|a| IpNet::from(*a)).collect(),
+                })
+            })
+            .collect::<Result<_, WgError>>()?;
+        Ok(Self {
+            private_key,
+            listen_port: rp.listen_port,
+            peers,
+        })
+    }
+}
+
+/// What WireGuard reports about one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    /// Seconds since the epoch; 0 = never.
+    pub last_handshake_unix: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// A peer is down when its last handshake is older than this (about 3 min:
+/// WireGuard rekeys every 2 min while traffic flows).
+pub const PEER_DOWN_AFTER: Duration = Duration::from_secs(180);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Kernel,
+    Userspace,
+}
+
+/// The running WireGuard backend.
+pub enum Backend {
+    Kernel(netlink::KernelWg),
+    Userspace(uapi::UserspaceWg),
+}
+
+impl Backend {
+    /// Picks the mode: kernel when asked or available, userspace otherwise.
+    pub fn start(iface: &str, mode: WireguardMode) -> Result<Self, WgError> {
+        let kernel_ok = || netlink::KernelWg::available();
+        match mode {
+            WireguardMode::Kernel => Ok(Backend::Kernel(netlink::KernelWg::ensure(iface)?)),
+            WireguardMode::Userspace => Ok(Backend::Userspace(uapi::UserspaceWg::ensure(iface)?)),
+            WireguardMode::Auto if kernel_ok() => {
+                Ok(Backend::Kernel(netlink::KernelWg::ensure(iface)?))
+            }
+            WireguardMode::Auto => Ok(Backend::Userspace(uapi::UserspaceWg::ensure(iface)?)),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self {
+            Backend::Kernel(_) => Mode::Kernel,
+            Backend::Userspace(_) => Mode::Userspace,
+        }
+    }
+
+    /// Applies `spec`, removing peers not in it, without touching the others' sessions.
+    pub fn configure(&mut self, spec: &DeviceSpec) -> Result<(), WgError> {
+        match self {
+            Backend::Kernel(k) => k.configure(spec),
+            Backend::Userspace(u) => u.configure(spec),
+        }
+    }
+
+    pub fn peers(&mut self) -> Result<Vec<PeerStatus>, WgError> {
+        match self {
+            Backend::Kernel(k) => k.peers(),
+            Backend::Userspace(u) => u.peers(),
+        }
+    }
+}
+
+/// Sets the interface's addresses and MTU and brings it up (idempotent).
+pub fn configure_link(iface: &str, addresses: &[IpNet], mtu: u16) -> Result<(), WgError> {
+    let ip = |args: &[&str]| -> Result<std::process::Output, WgError> {
+        Ok(Command::new("ip").args(args).output()?)
+    };
+    let out = ip(&["link", "set", iface, "mtu", &mtu.to_string(), "up"])?;
+    if !out.status.success() {
+        return Err(WgError::Setup(format!(
+            "ip link set {iface}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    for addr in addresses {
+        let out = ip(&["addr", "replace", &addr.to_string(), "dev", iface])?;
+        if !out.status.success() {
+            return Err(WgError::Setup(format!(
+                "ip addr replace {addr} dev {iface}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub fn iface_exists(iface: &str) -> bool {
+    Path::new("/proc/self/net/dev").exists()
+        && std::fs::read_to_string("/proc/self/net/dev")
+            .map(|t| {
+                t.lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{iface}:")))
+            })
+            .unwrap_or(false)
+}
