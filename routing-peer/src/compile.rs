@@ -34,7 +34,7 @@ use crate::{
 };
 
 /// Ids the kernel stores, with the names the CLI shows for them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Names {
     /// Index = id; 0 is "none".
     pub peers: Vec<String>,

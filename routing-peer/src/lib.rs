@@ -1,6 +1,11 @@
 //! routing-peer: an eBPF routing peer for WireGuard overlay networks.
+pub mod check;
+pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod datapath;
-pub mod wireguard;
 pub mod stats;
+pub mod sysctl;
+pub mod wireguard;

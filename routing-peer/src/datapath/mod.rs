@@ -21,6 +21,7 @@ use routing_peer_common::{map_names, program_names};
 use thiserror::Error;
 use tracing::{debug, info};
 
+pub mod gc;
 #[cfg(test)]
 mod packet_tests;
 pub mod tables;

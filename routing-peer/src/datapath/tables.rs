@@ -244,3 +244,110 @@ impl PolicyState {
         write_config(ebpf, &self.config)
     }
 }
+
+/// Reads what slot `slot` holds, for a restarted daemon adopting pinned maps.
+pub fn read_slot(ebpf: &mut Ebpf, slot: usize) -> Result<Tables, MapError> {
+    let mut tables = Tables::default();
+    let peers = hash_map::<AddrKey, PeerValue>(ebpf, map_names::PEERS[slot])?;
+    for entry in peers.iter() {
+        let (k, v) = entry?;
+        tables.peers.insert(k, v);
+    }
+    let dests = lpm_map::<AddrKey, DestValue>(ebpf, map_names::DESTS[slot])?;
+    for entry in dests.iter() {
+        let (k, v) = entry?;
+        tables.dests.insert(
+            DestPrefix {
+                key: k.data(),
+                prefix_len: k.prefix_len(),
+            },
+            v,
+        );
+    }
+    let policy = lpm_map::<PolicyKey, PolicyValue>(ebpf, map_names::POLICY[slot])?;
+    for entry in policy.iter() {
+        let (k, v) = entry?;
+        tables.policy.insert(
+            PolicyPrefix {
+                key: k.data(),
+                prefix_len: k.prefix_len(),
+            },
+            v,
+        );
+    }
+    Ok(tables)
+}
+
+impl PolicyState {
+    /// Adopts the state a previous daemon left in pinned maps, so the next
+    /// install is again a diff and live flows keep their generation.
+    pub fn adopt(ebpf: &mut Ebpf) -> Result<Self, MapError> {
+        let config = read_config(ebpf)?;
+        Ok(Self {
+            slots: [read_slot(ebpf, 0)?, read_slot(ebpf, 1)?],
+            config,
+        })
+    }
+}
+
+/// The kernel's lookups, mirrored in user space for `policy check`.
+impl Tables {
+    pub fn peer(&self, addr: IpAddr) -> Option<PeerValue> {
+        self.peers.get(&addr_key(addr)).copied()
+    }
+
+    /// Longest-prefix match, as the DESTS LPM trie does.
+    pub fn dest(&self, addr: IpAddr) -> Option<(IpNet, DestValue)> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (0..=max).rev().find_map(|len| {
+            let net = IpNet::new(addr, len).ok()?.trunc();
+            self.dests.get(&DestPrefix::new(net)).map(|v| (net, *v))
+        })
+    }
+
+    /// Longest-prefix match over (classes, proto, port), as the POLICY trie does.
+    pub fn decide(
+        &self,
+        src_class: u32,
+        dst_class: u32,
+        proto: u8,
+        port: u16,
+    ) -> Option<PolicyValue> {
+        let exact = PolicyKey::new(src_class, dst_class, proto, port);
+        (routing_peer_common::POLICY_PREFIX_ANY_PROTO..=routing_peer_common::POLICY_PREFIX_EXACT)
+            .rev()
+            .find_map(|len| {
+                let key = mask_policy_key(&exact, len);
+                self.policy
+                    .get(&PolicyPrefix {
+                        key,
+                        prefix_len: len,
+                    })
+                    .copied()
+            })
+    }
+}
+
+/// Zeroes the bits of `key` past `prefix_len`, the way entries are stored.
+fn mask_policy_key(key: &PolicyKey, prefix_len: u32) -> PolicyKey {
+    let mut bytes = [0u8; 12];
+    bytes[0..4].copy_from_slice(&key.src_class);
+    bytes[4..8].copy_from_slice(&key.dst_class);
+    bytes[8] = key.proto;
+    bytes[9..11].copy_from_slice(&key.port);
+    for (i, b) in bytes.iter_mut().enumerate() {
+        let start = (i * 8) as u32;
+        if start >= prefix_len {
+            *b = 0;
+        } else if start + 8 > prefix_len {
+            *b &= 0xffu8 << (8 - (prefix_len - start));
+        }
+    }
+    PolicyKey {
+        src_class: bytes[0..4].try_into().unwrap(),
+        dst_class: bytes[4..8].try_into().unwrap(),
+        proto: bytes[8],
+        port: [bytes[9], bytes[10]],
+        _pad: 0,
+    }
+}

@@ -9,12 +9,7 @@
 pub mod netlink;
 pub mod uapi;
 
-use std::{
-    net::SocketAddr,
-    path::Path,
-    process::Command,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use ipnet::IpNet;

@@ -38,9 +38,13 @@ fn open() -> Result<Socket, WgError> {
 }
 
 /// Sends one request and collects the replies until ACK/DONE.
-fn transact<T>(socket: &mut Socket, mut msg: NetlinkMessage<GenlMessage<T>>) -> Result<Vec<T>, WgError>
+fn transact<T>(
+    socket: &mut Socket,
+    mut msg: NetlinkMessage<GenlMessage<T>>,
+) -> Result<Vec<T>, WgError>
 where
-    GenlMessage<T>: netlink_packet_core::NetlinkSerializable + netlink_packet_core::NetlinkDeserializable,
+    GenlMessage<T>:
+        netlink_packet_core::NetlinkSerializable + netlink_packet_core::NetlinkDeserializable,
     T: std::fmt::Debug,
 {
     msg.finalize();
@@ -53,7 +57,8 @@ where
         let n = socket.recv(&mut &mut rx[..], 0)?;
         let mut offset = 0;
         while offset < n {
-            let reply = NetlinkMessage::<GenlMessage<T>>::deserialize(&rx[offset..n]).map_err(nl_err)?;
+            let reply =
+                NetlinkMessage::<GenlMessage<T>>::deserialize(&rx[offset..n]).map_err(nl_err)?;
             let len = reply.header.length as usize;
             match reply.payload {
                 NetlinkPayload::InnerMessage(genl) => out.push(genl.payload),
@@ -124,7 +129,11 @@ impl KernelWg {
         })
     }
 
-    fn send(&mut self, msg: WireguardMessage, flags: u16) -> Result<Vec<WireguardMessage>, WgError> {
+    fn send(
+        &mut self,
+        msg: WireguardMessage,
+        flags: u16,
+    ) -> Result<Vec<WireguardMessage>, WgError> {
         let mut genl = GenlMessage::from_payload(msg);
         genl.set_resolved_family_id(self.family);
         self.seq += 1;

@@ -134,8 +134,14 @@ pub fn parse_peers(reply: &[(String, String)]) -> Vec<PeerStatus> {
                         .get("last_handshake_time_sec")
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(0),
-                    rx_bytes: fields.get("rx_bytes").and_then(|v| v.parse().ok()).unwrap_or(0),
-                    tx_bytes: fields.get("tx_bytes").and_then(|v| v.parse().ok()).unwrap_or(0),
+                    rx_bytes: fields
+                        .get("rx_bytes")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                    tx_bytes: fields
+                        .get("tx_bytes")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
                 });
             }
         }
@@ -202,7 +208,14 @@ mod tests {
         assert_eq!(peers.len(), 2);
         assert_eq!(peers[0].public_key, encode_key(&[2; 32]));
         assert_eq!(peers[0].endpoint.as_deref(), Some("203.0.113.2:40000"));
-        assert_eq!((peers[0].last_handshake_unix, peers[0].rx_bytes, peers[0].tx_bytes), (1700000000, 1234, 99));
+        assert_eq!(
+            (
+                peers[0].last_handshake_unix,
+                peers[0].rx_bytes,
+                peers[0].tx_bytes
+            ),
+            (1700000000, 1234, 99)
+        );
         assert_eq!(peers[1].last_handshake_unix, 0);
     }
 }

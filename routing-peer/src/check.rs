@@ -1,0 +1,115 @@
+//! `routing-peer policy check`: would this traffic pass, and which rule
+//! decides? Runs the data path's own lookups on the compiled tables.
+
+use std::net::IpAddr;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::{
+    compile::Compiled,
+    config::{Config, ResourceAddress},
+};
+use routing_peer_common::{
+    ACTION_ACCEPT, DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    pub chain: &'static str,
+    pub peer: Option<String>,
+    pub resource: Option<String>,
+    pub rule: Option<String>,
+    pub reason: String,
+}
+
+/// Resolves `--from` (a peer name or overlay address) to an address.
+pub fn source_addr(config: &Config, from: &str, want_v6: bool) -> Result<IpAddr> {
+    if let Ok(ip) = from.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    let Some(peer) = config.peers.iter().find(|p| p.name == from) else {
+        bail!("no peer named `{from}`");
+    };
+    peer.addresses
+        .iter()
+        .find(|a| a.is_ipv6() == want_v6)
+        .or_else(|| peer.addresses.first())
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("peer `{from}` has no address"))
+}
+
+pub fn proto_number(proto: &str, v6: bool) -> Result<u8> {
+    Ok(match proto {
+        "tcp" => IPPROTO_TCP,
+        "udp" => IPPROTO_UDP,
+        "icmp" if v6 => IPPROTO_ICMPV6,
+        "icmp" => IPPROTO_ICMP,
+        other => bail!("unknown protocol `{other}`: use tcp, udp or icmp"),
+    })
+}
+
+/// A domain resource matching `name`, as the DNS forwarder matches them.
+pub fn domain_resource<'a>(
+    compiled: &'a Compiled,
+    name: &str,
+) -> Option<&'a crate::compile::DomainResource> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    compiled.domains.iter().find(|d| match &d.address {
+        ResourceAddress::Domain(n) => *n == name,
+        ResourceAddress::Wildcard(suffix) => name.ends_with(&format!(".{suffix}")),
+        _ => false,
+    })
+}
+
+pub fn check(compiled: &Compiled, src: IpAddr, dst: IpAddr, proto: u8, port: u16) -> Verdict {
+    let tables = &compiled.tables;
+    let name = |list: &[String], id: u32| list.get(id as usize).cloned();
+    let mut v = Verdict {
+        allowed: false,
+        chain: "forward",
+        peer: None,
+        resource: None,
+        rule: None,
+        reason: String::new(),
+    };
+    let Some(peer) = tables.peer(src) else {
+        v.reason = format!("{src} is no configured peer's overlay address");
+        return v;
+    };
+    v.peer = name(&compiled.names.peers, peer.peer_id);
+    let Some((net, dest)) = tables.dest(dst) else {
+        v.reason = format!("{dst} is in no enabled resource (default deny)");
+        return v;
+    };
+    if dest.flags & DEST_SELF != 0 {
+        v.chain = "input";
+    } else {
+        v.resource = name(&compiled.names.resources, dest.resource_id);
+    }
+    let port = if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
+        port
+    } else {
+        0
+    };
+    match tables.decide(peer.src_class, dest.dst_class, proto, port) {
+        Some(p) if p.action == ACTION_ACCEPT => {
+            v.allowed = true;
+            v.rule = name(&compiled.names.rules, p.rule_id);
+            v.reason = format!(
+                "allowed by policy `{}` (matched {net})",
+                v.rule.clone().unwrap_or_default()
+            );
+        }
+        Some(p) => {
+            v.rule = name(&compiled.names.rules, p.rule_id);
+            v.reason = format!("dropped by policy `{}`", v.rule.clone().unwrap_or_default());
+        }
+        None if v.chain == "input" => {
+            v.reason = "to the routing peer itself: no peer (input-chain) policy allows it; resource policies never do".into();
+        }
+        None => v.reason = "no policy allows it (default deny)".into(),
+    }
+    v
+}

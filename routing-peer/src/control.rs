@@ -1,0 +1,135 @@
+//! What the daemon knows that the maps don't: peer status, names, the
+//! running configuration. Served on a root-only unix socket while the daemon
+//! runs, and mirrored into a state file so the CLI can name things while it
+//! doesn't.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::{fs::PermissionsExt, net::UnixStream},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt},
+    net::UnixListener,
+};
+
+use crate::{compile::Names, wireguard::Mode};
+
+pub const RUN_ROOT: &str = "/run/routing-peer";
+
+pub fn run_dir(instance: &str) -> PathBuf {
+    Path::new(RUN_ROOT).join(instance)
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerReport {
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    /// Seconds since the last handshake; `None` if there was none.
+    pub handshake_age_secs: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub up: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProgramReport {
+    pub program: String,
+    pub hook: String,
+    pub interface: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub instance: String,
+    pub name: String,
+    pub wireguard_mode: Mode,
+    pub interface: String,
+    pub listen_port: u16,
+    pub public_key: String,
+    pub metric: u16,
+    pub config_path: String,
+    pub generation: u32,
+    pub last_reload_unix: u64,
+    pub peers: Vec<PeerReport>,
+    pub programs: Vec<ProgramReport>,
+    /// Domain resource name → addresses currently installed.
+    pub resolved: Vec<(String, Vec<String>)>,
+    pub names: Names,
+}
+
+pub type SharedStatus = Arc<Mutex<Status>>;
+
+pub fn state_file(instance: &str) -> PathBuf {
+    run_dir(instance).join("state.json")
+}
+
+pub fn socket_path(instance: &str) -> PathBuf {
+    run_dir(instance).join("control.sock")
+}
+
+/// Writes the state file atomically (rename), readable by root only.
+pub fn write_state(instance: &str, status: &Status) -> Result<()> {
+    let dir = run_dir(instance);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let tmp = dir.join("state.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)?;
+    std::fs::rename(&tmp, state_file(instance))?;
+    Ok(())
+}
+
+pub fn read_state(instance: &str) -> Option<Status> {
+    let text = std::fs::read(state_file(instance)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Serves `status` requests: one JSON document per connection.
+pub async fn serve(instance: String, status: SharedStatus) -> Result<()> {
+    let path = socket_path(&instance);
+    let _ = std::fs::remove_file(&path);
+    std::fs::create_dir_all(run_dir(&instance))?;
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let status = status.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(read);
+            if reader.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let reply = match line.trim() {
+                "status" => {
+                    let snapshot = status.lock().unwrap().clone();
+                    serde_json::to_string(&snapshot).unwrap_or_default()
+                }
+                other => {
+                    serde_json::json!({ "error": format!("unknown request `{other}`") }).to_string()
+                }
+            };
+            let _ = write.write_all(reply.as_bytes()).await;
+            let _ = write.write_all(b"\n").await;
+        });
+    }
+}
+
+/// Asks a running daemon for its status; `None` when none answers.
+pub fn query_status(instance: &str) -> Option<Status> {
+    let mut stream = UnixStream::connect(socket_path(instance)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    stream.write_all(b"status\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    serde_json::from_str(&line).ok()
+}

@@ -1,0 +1,367 @@
+//! `routing-peer run`: bring up WireGuard, the data path and the policy, then
+//! keep them in step with the configuration file until told to stop.
+//!
+//! Stopping the daemon (SIGTERM, a crash, an upgrade) leaves the data path
+//! running: programs stay attached through pinned links, flows stay in the
+//! pinned conntrack map, wireguard-go keeps its tunnels. The next start
+//! adopts all of it. `routing-peer down` is what tears it down.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use aya::Ebpf;
+use routing_peer_common::{program_names, DatapathConfig};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    compile::{self, Compiled},
+    config::{self, Config, WireguardMode},
+    control::{self, PeerReport, ProgramReport, SharedStatus, Status},
+    datapath::{self, gc, tables::PolicyState, PinDir},
+    sysctl,
+    wireguard::{self, Backend, DeviceSpec, PEER_DOWN_AFTER},
+};
+
+pub struct RunOptions {
+    pub config_path: PathBuf,
+    pub instance: String,
+    pub wireguard: Option<WireguardMode>,
+    pub verbose_datapath: bool,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The data path's run-time settings from the configuration.
+pub fn datapath_config(config: &Config) -> DatapathConfig {
+    let ct = &config.conntrack;
+    let ns = |s: u64| s * 1_000_000_000;
+    let defaults = DatapathConfig::default();
+    let (lo, hi) = config
+        .routing_peer
+        .snat_ports
+        .map(|r| (r.start as u16, r.end as u16))
+        .unwrap_or((defaults.snat_port_min, defaults.snat_port_max));
+    DatapathConfig {
+        snat_port_min: lo,
+        snat_port_max: hi,
+        mss_clamp: config.routing_peer.mtu.saturating_sub(40),
+        tcp_established_ns: ns(ct.tcp_established_secs),
+        tcp_transitory_ns: ns(ct.tcp_transitory_secs),
+        udp_ns: ns(ct.udp_secs),
+        udp_unreplied_ns: ns(ct.udp_unreplied_secs),
+        icmp_ns: ns(ct.icmp_secs),
+        ..defaults
+    }
+}
+
+/// The routing peer's own addresses: overlay and every LAN interface's.
+fn self_addresses(config: &Config) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = config
+        .routing_peer
+        .overlay_addresses
+        .iter()
+        .map(|n| n.addr())
+        .collect();
+    for lan in &config.routing_peer.lan_interfaces {
+        let Ok(o) = Command::new("ip")
+            .args(["-j", "addr", "show", "dev", lan])
+            .output()
+        else {
+            continue;
+        };
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&o.stdout) else {
+            continue;
+        };
+        for link in json.as_array().into_iter().flatten() {
+            for a in link["addr_info"].as_array().into_iter().flatten() {
+                if let Some(ip) = a["local"].as_str().and_then(|s| s.parse().ok()) {
+                    out.push(ip);
+                }
+            }
+        }
+    }
+    out
+}
+
+struct Daemon {
+    opts: RunOptions,
+    config: Config,
+    ebpf: Ebpf,
+    policy: PolicyState,
+    wg: Backend,
+    compiled: Compiled,
+    status: SharedStatus,
+    peers_up: HashMap<String, bool>,
+    resolved: HashMap<String, Vec<IpAddr>>,
+    nat_unused: HashSet<routing_peer_common::NatEndpoint>,
+}
+
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let loaded = config::load(&opts.config_path)?;
+    for w in &loaded.warnings {
+        warn!(file = %opts.config_path.display(), field = %w.field, "{}", w.message);
+    }
+    let config = loaded.config;
+    let rp = config.routing_peer.clone();
+    let pins = PinDir::new(&opts.instance);
+
+    let mode = opts.wireguard.unwrap_or(rp.wireguard);
+    let mut wg = Backend::start(&rp.overlay_interface, mode)
+        .with_context(|| format!("starting WireGuard on {}", rp.overlay_interface))?;
+    wg.configure(&DeviceSpec::from_config(&config)?)?;
+    wireguard::configure_link(&rp.overlay_interface, &rp.overlay_addresses, rp.mtu)?;
+    info!(mode = ?wg.mode(), iface = %rp.overlay_interface, "WireGuard configured");
+
+    sysctl::apply(
+        &sysctl::wanted(&rp.overlay_interface, &rp.lan_interfaces),
+        &control::run_dir(&opts.instance).join("sysctl.json"),
+    )?;
+
+    let adopting = pins.exists();
+    let mut ebpf = datapath::load(Some(&pins), datapath::log_level_for(opts.verbose_datapath))
+        .context("loading the data path")?;
+    let mut policy = if adopting {
+        info!(pins = %pins.root().display(), "adopting the pinned data path");
+        PolicyState::adopt(&mut ebpf)?
+    } else {
+        PolicyState::init(&mut ebpf, datapath_config(&config))?
+    };
+    policy.set_config(&mut ebpf, datapath_config(&config))?;
+    let compiled = compile::compile(&config, &self_addresses(&config), &HashMap::new());
+    let diff = policy.install(&mut ebpf, &compiled.tables)?;
+    info!(
+        written = diff.written,
+        removed = diff.removed,
+        peer_classes = compiled.peer_classes,
+        dest_classes = compiled.dest_classes,
+        generation = policy.config.policy_gen,
+        "policy installed"
+    );
+
+    let mut programs = Vec::new();
+    let overlay_program = datapath::overlay_program_for(&rp.overlay_interface)?;
+    datapath::attach_tc(&mut ebpf, overlay_program, &rp.overlay_interface, &pins)?;
+    programs.push(ProgramReport {
+        program: overlay_program.into(),
+        hook: "tc-ingress (tcx)".into(),
+        interface: rp.overlay_interface.clone(),
+    });
+    for lan in &rp.lan_interfaces {
+        datapath::attach_xdp(&mut ebpf, program_names::LAN_XDP, lan, &pins)?;
+        programs.push(ProgramReport {
+            program: program_names::LAN_XDP.into(),
+            hook: "xdp".into(),
+            interface: lan.clone(),
+        });
+    }
+
+    let public_key = std::fs::read_to_string(&rp.private_key_file)
+        .ok()
+        .and_then(|k| wireguard::decode_key("private key", &k).ok())
+        .map(|k| wireguard::encode_key(&wireguard::public_key(&k)))
+        .unwrap_or_default();
+    let status = Arc::new(Mutex::new(Status {
+        instance: opts.instance.clone(),
+        name: rp.name.clone(),
+        wireguard_mode: wg.mode(),
+        interface: rp.overlay_interface.clone(),
+        listen_port: rp.listen_port,
+        public_key,
+        metric: rp.metric,
+        config_path: opts.config_path.display().to_string(),
+        generation: policy.config.policy_gen,
+        last_reload_unix: unix_now(),
+        peers: Vec::new(),
+        programs,
+        resolved: Vec::new(),
+        names: compiled.names.clone(),
+    }));
+    let mut daemon = Daemon {
+        opts,
+        config,
+        ebpf,
+        policy,
+        wg,
+        compiled,
+        status,
+        peers_up: HashMap::new(),
+        resolved: HashMap::new(),
+        nat_unused: HashSet::new(),
+    };
+    daemon.refresh_peers();
+    daemon.publish()?;
+    tokio::spawn(control::serve(
+        daemon.opts.instance.clone(),
+        daemon.status.clone(),
+    ));
+    daemon.serve_until_stopped().await
+}
+
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+impl Daemon {
+    async fn serve_until_stopped(&mut self) -> Result<()> {
+        let logger = aya_log::EbpfLogger::init(&mut self.ebpf).context("initialising aya-log")?;
+        // SAFETY: the ring buffer fd is owned by `logger`, which the AsyncFd
+        // owns until it is dropped, so the fd outlives its registration.
+        let mut logs = unsafe { AsyncFd::register(logger) }
+            .map_err(|e| anyhow::anyhow!("polling aya-log: {e}"))?;
+        let mut sighup = signal(SignalKind::hangup())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut stamp = file_stamp(&self.opts.config_path);
+        let mut ticks: u64 = 0;
+        info!(instance = %self.opts.instance, "routing-peer running");
+        loop {
+            tokio::select! {
+                guard = logs.readable_mut() => {
+                    let mut guard = guard?;
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                _ = sighup.recv() => self.reload("SIGHUP"),
+                _ = sigterm.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = tick.tick() => {
+                    ticks += 1;
+                    let now = file_stamp(&self.opts.config_path);
+                    if now != stamp {
+                        stamp = now;
+                        self.reload("file change");
+                    }
+                    self.refresh_peers();
+                    if ticks % 10 == 0 {
+                        self.collect_garbage();
+                    }
+                    let _ = self.publish();
+                }
+            }
+        }
+        info!("daemon exiting; the data path stays up until `routing-peer down`");
+        Ok(())
+    }
+
+    /// Applies a changed file. An invalid one is rejected with all its
+    /// problems and the running configuration stays.
+    fn reload(&mut self, why: &str) {
+        let loaded = match config::load(&self.opts.config_path) {
+            Ok(l) => l,
+            Err(e) => {
+                error!(
+                    trigger = why,
+                    "reload rejected, running configuration kept:\n{e}"
+                );
+                return;
+            }
+        };
+        for w in &loaded.warnings {
+            warn!(field = %w.field, "{}", w.message);
+        }
+        let config = loaded.config;
+        if let Err(e) = DeviceSpec::from_config(&config).and_then(|spec| self.wg.configure(&spec)) {
+            error!(trigger = why, "reload rejected: WireGuard: {e}");
+            return;
+        }
+        if let Err(e) = self
+            .policy
+            .set_config(&mut self.ebpf, datapath_config(&config))
+        {
+            error!("reload: writing data path settings: {e}");
+        }
+        let compiled = compile::compile(&config, &self_addresses(&config), &self.resolved);
+        let started = std::time::Instant::now();
+        match self.policy.install(&mut self.ebpf, &compiled.tables) {
+            Ok(diff) => info!(
+                trigger = why,
+                written = diff.written,
+                removed = diff.removed,
+                generation = self.policy.config.policy_gen,
+                micros = started.elapsed().as_micros() as u64,
+                "configuration reloaded"
+            ),
+            Err(e) => {
+                error!("reload: installing policy: {e}");
+                return;
+            }
+        }
+        self.config = config;
+        self.compiled = compiled;
+        let mut status = self.status.lock().unwrap();
+        status.generation = self.policy.config.policy_gen;
+        status.last_reload_unix = unix_now();
+        status.names = self.compiled.names.clone();
+    }
+
+    fn refresh_peers(&mut self) {
+        let reported = match self.wg.peers() {
+            Ok(p) => p,
+            Err(e) => {
+                warn!("reading WireGuard peers: {e}");
+                return;
+            }
+        };
+        let now = unix_now();
+        let mut peers = Vec::new();
+        for peer in &self.config.peers {
+            let wg = reported.iter().find(|r| r.public_key == peer.public_key);
+            let age = wg
+                .filter(|w| w.last_handshake_unix > 0)
+                .map(|w| now.saturating_sub(w.last_handshake_unix));
+            let up = age.is_some_and(|a| a < PEER_DOWN_AFTER.as_secs());
+            let was_up = self.peers_up.insert(peer.name.clone(), up).unwrap_or(false);
+            if up && !was_up {
+                info!(event = "peer_connected", peer = %peer.name, "peer connected");
+            } else if !up && was_up {
+                warn!(event = "peer_disconnected", peer = %peer.name, "peer disconnected");
+            }
+            peers.push(PeerReport {
+                name: peer.name.clone(),
+                addresses: peer.addresses.iter().map(|a| a.to_string()).collect(),
+                public_key: peer.public_key.clone(),
+                endpoint: wg.and_then(|w| w.endpoint.clone()),
+                handshake_age_secs: age,
+                rx_bytes: wg.map(|w| w.rx_bytes).unwrap_or(0),
+                tx_bytes: wg.map(|w| w.tx_bytes).unwrap_or(0),
+                up,
+            });
+        }
+        self.status.lock().unwrap().peers = peers;
+    }
+
+    fn collect_garbage(&mut self) {
+        match gc::collect(&mut self.ebpf, &self.policy.config, &mut self.nat_unused) {
+            Ok(s) if s.flows_expired + s.nat_removed > 0 => info!(
+                live = s.flows_live,
+                expired = s.flows_expired,
+                nat_removed = s.nat_removed,
+                "conntrack GC"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!("conntrack GC: {e}"),
+        }
+    }
+
+    fn publish(&self) -> Result<()> {
+        let status = self.status.lock().unwrap().clone();
+        control::write_state(&self.opts.instance, &status)
+    }
+}
