@@ -7,6 +7,7 @@ use anyhow::Result;
 use etherparse::PacketBuilder;
 use routing_peer_e2e::{send_raw_frame, send_udp, veth, wait_for, Daemon, Netns, VethSpec};
 use serde_json::Value;
+use tempfile::tempdir;
 
 const R_OV_MAC: &str = "02:00:00:00:01:01";
 const O_MAC: &str = "02:00:00:00:01:02";
@@ -18,6 +19,34 @@ struct Topology {
     overlay: Netns,
     router: Netns,
     lan: Netns,
+}
+
+/// A configuration for the veth topology: the overlay stand-in is managed
+/// outside the daemon (`wireguard = "external"`).
+pub fn write_config(dir: &std::path::Path, extra: &str) -> Result<std::path::PathBuf> {
+    let path = dir.join("rp.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[routing_peer]
+name = "veth-gw"
+overlay_interface = "ov0"
+overlay_addresses = ["100.64.0.1/24"]
+private_key_file = "/dev/null"
+lan_interfaces = ["lan0"]
+wireguard = "external"
+
+[[peers]]
+name = "overlay-host"
+public_key = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28="
+addresses = ["100.64.0.2"]
+groups = ["Development"]
+{extra}
+"#
+        ),
+    )?;
+    Ok(path)
 }
 
 fn topology() -> Result<Topology> {
@@ -65,7 +94,8 @@ fn counter(stats: &Value, section: &str, name: &str) -> (u64, u64) {
 #[test]
 fn counts_real_packets_on_both_hooks_and_drops_malformed() -> Result<()> {
     let t = topology()?;
-    let daemon = Daemon::start(&t.router, &["--overlay", "ov0", "--lan", "lan0"])?;
+    let dir = tempdir()?;
+    let daemon = Daemon::start(&t.router, &write_config(dir.path(), "")?, &[])?;
 
     // A listener on the router proves XDP passes valid packets to the stack.
     let receiver = t
@@ -116,7 +146,8 @@ fn counts_real_packets_on_both_hooks_and_drops_malformed() -> Result<()> {
 #[test]
 fn down_detaches_and_removes_pins() -> Result<()> {
     let t = topology()?;
-    let daemon = Daemon::start(&t.router, &["--overlay", "ov0", "--lan", "lan0"])?;
+    let dir = tempdir()?;
+    let daemon = Daemon::start(&t.router, &write_config(dir.path(), "")?, &[])?;
     let pins = format!("/sys/fs/bpf/routing-peer/{}", daemon.instance);
     assert!(std::path::Path::new(&pins).exists());
     daemon.cli(&["down"])?;

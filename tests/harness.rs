@@ -18,6 +18,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+pub mod office;
+
 /// Prefix of every namespace and instance a test creates (`xtask` checks it).
 pub const TEST_PREFIX: &str = "rpt";
 
@@ -112,10 +114,48 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // Processes keep a namespace alive after `ip netns del`: stop them
+        // (wireguard-go, servers) first.
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: plain kill(2).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// An interface name unique on this machine (at most 15 bytes). Needed for
+/// wireguard-go, whose UAPI socket path is global, not per namespace.
+pub fn unique_ifname(tag: &str) -> String {
+    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{tag}{}n{n}", std::process::id() % 100_000);
+    assert!(name.len() <= 15, "{name} is too long for an interface name");
+    name
+}
+
+/// A WireGuard key pair (private, public), base64, from `wg`.
+pub fn wg_keypair() -> Result<(String, String)> {
+    let private = String::from_utf8(run(Command::new("wg").arg("genkey"))?.stdout)?
+        .trim()
+        .to_string();
+    let mut child = Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(private.as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok((private, String::from_utf8(out.stdout)?.trim().to_string()))
 }
 
 /// Connects `a` and `b` with a veth pair: `a_if` in `a`, `b_if` in `b`, with
@@ -159,36 +199,55 @@ pub fn veth(spec: VethSpec<'_>) -> Result<()> {
 /// A running `routing-peer run`, stopped and brought `down` on drop.
 pub struct Daemon {
     pub instance: String,
+    netns: String,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Daemon {
-    /// Starts the daemon in `ns` with `args` after `run`, and waits (bounded)
-    /// until its pins appear.
-    pub fn start(ns: &Netns, args: &[&str]) -> Result<Self> {
-        let instance = unique_name("d");
-        let child = ns
-            .cmd(routing_peer_bin().to_str().unwrap())
-            .args(["--instance", &instance, "run"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
+    /// Starts `routing-peer run --config <config> <extra>` in `ns`, and waits
+    /// (bounded) until its programs are attached.
+    pub fn start(ns: &Netns, config: &std::path::Path, extra: &[&str]) -> Result<Self> {
+        let mut args = vec!["--config".to_string(), config.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
         let mut daemon = Self {
-            instance,
-            child: Some(child),
+            instance: unique_name("d"),
+            netns: ns.name.clone(),
+            args,
+            child: None,
         };
-        daemon.wait_until_attached()?;
+        daemon.spawn()?;
         Ok(daemon)
     }
 
-    fn wait_until_attached(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let links = PathBuf::from("/sys/fs/bpf/routing-peer")
+    fn spawn(&mut self) -> Result<()> {
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(routing_peer_bin())
+            .args(["--instance", &self.instance, "run"])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        self.child = Some(child);
+        self.wait_until_running()
+    }
+
+    fn wait_until_running(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let state = PathBuf::from("/run/routing-peer")
             .join(&self.instance)
-            .join("links");
+            .join("state.json");
+        let pid = self.child.as_ref().unwrap().id();
         while Instant::now() < deadline {
-            if std::fs::read_dir(&links).map(|d| d.count()).unwrap_or(0) >= 2 {
+            // The daemon writes its pid, then its state once everything is attached.
+            let pid_file = state.with_file_name("pid");
+            let ours = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            if state.exists() && self.control_answers() && ours.is_some() {
+                let _ = pid;
                 return Ok(());
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
@@ -196,24 +255,20 @@ impl Daemon {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        bail!("daemon did not attach within 20 s")
+        bail!("daemon did not come up within 30 s")
     }
 
-    /// Runs a CLI subcommand against this instance and returns its stdout.
-    pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = run(Command::new(routing_peer_bin())
-            .args(["--instance", &self.instance])
-            .args(args))?;
-        Ok(String::from_utf8(out.stdout)?)
+    fn control_answers(&self) -> bool {
+        std::os::unix::net::UnixStream::connect(
+            PathBuf::from("/run/routing-peer")
+                .join(&self.instance)
+                .join("control.sock"),
+        )
+        .is_ok()
     }
 
-    pub fn stats_json(&self) -> Result<serde_json::Value> {
-        Ok(serde_json::from_str(&self.cli(&["stats", "--json"])?)?)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
+    /// Stops the daemon as an upgrade or crash would: the data path stays.
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: plain kill(2) on our own child's pid.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -227,6 +282,48 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A fresh start must not mistake the old socket for the new daemon.
+        let _ = std::fs::remove_file(
+            PathBuf::from("/run/routing-peer")
+                .join(&self.instance)
+                .join("control.sock"),
+        );
+    }
+
+    /// Starts the same instance again; it adopts the pinned state.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn reload(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+        }
+    }
+
+    /// Runs a CLI subcommand against this instance and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = run(Command::new(routing_peer_bin())
+            .args(["--instance", &self.instance])
+            .args(args))?;
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.cli(args)?)?)
+    }
+
+    pub fn stats_json(&self) -> Result<serde_json::Value> {
+        self.cli_json(&["stats", "--json"])
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
         let _ = Command::new(routing_peer_bin())
             .args(["--instance", &self.instance, "down"])
             .output();

@@ -336,9 +336,10 @@ pub mod map_names {
     pub const NAT_FWD: &str = "NAT_FWD";
     pub const NAT_REV: &str = "NAT_REV";
     pub const XDP_REDIRECT_IFACES: &str = "XDP_REDIRECT_IFACES";
+    pub const L3_IFACES: &str = "L3_IFACES";
 
     /// Every map that holds state worth keeping across a daemon restart.
-    pub const PERSISTENT: [&str; 14] = [
+    pub const PERSISTENT: [&str; 15] = [
         HOOK_STATS,
         DROP_STATS,
         RESOURCE_STATS,
@@ -353,6 +354,7 @@ pub mod map_names {
         NAT_FWD,
         NAT_REV,
         XDP_REDIRECT_IFACES,
+        L3_IFACES,
     ];
 }
 
@@ -364,6 +366,8 @@ pub mod program_names {
     pub const OVERLAY_L2: &str = "rp_overlay_l2";
     /// XDP on the LAN interface.
     pub const LAN_XDP: &str = "rp_lan_xdp";
+    /// TC ingress on the LAN interface.
+    pub const LAN_TC: &str = "rp_lan_tc";
 }
 
 #[cfg(feature = "user")]

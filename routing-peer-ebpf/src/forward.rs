@@ -101,6 +101,24 @@ pub fn lookup<C: EbpfContext>(ctx: &C, pkt: &Packet, in_ifindex: u32, skb: bool)
     }
 }
 
+/// L3 devices (WireGuard, TUN) among the redirect targets: they take the
+/// packet without an Ethernet header.
+#[map]
+static L3_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+
+/// TC: redirect toward the route's device, the right way for its kind:
+/// plain bpf_redirect for an L3 device (the kernel strips our L2 header),
+/// the neighbour layer for an L2 one.
+#[inline(always)]
+pub fn redirect_to(route: &Route, ipv6: bool) -> i32 {
+    // SAFETY: lookup in a map of plain integers.
+    if unsafe { L3_IFACES.get(&route.ifindex).is_some() } {
+        // SAFETY: plain helper call.
+        return unsafe { bpf_redirect(route.ifindex, 0) } as i32;
+    }
+    redirect_neigh(route, ipv6)
+}
+
 /// Decrements the TTL (hop limit). The caller has checked it is above 1.
 #[inline(always)]
 pub fn decrement_ttl<C: Mangle>(ctx: &C, pkt: &Packet) -> Result<(), ()> {
@@ -115,8 +133,26 @@ pub fn decrement_ttl<C: Mangle>(ctx: &C, pkt: &Packet) -> Result<(), ()> {
     ctx.l3_csum(pkt.l3_offset + 10, from, to, 2)
 }
 
-/// TC: hand the packet to the egress device's neighbour layer, which adds
-/// the L2 header (the overlay side may have none).
+/// TC on an L3 overlay (WireGuard, TUN): give the packet a placeholder
+/// Ethernet header. bpf_redirect_neigh drops packets without one; it
+/// replaces it with the real addresses from the neighbour table.
+#[inline(always)]
+pub fn push_l2_header(ctx: &aya_ebpf::programs::TcContext, ipv6: bool) -> Result<(), ()> {
+    // SAFETY: plain helper call on our skb.
+    let rc = unsafe { aya_ebpf::helpers::generated::bpf_skb_change_head(ctx.skb.skb, 14, 0) };
+    if rc != 0 {
+        return Err(());
+    }
+    let proto: u16 = if ipv6 { 0x86DD } else { 0x0800 };
+    // Zeroed MACs: unicast, and overwritten by the neighbour layer.
+    for offset in [0usize, 4, 8] {
+        ctx.store_u32(offset, 0)?;
+    }
+    ctx.store_u16(12, proto.to_be())
+}
+
+/// TC: hand the packet to the egress device's neighbour layer, which writes
+/// the L2 header for the next hop.
 #[inline(always)]
 pub fn redirect_neigh(route: &Route, ipv6: bool) -> i32 {
     // SAFETY: all-zero is a valid bpf_redir_neigh.

@@ -36,6 +36,7 @@ use routing_peer_common::{
 use crate::{
     conntrack::Direction,
     counters::ResourceEvent,
+    ctx::Mangle,
     forward::Route,
     nat::Side,
     parse::{parse_packet, Frame, Packet},
@@ -200,7 +201,7 @@ fn new_flow(
 
 /// Overlay → LAN: policy, conntrack, masquerade, redirect.
 #[inline(always)]
-fn overlay_to_lan(ctx: &TcContext, pkt: &Packet, len: usize) -> Result<i32, DropReason> {
+fn overlay_to_lan(ctx: &TcContext, pkt: &Packet, len: usize, l2: bool) -> Result<i32, DropReason> {
     let cfg = config::current().ok_or(DropReason::NoPolicy)?;
     let family = forward::family(pkt.ipv6);
     let peer = policy::peer(
@@ -251,42 +252,41 @@ fn overlay_to_lan(ctx: &TcContext, pkt: &Packet, len: usize) -> Result<i32, Drop
         return Ok(TC_ACT_OK);
     };
     forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
+    if !l2 {
+        forward::push_l2_header(ctx, pkt.ipv6).map_err(|_| DropReason::Malformed)?;
+    }
     Ok(forward::redirect_neigh(&route, pkt.ipv6))
 }
 
-/// LAN → overlay: replies of tracked flows pass (no policy needed) after
-/// reverse NAT; LAN-initiated packets toward the overlay are dropped;
-/// everything else is the host's business.
+/// A reply of a tracked flow, found from the LAN side.
+struct Reply {
+    key: CtKey,
+    entry: *mut CtEntry,
+}
+
+/// LAN → overlay, shared by both LAN hooks: is this the reply of a tracked
+/// flow (no policy needed), a LAN-initiated packet toward the overlay
+/// (dropped), or none of our business (`None`)?
 #[inline(always)]
-fn lan_to_overlay(ctx: &XdpContext, pkt: &Packet, len: usize) -> Result<u32, DropReason> {
-    let Some(cfg) = config::current() else {
-        return Ok(xdp_action::XDP_PASS);
-    };
+fn lan_classify(pkt: &Packet, cfg: &DatapathConfig, now: u64) -> Result<Option<Reply>, DropReason> {
     let family = forward::family(pkt.ipv6);
-    let remote_port = if is_icmp(pkt.proto) { 0 } else { pkt.sport };
     let external = NatEndpoint {
         addr: pkt.dst,
         port: pkt.dport,
         proto: pkt.proto,
         family: family as u8,
     };
-    let peer_endpoint = nat::reverse(&external).unwrap_or(NatEndpoint {
-        addr: pkt.dst,
-        port: pkt.dport,
-        ..external
-    });
+    let peer_endpoint = nat::reverse(&external).unwrap_or(external);
     let key = CtKey {
         peer: peer_endpoint.addr,
         remote: pkt.src,
         peer_port: peer_endpoint.port,
-        remote_port,
+        remote_port: if is_icmp(pkt.proto) { 0 } else { pkt.sport },
         proto: pkt.proto,
         family: family as u8,
         _pad: [0; 2],
     };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let Some(entry) = conntrack::lookup(&key, now, &cfg) else {
+    let Some(entry) = conntrack::lookup(&key, now, cfg) else {
         let to_overlay = policy::peer(
             cfg.active_slot,
             &AddrKey {
@@ -296,24 +296,70 @@ fn lan_to_overlay(ctx: &XdpContext, pkt: &Packet, len: usize) -> Result<u32, Dro
         );
         return match to_overlay {
             Some(_) => Err(DropReason::LanUnsolicited),
-            None => Ok(xdp_action::XDP_PASS),
+            None => Ok(None),
         };
     };
-    revalidate(entry, &key, None, &cfg)?;
-    conntrack::update(entry, Direction::Reply, len as u64, pkt.tcp_flags, now);
+    revalidate(entry, &key, None, cfg)?;
+    Ok(Some(Reply { key, entry }))
+}
+
+/// Accounts a reply and translates it back to the peer's endpoint.
+#[inline(always)]
+fn lan_translate<C: Mangle>(
+    ctx: &C,
+    pkt: &Packet,
+    reply: &Reply,
+    len: usize,
+    now: u64,
+) -> Result<Packet, DropReason> {
+    conntrack::update(
+        reply.entry,
+        Direction::Reply,
+        len as u64,
+        pkt.tcp_flags,
+        now,
+    );
     // SAFETY: map value pointer, valid for this run.
-    let (resource_id, flags) = unsafe { ((*entry).resource_id, (*entry).flags) };
+    let (resource_id, flags) = unsafe { ((*reply.entry).resource_id, (*reply.entry).flags) };
     counters::count_resource(resource_id, ResourceEvent::Reply, len);
     if flags & CT_FLAG_MASQUERADE != 0 {
-        nat::rewrite(ctx, pkt, Side::Destination, key.peer, key.peer_port)
-            .map_err(|_| DropReason::Malformed)?;
+        nat::rewrite(
+            ctx,
+            pkt,
+            Side::Destination,
+            reply.key.peer,
+            reply.key.peer_port,
+        )
+        .map_err(|_| DropReason::Malformed)?;
     }
+    Ok(Packet {
+        dst: reply.key.peer,
+        dport: reply.key.peer_port,
+        ..*pkt
+    })
+}
+
+/// XDP on the LAN: early drops, and the whole reply path where XDP can
+/// redirect (an L2 overlay). Elsewhere (a TUN overlay) the frame goes on
+/// untouched to the TC program, which translates with the skb helpers:
+/// frames from virtual devices may carry partial checksums that only the
+/// skb knows about.
+#[inline(always)]
+fn lan_xdp(ctx: &XdpContext, pkt: &Packet, len: usize) -> Result<u32, DropReason> {
+    let Some(cfg) = config::current() else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(reply) = lan_classify(pkt, &cfg, now)? else {
+        return Ok(xdp_action::XDP_PASS);
+    };
     if pkt.ttl <= 1 {
         return Ok(xdp_action::XDP_PASS);
     }
     let translated = Packet {
-        dst: key.peer,
-        dport: key.peer_port,
+        dst: reply.key.peer,
+        dport: reply.key.peer_port,
         ..*pkt
     };
     // SAFETY: reading the frame's ingress ifindex.
@@ -321,15 +367,37 @@ fn lan_to_overlay(ctx: &XdpContext, pkt: &Packet, len: usize) -> Result<u32, Dro
     let Some(route) = forward::lookup(ctx, &translated, ifindex, false) else {
         return Ok(xdp_action::XDP_PASS);
     };
-    // Only where XDP can hand the frame on; the kernel routes the rest
-    // (a TUN overlay, for one), decrementing the TTL itself.
-    if forward::xdp_redirect_allowed(route.ifindex) {
-        forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
-        if let Some(action) = forward::xdp_redirect(ctx, &route) {
-            return Ok(action);
-        }
+    if !forward::xdp_redirect_allowed(route.ifindex) {
+        return Ok(xdp_action::XDP_PASS);
     }
-    Ok(xdp_action::XDP_PASS)
+    lan_translate(ctx, pkt, &reply, len, now)?;
+    forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
+    Ok(forward::xdp_redirect(ctx, &route).unwrap_or(xdp_action::XDP_PASS))
+}
+
+/// TC ingress on the LAN: translate replies and redirect them to the
+/// overlay without the IP stack (an L3 overlay gets no L2 header).
+#[inline(always)]
+fn lan_tc(ctx: &TcContext, pkt: &Packet, len: usize) -> Result<i32, DropReason> {
+    let Some(cfg) = config::current() else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(reply) = lan_classify(pkt, &cfg, now)? else {
+        return Ok(TC_ACT_OK);
+    };
+    let translated = lan_translate(ctx, pkt, &reply, len, now)?;
+    if pkt.ttl <= 1 {
+        return Ok(TC_ACT_OK);
+    }
+    // SAFETY: reading the skb's ingress ifindex.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(route) = forward::lookup(ctx, &translated, ifindex, true) else {
+        return Ok(TC_ACT_OK);
+    };
+    forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
+    Ok(forward::redirect_to(&route, pkt.ipv6))
 }
 
 #[inline(always)]
@@ -349,7 +417,7 @@ fn tc_overlay(ctx: &TcContext, l2: bool) -> i32 {
     counters::count_hook(Hook::OverlayIngress, len);
     let frame = Frame::new(ctx.data(), ctx.data_end(), len, l2);
     let verdict = match parse_packet(&frame) {
-        Ok(Some(pkt)) => overlay_to_lan(ctx, &pkt, len),
+        Ok(Some(pkt)) => overlay_to_lan(ctx, &pkt, len, l2),
         Ok(None) => Ok(TC_ACT_OK),
         Err(reason) => Err(reason),
     };
@@ -371,6 +439,26 @@ pub fn rp_overlay_l2(ctx: TcContext) -> i32 {
     tc_overlay(&ctx, true)
 }
 
+/// TC ingress on the LAN interface: reply translation and redirect.
+#[classifier]
+pub fn rp_lan_tc(ctx: TcContext) -> i32 {
+    if ctx.data_end() - ctx.data() < ctx.len().min(TC_PULL_LEN) as usize {
+        let _ = ctx.pull_data(ctx.len().min(TC_PULL_LEN));
+    }
+    let len = ctx.len() as usize;
+    let frame = Frame::new(ctx.data(), ctx.data_end(), len, true);
+    // XDP has already counted, and dropped what is malformed.
+    let verdict = match parse_packet(&frame) {
+        Ok(Some(pkt)) => lan_tc(&ctx, &pkt, len),
+        Ok(None) => Ok(TC_ACT_OK),
+        Err(reason) => Err(reason),
+    };
+    verdict.unwrap_or_else(|reason| {
+        drop_packet(&ctx, reason, len);
+        TC_ACT_SHOT
+    })
+}
+
 /// XDP on the LAN interface.
 #[xdp]
 pub fn rp_lan_xdp(ctx: XdpContext) -> u32 {
@@ -378,7 +466,7 @@ pub fn rp_lan_xdp(ctx: XdpContext) -> u32 {
     counters::count_hook(Hook::LanIngress, len);
     let frame = Frame::new(ctx.data(), ctx.data_end(), len, true);
     let verdict = match parse_packet(&frame) {
-        Ok(Some(pkt)) => lan_to_overlay(&ctx, &pkt, len),
+        Ok(Some(pkt)) => lan_xdp(&ctx, &pkt, len),
         Ok(None) => Ok(xdp_action::XDP_PASS),
         Err(reason) => Err(reason),
     };

@@ -52,6 +52,17 @@ pub struct RoutingPeer {
     pub snat_ports: Option<PortRange>,
     #[serde(default)]
     pub wireguard: WireguardMode,
+    /// L2 overlay stand-ins whose far end runs XDP (veth in benchmarks):
+    /// replies are then redirected by XDP itself.
+    #[serde(default)]
+    pub xdp_redirect_interfaces: Vec<String>,
+    /// A peer whose last handshake is older than this is reported down.
+    #[serde(default = "default_peer_down_after")]
+    pub peer_down_after_secs: u64,
+}
+
+fn default_peer_down_after() -> u64 {
+    180
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -61,6 +72,9 @@ pub enum WireguardMode {
     Auto,
     Kernel,
     Userspace,
+    /// The overlay interface is managed by someone else (or is an L2
+    /// stand-in for benchmarks); only the data path is attached to it.
+    External,
 }
 
 fn default_listen_port() -> u16 {

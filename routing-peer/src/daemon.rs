@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::Ebpf;
-use routing_peer_common::{program_names, DatapathConfig};
+use routing_peer_common::{map_names, program_names, DatapathConfig};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -30,7 +30,7 @@ use crate::{
     control::{self, PeerReport, ProgramReport, SharedStatus, Status},
     datapath::{self, gc, tables::PolicyState, PinDir},
     sysctl,
-    wireguard::{self, Backend, DeviceSpec, PEER_DOWN_AFTER},
+    wireguard::{self, Backend, DeviceSpec},
 };
 
 pub struct RunOptions {
@@ -108,6 +108,8 @@ struct Daemon {
     compiled: Compiled,
     status: SharedStatus,
     peers_up: HashMap<String, bool>,
+    /// Per peer: received bytes last seen, and when they last grew.
+    peers_rx: HashMap<String, (u64, std::time::Instant)>,
     resolved: HashMap<String, Vec<IpAddr>>,
     nat_unused: HashSet<routing_peer_common::NatEndpoint>,
 }
@@ -121,11 +123,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let rp = config.routing_peer.clone();
     let pins = PinDir::new(&opts.instance);
 
+    let run_dir = control::run_dir(&opts.instance);
+    std::fs::create_dir_all(&run_dir)?;
+    std::fs::write(run_dir.join("pid"), std::process::id().to_string())?;
+
     let mode = opts.wireguard.unwrap_or(rp.wireguard);
     let mut wg = Backend::start(&rp.overlay_interface, mode)
         .with_context(|| format!("starting WireGuard on {}", rp.overlay_interface))?;
-    wg.configure(&DeviceSpec::from_config(&config)?)?;
-    wireguard::configure_link(&rp.overlay_interface, &rp.overlay_addresses, rp.mtu)?;
+    if wg.mode() != wireguard::Mode::External {
+        wg.configure(&DeviceSpec::from_config(&config)?)?;
+        wireguard::configure_link(&rp.overlay_interface, &rp.overlay_addresses, rp.mtu)?;
+    }
     info!(mode = ?wg.mode(), iface = %rp.overlay_interface, "WireGuard configured");
 
     sysctl::apply(
@@ -162,11 +170,28 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         hook: "tc-ingress (tcx)".into(),
         interface: rp.overlay_interface.clone(),
     });
+    let l3_overlay: Vec<String> = if overlay_program == program_names::OVERLAY_L3 {
+        vec![rp.overlay_interface.clone()]
+    } else {
+        Vec::new()
+    };
+    datapath::set_iface_map(&mut ebpf, map_names::L3_IFACES, &l3_overlay)?;
+    datapath::set_iface_map(
+        &mut ebpf,
+        map_names::XDP_REDIRECT_IFACES,
+        &rp.xdp_redirect_interfaces,
+    )?;
     for lan in &rp.lan_interfaces {
         datapath::attach_xdp(&mut ebpf, program_names::LAN_XDP, lan, &pins)?;
+        datapath::attach_tc(&mut ebpf, program_names::LAN_TC, lan, &pins)?;
         programs.push(ProgramReport {
             program: program_names::LAN_XDP.into(),
             hook: "xdp".into(),
+            interface: lan.clone(),
+        });
+        programs.push(ProgramReport {
+            program: program_names::LAN_TC.into(),
+            hook: "tc-ingress (tcx)".into(),
             interface: lan.clone(),
         });
     }
@@ -201,6 +226,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         compiled,
         status,
         peers_up: HashMap::new(),
+        peers_rx: HashMap::new(),
         resolved: HashMap::new(),
         nat_unused: HashSet::new(),
     };
@@ -249,7 +275,7 @@ impl Daemon {
                         self.reload("file change");
                     }
                     self.refresh_peers();
-                    if ticks % 10 == 0 {
+                    if ticks.is_multiple_of(10) {
                         self.collect_garbage();
                     }
                     let _ = self.publish();
@@ -277,7 +303,11 @@ impl Daemon {
             warn!(field = %w.field, "{}", w.message);
         }
         let config = loaded.config;
-        if let Err(e) = DeviceSpec::from_config(&config).and_then(|spec| self.wg.configure(&spec)) {
+        let wg_result = match self.wg.mode() {
+            wireguard::Mode::External => Ok(()),
+            _ => DeviceSpec::from_config(&config).and_then(|spec| self.wg.configure(&spec)),
+        };
+        if let Err(e) = wg_result {
             error!(trigger = why, "reload rejected: WireGuard: {e}");
             return;
         }
@@ -326,7 +356,19 @@ impl Daemon {
             let age = wg
                 .filter(|w| w.last_handshake_unix > 0)
                 .map(|w| now.saturating_sub(w.last_handshake_unix));
-            let up = age.is_some_and(|a| a < PEER_DOWN_AFTER.as_secs());
+            // Up: a recent handshake, or traffic (keepalives count) since.
+            // Handshakes alone renew only every two minutes.
+            let rx = wg.map(|w| w.rx_bytes).unwrap_or(0);
+            let window = Duration::from_secs(self.config.routing_peer.peer_down_after_secs);
+            let rx_seen = self
+                .peers_rx
+                .entry(peer.name.clone())
+                .or_insert((rx, std::time::Instant::now()));
+            if rx != rx_seen.0 {
+                *rx_seen = (rx, std::time::Instant::now());
+            }
+            let recent_rx = rx > 0 && rx_seen.1.elapsed() < window;
+            let up = age.is_some_and(|a| a < window.as_secs()) || (age.is_some() && recent_rx);
             let was_up = self.peers_up.insert(peer.name.clone(), up).unwrap_or(false);
             if up && !was_up {
                 info!(event = "peer_connected", peer = %peer.name, "peer connected");

@@ -77,6 +77,7 @@ enum WgMode {
     Auto,
     Kernel,
     Userspace,
+    External,
 }
 
 #[derive(Args)]
@@ -160,6 +161,7 @@ async fn main() -> Result<()> {
                     WgMode::Auto => WireguardMode::Auto,
                     WgMode::Kernel => WireguardMode::Kernel,
                     WgMode::Userspace => WireguardMode::Userspace,
+                    WgMode::External => WireguardMode::External,
                 }),
                 verbose_datapath,
             })

@@ -1,7 +1,10 @@
-//! `cargo xtask demo`: the data path on a throwaway topology, end to end.
+//! `cargo xtask demo`: the office walkthrough, end to end, on this machine.
 //!
-//! overlay stand-in (veth) — routing peer — LAN, each in its own namespace.
-//! Everything created is torn down by guards, on success, failure or Ctrl-C.
+//! A remote engineer (group Development) reaches the Berlin office's wiki
+//! and Grafana through routing-peer; port 80 and the Sales peer are denied.
+//! The laptop and the Sales machine run wireguard-go configured with `wg`;
+//! the office LAN has real TCP servers. Everything lives in throwaway
+//! namespaces, torn down by guards on success, failure or Ctrl-C.
 
 use std::{
     process::Command,
@@ -9,13 +12,18 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Result};
-use routing_peer_e2e::{routing_peer_bin, send_udp, veth, Daemon, Netns, VethSpec};
+use routing_peer_e2e::{
+    office::{exchange, Office, GRAFANA, WIKI},
+    routing_peer_bin, wait_for, Daemon,
+};
 
 use crate::{setup, util};
+
+const DENY_TIMEOUT: Duration = Duration::from_millis(1500);
 
 pub fn run() -> Result<()> {
     let started = Instant::now();
@@ -31,71 +39,137 @@ pub fn run() -> Result<()> {
         "ROUTING_PEER_BIN",
         util::workspace_root().join("target/debug/routing-peer"),
     );
-    let result = story(&interrupted);
+    let mut story = Story {
+        interrupted,
+        passed: 0,
+    };
+    let result = story.run();
     println!();
     match &result {
         Ok(()) => println!(
-            "demo: SUCCESS in {:.1} s; namespaces and pins removed",
+            "demo: SUCCESS, {} checks passed in {:.1} s; namespaces, interfaces and pins removed",
+            story.passed,
             started.elapsed().as_secs_f64()
         ),
-        Err(e) => println!("demo: FAILED: {e:#}"),
+        Err(e) => println!(
+            "demo: FAILED after {} checks: {e:#}\n(everything it created has been removed)",
+            story.passed
+        ),
     }
     result
 }
 
-fn step(interrupted: &AtomicBool, what: &str) -> Result<()> {
-    if interrupted.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    println!("\n--- {what}");
-    Ok(())
+struct Story {
+    interrupted: Arc<AtomicBool>,
+    passed: usize,
 }
 
-fn story(interrupted: &AtomicBool) -> Result<()> {
-    step(
-        interrupted,
-        "creating namespaces: overlay, routing peer, LAN",
-    )?;
-    let overlay = Netns::new("demo-o")?;
-    let router = Netns::new("demo-r")?;
-    let lan = Netns::new("demo-l")?;
-    veth(VethSpec {
-        a: &router,
-        a_if: "ov0",
-        a_mac: "02:00:00:00:01:01",
-        a_addr: "100.64.0.1/24",
-        b: &overlay,
-        b_if: "eth0",
-        b_mac: "02:00:00:00:01:02",
-        b_addr: "100.64.0.2/24",
-    })?;
-    veth(VethSpec {
-        a: &router,
-        a_if: "lan0",
-        a_mac: "02:00:00:00:02:01",
-        a_addr: "198.51.100.1/24",
-        b: &lan,
-        b_if: "eth0",
-        b_mac: "02:00:00:00:02:02",
-        b_addr: "198.51.100.5/24",
-    })?;
-
-    step(
-        interrupted,
-        "starting routing-peer (TC on ov0, XDP on lan0)",
-    )?;
-    let daemon = Daemon::start(&router, &["--overlay", "ov0", "--lan", "lan0"])?;
-
-    step(interrupted, "sending 100 UDP datagrams from each side")?;
-    send_udp(&overlay, "100.64.0.1:9", 100, 64)?;
-    send_udp(&lan, "198.51.100.1:9", 100, 64)?;
-
-    step(interrupted, "routing-peer stats")?;
-    let status = Command::new(routing_peer_bin())
-        .args(["--instance", &daemon.instance, "stats"])
-        .status()?;
-    if !status.success() {
-        bail!("routing-peer stats failed");
+impl Story {
+    fn step(&self, what: &str) -> Result<()> {
+        if self.interrupted.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        println!("\n=== {what}");
+        Ok(())
     }
-    Ok(())
+
+    fn check(&mut self, ok: bool, what: &str) -> Result<()> {
+        if !ok {
+            bail!("check failed: {what}");
+        }
+        self.passed += 1;
+        println!("    ok: {what}");
+        Ok(())
+    }
+
+    fn show(&self, daemon: &Daemon, args: &[&str]) -> Result<()> {
+        println!("$ routing-peer {}", args.join(" "));
+        let status = Command::new(routing_peer_bin())
+            .args(["--instance", &daemon.instance])
+            .args(args)
+            .status()?;
+        if !status.success() {
+            bail!("routing-peer {} failed", args.join(" "));
+        }
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<()> {
+        self.step("Setting up: laptop, sales machine, routing peer and office LAN in namespaces")?;
+        let mut office = Office::new()?;
+        office.grafana_groups = vec!["Internal Apps".into()];
+        let config = office.write_config("")?;
+        println!("    config: {}", config.display());
+        println!(
+            "    policy: Development -> Internal Apps (wiki {WIKI}, grafana {GRAFANA}), tcp/443"
+        );
+
+        self.step("Starting routing-peer (userspace WireGuard here; kernel WireGuard where the kernel has it)")?;
+        let daemon = Daemon::start(&office.router, &config, &[])?;
+        office.connect_clients()?;
+        println!("    laptop and sales run wireguard-go, configured with `wg`");
+
+        self.step("The engineer (laptop, group Development) fetches the wiki")?;
+        let mut wiki = wait_for(Duration::from_secs(15), || {
+            Ok(office.laptop.tcp(&format!("{WIKI}:443"), DENY_TIMEOUT).ok())
+        })?;
+        let answer = exchange(&mut wiki, "GET /wiki/Start")?;
+        println!("    {answer}");
+        self.check(
+            answer.starts_with("wiki saw 198.51.100.1"),
+            "wiki reached; it sees the routing peer's LAN address (masquerade)",
+        )?;
+
+        self.step("... and the Grafana dashboard")?;
+        let mut grafana = office.laptop.tcp(&format!("{GRAFANA}:443"), DENY_TIMEOUT)?;
+        let answer = exchange(&mut grafana, "GET /d/office")?;
+        println!("    {answer}");
+        self.check(answer.starts_with("grafana saw"), "grafana reached")?;
+
+        self.step("Port 80 on the wiki is not in the policy")?;
+        let denied = office
+            .laptop
+            .tcp(&format!("{WIKI}:80"), DENY_TIMEOUT)
+            .is_err();
+        self.check(denied, "tcp/80 denied (no answer within 1.5 s)")?;
+        self.show(
+            &daemon,
+            &[
+                "policy", "check", "--from", "laptop", "--to", WIKI, "--proto", "tcp", "--port",
+                "80",
+            ],
+        )?;
+
+        self.step("The Sales peer tries the wiki")?;
+        let denied = office
+            .sales
+            .tcp(&format!("{WIKI}:443"), DENY_TIMEOUT)
+            .is_err();
+        self.check(denied, "sales denied: no policy for group Sales")?;
+        self.show(
+            &daemon,
+            &[
+                "policy", "check", "--from", "sales", "--to", WIKI, "--proto", "tcp", "--port",
+                "443",
+            ],
+        )?;
+
+        for _ in 0..3 {
+            exchange(&mut wiki, "GET /wiki/More")?;
+        }
+        self.step("What the operator sees")?;
+        self.show(&daemon, &["networks", "ls"])?;
+        println!();
+        self.show(&daemon, &["status"])?;
+        println!();
+        self.show(&daemon, &["flows"])?;
+        println!();
+        self.show(&daemon, &["stats"])?;
+        let flows = daemon.cli_json(&["flows", "--json", "--peer", "laptop"])?;
+        self.check(
+            flows.as_array().is_some_and(|f| f.len() == 2),
+            "flows lists the laptop's two connections",
+        )?;
+        Ok(())
+    }
 }

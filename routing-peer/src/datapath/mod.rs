@@ -303,3 +303,43 @@ where
     fd_link.pin(path).map_err(|e| pin_err(e.to_string()))?;
     Ok(())
 }
+
+/// The kernel's index of `iface` in the caller's network namespace.
+pub fn ifindex(iface: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(iface).map_err(|_| DatapathError::Interface {
+        iface: iface.into(),
+        detail: "bad name".into(),
+    })?;
+    // SAFETY: a valid NUL-terminated name.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(DatapathError::Interface {
+            iface: iface.into(),
+            detail: io::Error::last_os_error().to_string(),
+        }),
+        index => Ok(index),
+    }
+}
+
+/// Replaces the contents of an interface-set map (`L3_IFACES`, `XDP_REDIRECT_IFACES`).
+pub fn set_iface_map(ebpf: &mut Ebpf, map: &str, ifaces: &[String]) -> Result<()> {
+    let wanted: Vec<u32> = ifaces.iter().map(|i| ifindex(i)).collect::<Result<_>>()?;
+    let data = ebpf.map_mut(map).ok_or(DatapathError::Pin {
+        path: map.into(),
+        detail: "no such map".into(),
+    })?;
+    let mut set = aya::maps::HashMap::<_, u32, u32>::try_from(data)
+        .map_err(|e| DatapathError::Load(aya::EbpfError::MapError(e)))?;
+    let stale: Vec<u32> = set
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !wanted.contains(k))
+        .collect();
+    for k in stale {
+        let _ = set.remove(&k);
+    }
+    for k in wanted {
+        set.insert(k, 1, 0)
+            .map_err(|e| DatapathError::Load(aya::EbpfError::MapError(e)))?;
+    }
+    Ok(())
+}

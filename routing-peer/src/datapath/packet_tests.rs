@@ -24,6 +24,7 @@ use crate::{compile, config, datapath, stats};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -110,7 +111,11 @@ struct Dp {
 impl Dp {
     fn new(config_text: &str) -> Self {
         let mut ebpf = datapath::load(None, datapath::log_level_for(false)).expect("load");
-        for name in [program_names::OVERLAY_L2, program_names::OVERLAY_L3] {
+        for name in [
+            program_names::OVERLAY_L2,
+            program_names::OVERLAY_L3,
+            program_names::LAN_TC,
+        ] {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             tc.load().expect("TC program passes the verifier");
         }
@@ -170,6 +175,11 @@ impl Dp {
 
     fn lan(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         self.run(program_names::LAN_XDP, frame)
+    }
+
+    /// The LAN's TC ingress program, which translates replies.
+    fn lan_tc(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run(program_names::LAN_TC, frame)
     }
 
     fn flows(&self) -> Vec<(CtKey, CtEntry)> {
@@ -320,10 +330,13 @@ fn allowed_flow_is_masqueraded_tracked_and_counted() {
         assert_eq!(entry.nat_port, 40000);
         assert_eq!((entry.fwd.packets, entry.fwd.bytes), (1, syn.len() as u64));
 
-        // The reply, addressed to the masquerade address, goes back to Alice.
+        // The reply, addressed to the masquerade address: XDP leaves it to
+        // TC (the overlay takes no XDP redirects), which sends it to Alice.
         let syn_ack = tcp(WIKI, RP_LAN, 443, 40000, "SA", &[]);
         let (verdict, out) = dp.lan(&syn_ack);
-        assert_eq!(verdict, XDP_PASS, "the kernel routes it to the overlay");
+        assert_eq!((verdict, out.as_slice()), (XDP_PASS, syn_ack.as_slice()));
+        let (verdict, out) = dp.lan_tc(&syn_ack);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(checked(&out), (ip(WIKI), ip(ALICE), 443, 40000));
 
         let data = tcp(ALICE, WIKI, 40000, 443, "A", b"GET / HTTP/1.1\r\n\r\n");
@@ -352,6 +365,51 @@ fn allowed_flow_is_masqueraded_tracked_and_counted() {
         let fin = tcp(ALICE, WIKI, 40000, 443, "F", &[]);
         assert_eq!(dp.overlay(&fin).0, TC_ACT_REDIRECT);
         assert_eq!(dp.flows()[0].1.state, CT_TCP_CLOSING);
+    });
+}
+
+/// Where the overlay takes XDP redirects (an L2 stand-in whose peer runs
+/// XDP), XDP translates and redirects replies itself, checksums included.
+#[test]
+fn xdp_fast_path_translates_and_redirects_replies() {
+    in_netns(|| {
+        let mut dp = Dp::new(&base_config("", true));
+        let ov0 = unsafe { libc::if_nametoindex(c"ov0".as_ptr()) };
+        let map = dp.ebpf.map_mut(map_names::XDP_REDIRECT_IFACES).unwrap();
+        BpfHashMap::<_, u32, u32>::try_from(map)
+            .unwrap()
+            .insert(ov0, 1, 0)
+            .unwrap();
+        // Our own neighbour entry, so the XDP FIB lookup resolves Alice's MAC.
+        std::process::Command::new("ip")
+            .args([
+                "neigh",
+                "replace",
+                "100.64.0.2",
+                "lladdr",
+                "02:00:00:00:00:aa",
+                "dev",
+                "ov0",
+                "nud",
+                "permanent",
+            ])
+            .status()
+            .unwrap();
+        assert_eq!(
+            dp.overlay(&tcp(ALICE, WIKI, 40050, 443, "S", &[])).0,
+            TC_ACT_REDIRECT
+        );
+        let syn_ack = tcp(WIKI, RP_LAN, 443, 40050, "SA", &[]);
+        let (verdict, out) = dp.lan(&syn_ack);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(checked(&out), (ip(WIKI), ip(ALICE), 443, 40050));
+        assert_eq!(
+            &out[..6],
+            &[2, 0, 0, 0, 0, 0xaa],
+            "destination MAC from the FIB"
+        );
+        assert_eq!(out[ETH_LEN + 8], 63, "TTL decremented");
+        assert_eq!(dp.flows()[0].1.rev.packets, 1);
     });
 }
 
@@ -536,9 +594,9 @@ fn nat_preserves_ports_and_resolves_collisions_endpoint_independently() {
         let (_, out) = dp.overlay(&udp(ALICE, WIKI, 5353, 53, b"c"));
         assert_eq!(checked(&out).2, 5353);
         // Replies reach the right peer.
-        let (_, out) = dp.lan(&udp(OTHER_HOST, RP_LAN, 53, bob_port, b"r"));
+        let (_, out) = dp.lan_tc(&udp(OTHER_HOST, RP_LAN, 53, bob_port, b"r"));
         assert_eq!(checked(&out), (ip(OTHER_HOST), ip(BOB), 53, 5353));
-        let (_, out) = dp.lan(&udp(OTHER_HOST, RP_LAN, 53, 5353, b"r"));
+        let (_, out) = dp.lan_tc(&udp(OTHER_HOST, RP_LAN, 53, 5353, b"r"));
         assert_eq!(checked(&out), (ip(OTHER_HOST), ip(ALICE), 53, 5353));
     });
 }
@@ -567,8 +625,8 @@ fn icmp_echo_is_translated_both_ways() {
         let (_, out) = dp.overlay(&icmp_echo(BOB, OTHER_HOST, 777, false));
         let bob_id = checked(&out).2;
         assert_ne!(bob_id, 777);
-        let (verdict, out) = dp.lan(&icmp_echo(OTHER_HOST, RP_LAN, bob_id, true));
-        assert_eq!(verdict, XDP_PASS);
+        let (verdict, out) = dp.lan_tc(&icmp_echo(OTHER_HOST, RP_LAN, bob_id, true));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(checked(&out), (ip(OTHER_HOST), ip(BOB), 777, 777));
     });
 }
@@ -609,8 +667,8 @@ fn masquerade_off_keeps_the_overlay_source() {
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(checked(&out), (ip(ALICE), ip(WIKI), 40020, 443));
         // The LAN routes the reply back to us; conntrack lets it through.
-        let (verdict, out) = dp.lan(&tcp(WIKI, ALICE, 443, 40020, "SA", &[]));
-        assert_eq!(verdict, XDP_PASS);
+        let (verdict, out) = dp.lan_tc(&tcp(WIKI, ALICE, 443, 40020, "SA", &[]));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(checked(&out), (ip(WIKI), ip(ALICE), 443, 40020));
         assert_eq!(dp.flows()[0].1.state, CT_TCP_ESTABLISHED);
     });

@@ -9,7 +9,7 @@
 pub mod netlink;
 pub mod uapi;
 
-use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
+use std::{net::SocketAddr, path::Path, process::Command};
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use ipnet::IpNet;
@@ -111,21 +111,19 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
 }
 
-/// A peer is down when its last handshake is older than this (about 3 min:
-/// WireGuard rekeys every 2 min while traffic flows).
-pub const PEER_DOWN_AFTER: Duration = Duration::from_secs(180);
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Kernel,
     Userspace,
+    External,
 }
 
 /// The running WireGuard backend.
 pub enum Backend {
     Kernel(netlink::KernelWg),
     Userspace(uapi::UserspaceWg),
+    External,
 }
 
 impl Backend {
@@ -139,6 +137,7 @@ impl Backend {
                 Ok(Backend::Kernel(netlink::KernelWg::ensure(iface)?))
             }
             WireguardMode::Auto => Ok(Backend::Userspace(uapi::UserspaceWg::ensure(iface)?)),
+            WireguardMode::External => Ok(Backend::External),
         }
     }
 
@@ -146,6 +145,7 @@ impl Backend {
         match self {
             Backend::Kernel(_) => Mode::Kernel,
             Backend::Userspace(_) => Mode::Userspace,
+            Backend::External => Mode::External,
         }
     }
 
@@ -154,6 +154,7 @@ impl Backend {
         match self {
             Backend::Kernel(k) => k.configure(spec),
             Backend::Userspace(u) => u.configure(spec),
+            Backend::External => Ok(()),
         }
     }
 
@@ -161,6 +162,7 @@ impl Backend {
         match self {
             Backend::Kernel(k) => k.peers(),
             Backend::Userspace(u) => u.peers(),
+            Backend::External => Ok(Vec::new()),
         }
     }
 }

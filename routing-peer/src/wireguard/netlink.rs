@@ -341,7 +341,7 @@ mod tests {
         };
         let msg = set_device_message("wg0", &spec, &[[2; 32], [3; 32]]);
         assert!(matches!(msg.cmd, WireguardCmd::SetDevice));
-        assert_eq!(u8::from(msg.cmd.clone()), WG_CMD_SET_DEVICE);
+        assert_eq!(u8::from(msg.cmd), WG_CMD_SET_DEVICE);
         let mut buf = vec![0u8; msg.buffer_len()];
         msg.emit(&mut buf);
         assert_eq!(buf, known_good());

@@ -1,0 +1,322 @@
+//! The office walkthrough's world, in namespaces: a laptop and a sales
+//! machine running wireguard-go, the routing peer, and the office LAN with
+//! real TCP servers. Shared by the end-to-end tests and `cargo xtask demo`.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+
+use crate::{unique_ifname, veth, wg_keypair, Netns, VethSpec};
+
+pub const ROUTER_LAN: &str = "198.51.100.1";
+pub const WIKI: &str = "198.51.100.5";
+pub const GRAFANA: &str = "198.51.100.6";
+pub const LAPTOP_OVERLAY: &str = "100.64.0.2";
+pub const SALES_OVERLAY: &str = "100.64.0.3";
+
+/// A client machine running wireguard-go toward the routing peer.
+pub struct Client {
+    pub ns: Netns,
+    pub iface: String,
+    pub public_key: String,
+    private_key_file: PathBuf,
+    overlay: String,
+    endpoint: String,
+    router_public_key: String,
+}
+
+impl Client {
+    fn new(
+        tag: &str,
+        dir: &Path,
+        underlay: (&str, &str),
+        overlay: &str,
+        router: &Netns,
+    ) -> Result<Self> {
+        let ns = Netns::new(tag)?;
+        let (router_side, client_side) = underlay;
+        let router_if = format!("u{tag}");
+        veth(VethSpec {
+            a: router,
+            a_if: &router_if,
+            a_mac: &format!("02:00:00:00:{}:01", if tag == "lap" { "a1" } else { "b1" }),
+            a_addr: &format!("{router_side}/30"),
+            b: &ns,
+            b_if: "eth0",
+            b_mac: &format!("02:00:00:00:{}:02", if tag == "lap" { "a1" } else { "b1" }),
+            b_addr: &format!("{client_side}/30"),
+        })?;
+        let (private, public) = wg_keypair()?;
+        let private_key_file = dir.join(format!("{tag}.key"));
+        std::fs::write(&private_key_file, &private)?;
+        Ok(Self {
+            ns,
+            iface: unique_ifname("c"),
+            public_key: public,
+            private_key_file,
+            overlay: overlay.into(),
+            endpoint: format!("{router_side}:51820"),
+            router_public_key: String::new(),
+        })
+    }
+
+    /// Starts wireguard-go and configures it with `wg`, as a user would.
+    pub fn connect(&mut self, router_public_key: &str) -> Result<()> {
+        self.router_public_key = router_public_key.into();
+        let iface = &self.iface;
+        self.ns.sh(&format!(
+            "wireguard-go {iface} && \
+             wg set {iface} private-key {} peer {router_public_key} endpoint {} \
+               allowed-ips 100.64.0.0/10,198.51.100.0/24 persistent-keepalive 1 && \
+             ip addr add {}/32 dev {iface} && ip link set {iface} mtu 1280 up && \
+             ip route add 100.64.0.0/10 dev {iface} && ip route add 198.51.100.0/24 dev {iface}",
+            self.private_key_file.display(),
+            self.endpoint,
+            self.overlay,
+        ))?;
+        Ok(())
+    }
+
+    /// Stops wireguard-go (deleting the TUN device makes it exit).
+    pub fn disconnect(&self) -> Result<()> {
+        self.ns.ip(&format!("link del {}", self.iface))?;
+        Ok(())
+    }
+
+    /// A TCP connection from this machine, or an error if it can't be made in time.
+    pub fn tcp(&self, to: &str, timeout: Duration) -> Result<TcpStream> {
+        let addr: SocketAddr = to.parse()?;
+        let stream = self
+            .ns
+            .enter(move || TcpStream::connect_timeout(&addr, timeout))??;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(stream)
+    }
+}
+
+/// Sends a line and reads the server's one-line answer.
+pub fn exchange(stream: &mut TcpStream, line: &str) -> Result<String> {
+    stream.write_all(format!("{line}\n").as_bytes())?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut answer = String::new();
+    reader
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    if answer.is_empty() {
+        anyhow::bail!("connection closed");
+    }
+    Ok(answer.trim().to_string())
+}
+
+/// A line server: answers each line with "<name> saw <client ip>: <line>".
+pub struct Server {
+    stop: Arc<AtomicBool>,
+}
+
+impl Server {
+    pub fn start(ns: &Netns, addr: &str, name: &str) -> Result<Self> {
+        let addr: SocketAddr = addr.parse()?;
+        let listener = ns.enter(move || TcpListener::bind(addr))??;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let name = name.to_string();
+        thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        let name = name.clone();
+                        let flag = flag.clone();
+                        thread::spawn(move || serve(stream, peer, &name, &flag));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Ok(Self { stop })
+    }
+}
+
+fn serve(stream: TcpStream, peer: SocketAddr, name: &str, stop: &AtomicBool) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                let answer = format!("{name} saw {}: {}\n", peer.ip(), line.trim());
+                if writer.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The whole office, torn down on drop.
+pub struct Office {
+    pub dir: tempfile::TempDir,
+    /// Resource groups of the Grafana host (tests vary them).
+    pub grafana_groups: Vec<String>,
+    pub wg_iface: String,
+    pub router_public_key: String,
+    pub router_key_file: PathBuf,
+    pub laptop: Client,
+    pub sales: Client,
+    pub servers: Vec<Server>,
+    pub lan: Netns,
+    pub router: Netns,
+}
+
+impl Office {
+    pub fn new() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let router = Netns::new("rtr")?;
+        let lan = Netns::new("lan")?;
+        veth(VethSpec {
+            a: &router,
+            a_if: "lan0",
+            a_mac: "02:00:00:00:02:01",
+            a_addr: &format!("{ROUTER_LAN}/24"),
+            b: &lan,
+            b_if: "eth0",
+            b_mac: "02:00:00:00:02:02",
+            b_addr: &format!("{WIKI}/24"),
+        })?;
+        lan.ip(&format!("addr add {GRAFANA}/24 dev eth0"))?;
+        let laptop = Client::new(
+            "lap",
+            dir.path(),
+            ("203.0.113.1", "203.0.113.2"),
+            LAPTOP_OVERLAY,
+            &router,
+        )?;
+        let sales = Client::new(
+            "sal",
+            dir.path(),
+            ("203.0.113.5", "203.0.113.6"),
+            SALES_OVERLAY,
+            &router,
+        )?;
+        let (private, public) = wg_keypair()?;
+        let router_key_file = dir.path().join("router.key");
+        std::fs::write(&router_key_file, private)?;
+        let servers = vec![
+            Server::start(&lan, &format!("{WIKI}:443"), "wiki")?,
+            Server::start(&lan, &format!("{WIKI}:80"), "wiki-http")?,
+            Server::start(&lan, &format!("{GRAFANA}:443"), "grafana")?,
+        ];
+        Ok(Self {
+            grafana_groups: vec!["Dashboards".into()],
+            wg_iface: unique_ifname("r"),
+            router_public_key: public,
+            router_key_file,
+            laptop,
+            sales,
+            servers,
+            lan,
+            router,
+            dir,
+        })
+    }
+
+    /// The walkthrough's configuration, with `extra` appended.
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            r#"
+[routing_peer]
+name = "berlin-gw"
+overlay_interface = "{wg}"
+overlay_addresses = ["100.64.0.1/10"]
+private_key_file = "{key}"
+listen_port = 51820
+lan_interfaces = ["lan0"]
+groups = ["Routing Peers"]
+metric = 100
+peer_down_after_secs = 5
+
+[[peers]]
+name = "laptop"
+public_key = "{laptop}"
+addresses = ["{LAPTOP_OVERLAY}"]
+groups = ["Development"]
+
+[[peers]]
+name = "sales"
+public_key = "{sales}"
+addresses = ["{SALES_OVERLAY}"]
+groups = ["Sales"]
+
+[[networks]]
+name = "Berlin Office"
+description = "Office LAN behind berlin-gw"
+
+[[networks.resources]]
+name = "Internal Wiki"
+address = "{WIKI}/32"
+groups = ["Internal Apps"]
+
+[[networks.resources]]
+name = "Grafana"
+address = "{GRAFANA}/32"
+groups = {grafana_groups:?}
+
+[[policies]]
+name = "Development to Internal Apps"
+sources = ["Development"]
+destinations = ["Internal Apps"]
+protocol = "tcp"
+ports = [443]
+{extra}
+"#,
+            wg = self.wg_iface,
+            key = self.router_key_file.display(),
+            laptop = self.laptop.public_key,
+            sales = self.sales.public_key,
+            grafana_groups = self.grafana_groups,
+        )
+    }
+
+    pub fn write_config(&self, extra: &str) -> Result<PathBuf> {
+        let path = self.dir.path().join("routing-peer.toml");
+        let tmp = self.dir.path().join("routing-peer.toml.tmp");
+        std::fs::write(&tmp, self.config(extra))?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+
+    /// Connects both clients' wireguard-go to the routing peer.
+    pub fn connect_clients(&mut self) -> Result<()> {
+        let key = self.router_public_key.clone();
+        self.laptop.connect(&key)?;
+        self.sales.connect(&key)
+    }
+}
