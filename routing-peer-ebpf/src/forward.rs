@@ -112,7 +112,7 @@ static L3_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 #[inline(always)]
 pub fn redirect_to(route: &Route, ipv6: bool) -> i32 {
     // SAFETY: lookup in a map of plain integers.
-    if unsafe { L3_IFACES.get(&route.ifindex).is_some() } {
+    if unsafe { L3_IFACES.get(route.ifindex).is_some() } {
         // SAFETY: plain helper call.
         return unsafe { bpf_redirect(route.ifindex, 0) } as i32;
     }
@@ -178,7 +178,7 @@ pub fn redirect_neigh(route: &Route, ipv6: bool) -> i32 {
 #[inline(always)]
 pub fn xdp_redirect_allowed(ifindex: u32) -> bool {
     // SAFETY: lookup in a map of plain integers.
-    unsafe { XDP_REDIRECT_IFACES.get(&ifindex).is_some() }
+    unsafe { XDP_REDIRECT_IFACES.get(ifindex).is_some() }
 }
 
 /// XDP: rewrite the Ethernet header and redirect. `None` means: let the
