@@ -10,6 +10,7 @@
 // Inline BPF assembly, for atomic counter adds.
 #![feature(asm_experimental_arch)]
 
+mod bench;
 mod config;
 mod conntrack;
 mod counters;

@@ -226,17 +226,37 @@ pub fn compile(
         ));
     }
 
+    // Indexes from groups and names to rules, so nothing below is quadratic.
+    let mut by_source: HashMap<&str, Vec<u32>> = HashMap::new();
+    let mut by_dest_group: HashMap<&str, Vec<u32>> = HashMap::new();
+    let mut by_dest_resource: HashMap<&str, Vec<u32>> = HashMap::new();
+    for (p, r) in &rules {
+        for g in &p.sources {
+            by_source.entry(g).or_default().push(r.id);
+        }
+        if p.kind == PolicyKind::Resource {
+            for g in &p.destinations {
+                by_dest_group.entry(g).or_default().push(r.id);
+            }
+            for name in &p.destination_resources {
+                by_dest_resource.entry(name).or_default().push(r.id);
+            }
+        }
+    }
+    let collect = |index: &HashMap<&str, Vec<u32>>, keys: &mut dyn Iterator<Item = &str>| {
+        keys.filter_map(|k| index.get(k))
+            .flatten()
+            .copied()
+            .collect::<BTreeSet<u32>>()
+    };
+
     // Source classes.
     let mut src_classes = Classes::default();
     let mut peers = HashMap::new();
     for peer in &config.peers {
         names.peers.push(peer.name.clone());
         let peer_id = names.peers.len() as u32 - 1;
-        let member: BTreeSet<u32> = rules
-            .iter()
-            .filter(|(p, _)| p.sources.iter().any(|g| peer.groups.contains(g)))
-            .map(|(_, r)| r.id)
-            .collect();
+        let member = collect(&by_source, &mut peer.groups.iter().map(String::as_str));
         let src_class = src_classes.intern(member);
         for addr in &peer.addresses {
             peers.insert(addr_key(*addr), PeerValue { peer_id, src_class });
@@ -262,15 +282,13 @@ pub fn compile(
             if !res.enabled {
                 continue;
             }
-            let direct: BTreeSet<u32> = rules
-                .iter()
-                .filter(|(p, _)| {
-                    p.kind == PolicyKind::Resource
-                        && (p.destinations.iter().any(|g| res.groups.contains(g))
-                            || p.destination_resources.contains(&res.name))
-                })
-                .map(|(_, r)| r.id)
-                .collect();
+            let mut direct = collect(&by_dest_group, &mut res.groups.iter().map(String::as_str));
+            direct.extend(
+                by_dest_resource
+                    .get(res.name.as_str())
+                    .into_iter()
+                    .flatten(),
+            );
             let flags = if network.masquerade {
                 DEST_MASQUERADE
             } else {

@@ -555,6 +555,8 @@ pub fn validate(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
     );
     let mut resource_groups = HashSet::new();
     let mut resource_names = HashSet::new();
+    // Groups holding a 0.0.0.0/0 or ::/0 resource, for the broad-grant warning.
+    let mut everything_groups: HashSet<&str> = HashSet::new();
     for (i, n) in config.networks.iter().enumerate() {
         for (j, res) in n.resources.iter().enumerate() {
             let field = format!("networks[{i}].resources[{j}]");
@@ -562,12 +564,15 @@ pub fn validate(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
             resource_groups.extend(res.groups.iter().map(String::as_str));
             match parse_resource_address(&res.address) {
                 Err(e) => r.error(format!("{field}.address"), e),
-                Ok(ResourceAddress::Subnet(net)) if net.prefix_len() == 0 => r.warn(
-                    format!("{field}.address"),
-                    format!(
-                        "`{net}` grants everything reachable from this routing peer; prefer /32 hosts or narrow CIDRs"
-                    ),
-                ),
+                Ok(ResourceAddress::Subnet(net)) if net.prefix_len() == 0 => {
+                    everything_groups.extend(res.groups.iter().map(String::as_str));
+                    r.warn(
+                        format!("{field}.address"),
+                        format!(
+                            "`{net}` grants everything reachable from this routing peer; prefer /32 hosts or narrow CIDRs"
+                        ),
+                    )
+                }
                 Ok(ResourceAddress::Subnet(net)) if net.prefix_len() < 8 => r.warn(
                     format!("{field}.address"),
                     format!("`{net}` is very broad; prefer narrower resources"),
@@ -689,13 +694,10 @@ pub fn validate(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
             );
         }
         if p.action == Action::Accept && p.kind == PolicyKind::Resource {
-            let broad = p.destinations.iter().any(|g| {
-                config.networks.iter().flat_map(|n| &n.resources).any(|res| {
-                    res.groups.contains(g)
-                        && matches!(parse_resource_address(&res.address), Ok(ResourceAddress::Subnet(n)) if n.prefix_len() == 0)
-                })
-            });
-            if broad {
+            if p.destinations
+                .iter()
+                .any(|g| everything_groups.contains(g.as_str()))
+            {
                 r.warn(field, "grants access to a 0.0.0.0/0 or ::/0 resource");
             }
         }

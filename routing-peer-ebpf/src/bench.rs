@@ -1,0 +1,92 @@
+//! Benchmark-only programs: a packet generator for BPF_PROG_TEST_RUN live
+//! frames, a counting sink, a pass-through (veth needs an XDP program on the
+//! receiving end to take XDP_TX frames) and the stateless XDP-redirect
+//! upper bound. They are loaded only by `cargo xtask bench`.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+use routing_peer_common::PacketCounter;
+
+use crate::{ctx::Mangle, forward, parse::{parse_packet, Frame}};
+
+/// [0] = number of distinct flows the generator cycles through.
+#[map]
+static BENCH_GEN: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static BENCH_SINK: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(1, 0);
+
+const ETH_IP_LEN: usize = 14 + 20;
+
+/// Rewrites the UDP ports of every live frame (the pages are recycled, so
+/// the headers must be written each time) to cycle through `flows` flows,
+/// then transmits it.
+#[xdp]
+pub fn rp_bench_gen(ctx: XdpContext) -> u32 {
+    let flows = BENCH_GEN.get(0).copied().unwrap_or(1).max(1);
+    let Some(seq) = BENCH_SEQ.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: per-CPU slot.
+    let n = unsafe {
+        *seq = (*seq).wrapping_add(1);
+        *seq
+    };
+    let flow = n % flows;
+    let sport = 1024 + (flow % 50_000) as u16;
+    let dport = 10_000 + (flow / 50_000) as u16;
+    let ok = ctx.store_u16(ETH_IP_LEN, sport.to_be()).is_ok()
+        && ctx.store_u16(ETH_IP_LEN + 2, dport.to_be()).is_ok()
+        // No UDP checksum (legal for IPv4): nothing to recompute per frame.
+        && ctx.store_u16(ETH_IP_LEN + 6, 0).is_ok();
+    if ok {
+        xdp_action::XDP_TX
+    } else {
+        xdp_action::XDP_ABORTED
+    }
+}
+
+/// Counts and drops.
+#[xdp]
+pub fn rp_bench_sink(ctx: XdpContext) -> u32 {
+    if let Some(c) = BENCH_SINK.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += (ctx.data_end() - ctx.data()) as u64;
+        }
+    }
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn rp_bench_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// The upper bound: FIB lookup and redirect, no policy, no state.
+#[xdp]
+pub fn rp_bench_redirect(ctx: XdpContext) -> u32 {
+    let len = ctx.data_end() - ctx.data();
+    let frame = Frame::new(ctx.data(), ctx.data_end(), len, true);
+    let Ok(Some(pkt)) = parse_packet(&frame) else {
+        return xdp_action::XDP_PASS;
+    };
+    if pkt.ttl <= 1 {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: reading the frame's ingress ifindex.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let Some(route) = forward::lookup(&ctx, &pkt, ifindex, false) else {
+        return xdp_action::XDP_PASS;
+    };
+    if forward::decrement_ttl(&ctx, &pkt).is_err() {
+        return xdp_action::XDP_PASS;
+    }
+    forward::xdp_redirect(&ctx, &route).unwrap_or(xdp_action::XDP_PASS)
+}

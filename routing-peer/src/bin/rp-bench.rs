@@ -1,0 +1,308 @@
+//! Benchmark helper driven by `cargo xtask bench`; not part of the product.
+//!
+//! - `gen`: BPF_PROG_TEST_RUN live frames out of an interface (there is no
+//!   pktgen on these kernels, and xdp-trafficgen fails).
+//! - `attach`: pins an XDP program (sink, pass, redirect) to an interface.
+//! - `count`: reads a pinned sink's counter.
+//! - `cost`: nanoseconds per packet of the overlay program, via test runs.
+
+use std::{collections::HashMap, net::IpAddr, path::PathBuf, time::Instant};
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{Array, Map, MapData, PerCpuArray},
+    programs::{
+        links::FdLink, SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode,
+    },
+    EbpfLoader,
+};
+use clap::{Parser, Subcommand};
+use etherparse::PacketBuilder;
+use routing_peer::{compile, config, datapath};
+use routing_peer_common::{program_names, DatapathConfig, PacketCounter};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send UDP frames out of `iface` for `seconds`, cycling through `flows` flows.
+    Gen {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long, default_value_t = 1)]
+        flows: u32,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long)]
+        src_mac: String,
+        #[arg(long)]
+        dst_mac: String,
+        #[arg(long)]
+        src: std::net::Ipv4Addr,
+        #[arg(long)]
+        dst: std::net::Ipv4Addr,
+    },
+    /// Attach one of the bench XDP programs to `iface`, pinned under `pin`.
+    Attach {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        program: String,
+        #[arg(long)]
+        pin: PathBuf,
+    },
+    /// Print the packets a pinned sink has counted.
+    Count {
+        #[arg(long)]
+        pin: PathBuf,
+    },
+    /// Nanoseconds per packet of the overlay program for established, new
+    /// and denied packets, with `rules` rules and resources installed.
+    Cost {
+        #[arg(long)]
+        rules: usize,
+        #[arg(long, default_value_t = 2_000_000)]
+        repeat: u32,
+    },
+}
+
+fn mac(s: &str) -> Result<[u8; 6]> {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()?;
+    v.try_into().map_err(|_| anyhow::anyhow!("bad MAC {s}"))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Gen {
+            iface,
+            seconds,
+            flows,
+            size,
+            src_mac,
+            dst_mac,
+            src,
+            dst,
+        } => gen(
+            &iface,
+            seconds,
+            flows,
+            size,
+            mac(&src_mac)?,
+            mac(&dst_mac)?,
+            src,
+            dst,
+        ),
+        Command::Attach {
+            iface,
+            program,
+            pin,
+        } => attach(&iface, &program, &pin),
+        Command::Count { pin } => {
+            let data = MapData::from_pin(pin.join("BENCH_SINK"))?;
+            let arr = PerCpuArray::<_, PacketCounter>::try_from(Map::PerCpuArray(data))?;
+            let mut total = PacketCounter::default();
+            arr.get(&0, 0)?.iter().for_each(|c| total.add(c));
+            println!("{}", total.packets);
+            Ok(())
+        }
+        Command::Cost { rules, repeat } => cost(rules, repeat),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gen(
+    iface: &str,
+    seconds: f64,
+    flows: u32,
+    size: usize,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+) -> Result<()> {
+    let mut ebpf = EbpfLoader::new().load(datapath::EBPF_OBJECT)?;
+    {
+        let map = ebpf.map_mut("BENCH_GEN").context("BENCH_GEN")?;
+        Array::<_, u32>::try_from(map)?.set(0, flows, 0)?;
+    }
+    let prog: &mut Xdp = ebpf.program_mut("rp_bench_gen").unwrap().try_into()?;
+    prog.load()?;
+    let payload = vec![0x5au8; size.saturating_sub(14 + 20 + 8)];
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .udp(1024, 10_000)
+        .write(&mut frame, &payload)?;
+    let ifindex = datapath::ifindex(iface)?;
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    let mut ctx = [0u8; 24];
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    let started = Instant::now();
+    let mut sent: u64 = 0;
+    const BATCH: u32 = 1 << 16;
+    while started.elapsed().as_secs_f64() < seconds {
+        let opts = TestRunOptions {
+            data_in: Some(&frame),
+            ctx_in: Some(&ctx),
+            repeat: BATCH,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..Default::default()
+        };
+        prog.test_run(opts)?;
+        sent += u64::from(BATCH);
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "sent": sent, "seconds": started.elapsed().as_secs_f64() })
+    );
+    Ok(())
+}
+
+fn attach(iface: &str, program: &str, pin: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(pin)?;
+    let mut loader = EbpfLoader::new();
+    let sink_pin = pin.join("BENCH_SINK");
+    loader.map_pin_path("BENCH_SINK", sink_pin.as_path());
+    let mut ebpf = loader.load(datapath::EBPF_OBJECT)?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(program)
+        .with_context(|| format!("no program {program}"))?
+        .try_into()?;
+    prog.load()?;
+    let id = prog
+        .attach(iface, XdpMode::Driver)
+        .or_else(|_| prog.attach(iface, XdpMode::Skb))?;
+    let link: FdLink = prog.take_link(id)?.try_into()?;
+    link.pin(pin.join("link"))?;
+    Ok(())
+}
+
+/// A config with `n` rules and resources, the benchmark target among them.
+pub fn bench_config(n: usize) -> String {
+    let mut text = String::from(
+        r#"
+[routing_peer]
+name = "bench"
+overlay_interface = "ov0"
+overlay_addresses = ["100.64.0.1/10"]
+private_key_file = "/dev/null"
+lan_interfaces = ["lan0"]
+wireguard = "external"
+xdp_redirect_interfaces = []
+
+[[peers]]
+name = "gen"
+public_key = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28="
+addresses = ["100.64.0.2"]
+groups = ["Bench"]
+
+[[networks]]
+name = "bench"
+[[networks.resources]]
+name = "sink"
+address = "198.51.100.2/32"
+groups = ["Sinks"]
+
+[[policies]]
+name = "bench-udp"
+sources = ["Bench"]
+destinations = ["Sinks"]
+protocol = "udp"
+port_ranges = [{ start = 10000, end = 10009 }]
+"#,
+    );
+    // Filler: one resource and one policy each, in IPv6 documentation space.
+    for i in 1..n {
+        text += &format!(
+            "[[networks.resources]]\nname = \"r{i}\"\naddress = \"2001:db8:{:x}:{:x}::1/128\"\ngroups = [\"g{i}\"]\n",
+            i >> 16,
+            i & 0xffff
+        );
+    }
+    for i in 1..n {
+        text += &format!(
+            "[[policies]]\nname = \"p{i}\"\nsources = [\"Bench\"]\ndestinations = [\"g{i}\"]\nprotocol = \"tcp\"\nports = [{}]\n",
+            1 + i % 60000
+        );
+    }
+    text
+}
+
+/// Runs inside a namespace with ov0 (100.64.0.1/10) and lan0 (198.51.100.1/24) veths.
+fn cost(rules: usize, repeat: u32) -> Result<()> {
+    let mut ebpf = datapath::load(None, datapath::log_level_for(false))?;
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(program_names::OVERLAY_L2)
+        .unwrap()
+        .try_into()?;
+    tc.load()?;
+    let loaded = config::parse(std::path::Path::new("bench.toml"), &bench_config(rules))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let self_addrs: Vec<IpAddr> = vec!["100.64.0.1".parse()?, "198.51.100.1".parse()?];
+    let started = Instant::now();
+    let compiled = compile::compile(&loaded.config, &self_addrs, &HashMap::new());
+    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    let mut state = datapath::tables::PolicyState::init(&mut ebpf, DatapathConfig::default())?;
+    let started = Instant::now();
+    state.install(&mut ebpf, &compiled.tables)?;
+    let install_ms = started.elapsed().as_secs_f64() * 1e3;
+
+    let frame = |sport: u16, dport: u16| -> Result<Vec<u8>> {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([100, 64, 0, 2], [198, 51, 100, 2], 64)
+            .udp(sport, dport)
+            .write(&mut f, &[0u8; 18])?;
+        Ok(f)
+    };
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(program_names::OVERLAY_L2)
+        .unwrap()
+        .try_into()?;
+    let run = |data: &[u8], repeat: u32| -> Result<(u32, f64)> {
+        let mut out = vec![0u8; data.len() + 64];
+        let r = tc.test_run(TestRunOptions {
+            data_in: Some(data),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        })?;
+        // The kernel reports the mean duration of one run.
+        Ok((r.return_value, r.duration.as_nanos() as f64))
+    };
+    let established = frame(4000, 10_000)?;
+    run(&established, 1)?; // creates the flow
+    let (_, est_ns) = run(&established, repeat)?;
+    // A new flow each time is impossible with one frame: time the first
+    // packet of many distinct flows instead.
+    let mut new_total = 0.0;
+    let new_flows = 2000u16;
+    for i in 0..new_flows {
+        new_total += run(&frame(20_000 + i, 10_001)?, 1)?.1;
+    }
+    let denied = frame(4001, 9999)?;
+    let (verdict, denied_ns) = run(&denied, repeat)?;
+    anyhow::ensure!(verdict == 2, "the denied case was not denied");
+    println!(
+        "{}",
+        serde_json::json!({
+            "rules": rules,
+            "policy_entries": compiled.tables.policy.len(),
+            "compile_ms": compile_ms,
+            "install_ms": install_ms,
+            "established_ns": est_ns,
+            "new_flow_ns": new_total / f64::from(new_flows),
+            "denied_ns": denied_ns,
+        })
+    );
+    Ok(())
+}
