@@ -11,11 +11,19 @@ use aya_ebpf::{
 };
 use routing_peer_common::PacketCounter;
 
-use crate::{ctx::Mangle, forward, parse::{parse_packet, Frame}};
+use crate::{
+    ctx::Mangle,
+    forward,
+    parse::{parse_packet, Frame},
+};
 
 /// [0] = number of distinct flows the generator cycles through.
 #[map]
 static BENCH_GEN: Array<u32> = Array::with_max_entries(1, 0);
+/// The frame's Ethernet + IPv4 + UDP headers (42 bytes, padded), written
+/// by user space with a valid IPv4 checksum.
+#[map]
+static BENCH_TEMPLATE: Array<[u32; 11]> = Array::with_max_entries(1, 0);
 #[map]
 static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -23,9 +31,9 @@ static BENCH_SINK: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(1,
 
 const ETH_IP_LEN: usize = 14 + 20;
 
-/// Rewrites the UDP ports of every live frame (the pages are recycled, so
-/// the headers must be written each time) to cycle through `flows` flows,
-/// then transmits it.
+/// Writes the whole header of every live frame (the pages are recycled, and
+/// the device under test rewrote MACs, TTL and addresses in place), cycles
+/// the UDP ports through `flows` flows, and transmits the frame.
 #[xdp]
 pub fn rp_bench_gen(ctx: XdpContext) -> u32 {
     let flows = BENCH_GEN.get(0).copied().unwrap_or(1).max(1);
@@ -37,6 +45,17 @@ pub fn rp_bench_gen(ctx: XdpContext) -> u32 {
         *seq = (*seq).wrapping_add(1);
         *seq
     };
+    let Some(template) = BENCH_TEMPLATE.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    for (i, word) in template.iter().take(10).enumerate() {
+        if ctx.store_u32(4 * i, *word).is_err() {
+            return xdp_action::XDP_ABORTED;
+        }
+    }
+    if ctx.store_u16(40, template[10] as u16).is_err() {
+        return xdp_action::XDP_ABORTED;
+    }
     let flow = n % flows;
     let sport = 1024 + (flow % 50_000) as u16;
     let dport = 10_000 + (flow / 50_000) as u16;

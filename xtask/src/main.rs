@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask setup | build | test | demo`.
 
+mod bench;
 mod demo;
 mod setup;
 mod util;
@@ -27,6 +28,12 @@ enum Command {
     Test,
     /// Run the walkthrough in throwaway network namespaces.
     Demo,
+    /// Measure the data path against nftables, kernel forwarding and XDP redirect.
+    Bench {
+        /// A short run (under 3 minutes).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -35,6 +42,7 @@ fn main() -> Result<()> {
         Command::Build { release } => build(release),
         Command::Test => test(),
         Command::Demo => demo::run(),
+        Command::Bench { quick } => bench::run(quick),
     }
 }
 

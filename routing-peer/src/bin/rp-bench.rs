@@ -63,10 +63,11 @@ enum Command {
         pin: PathBuf,
     },
     /// Nanoseconds per packet of the overlay program for established, new
-    /// and denied packets, with `rules` rules and resources installed.
+    /// and denied packets, with the configuration in `config` installed
+    /// (xtask writes it: peer 100.64.0.2 may send UDP 10000-10009 to 198.51.100.2).
     Cost {
         #[arg(long)]
-        rules: usize,
+        config: PathBuf,
         #[arg(long, default_value_t = 2_000_000)]
         repeat: u32,
     },
@@ -114,7 +115,7 @@ fn main() -> Result<()> {
             println!("{}", total.packets);
             Ok(())
         }
-        Command::Cost { rules, repeat } => cost(rules, repeat),
+        Command::Cost { config, repeat } => cost(&config, repeat),
     }
 }
 
@@ -134,17 +135,34 @@ fn gen(
         let map = ebpf.map_mut("BENCH_GEN").context("BENCH_GEN")?;
         Array::<_, u32>::try_from(map)?.set(0, flows, 0)?;
     }
-    let prog: &mut Xdp = ebpf.program_mut("rp_bench_gen").unwrap().try_into()?;
-    prog.load()?;
+    {
+        let prog: &mut Xdp = ebpf.program_mut("rp_bench_gen").unwrap().try_into()?;
+        prog.load()?;
+    }
     let payload = vec![0x5au8; size.saturating_sub(14 + 20 + 8)];
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(src_mac, dst_mac)
         .ipv4(src.octets(), dst.octets(), 64)
         .udp(1024, 10_000)
         .write(&mut frame, &payload)?;
+    {
+        let mut words = [0u32; 11];
+        for (i, w) in words.iter_mut().enumerate() {
+            let mut b = [0u8; 4];
+            for (j, byte) in b.iter_mut().enumerate() {
+                *byte = frame.get(4 * i + j).copied().unwrap_or(0);
+            }
+            *w = u32::from_ne_bytes(b);
+        }
+        let map = ebpf.map_mut("BENCH_TEMPLATE").context("BENCH_TEMPLATE")?;
+        Array::<_, [u32; 11]>::try_from(map)?.set(0, words, 0)?;
+    }
+    let prog: &mut Xdp = ebpf.program_mut("rp_bench_gen").unwrap().try_into()?;
     let ifindex = datapath::ifindex(iface)?;
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    // The kernel wants data_end == the frame's length, data and data_meta 0.
     let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
     let started = Instant::now();
     let mut sent: u64 = 0;
@@ -186,67 +204,16 @@ fn attach(iface: &str, program: &str, pin: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// A config with `n` rules and resources, the benchmark target among them.
-pub fn bench_config(n: usize) -> String {
-    let mut text = String::from(
-        r#"
-[routing_peer]
-name = "bench"
-overlay_interface = "ov0"
-overlay_addresses = ["100.64.0.1/10"]
-private_key_file = "/dev/null"
-lan_interfaces = ["lan0"]
-wireguard = "external"
-xdp_redirect_interfaces = []
-
-[[peers]]
-name = "gen"
-public_key = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28="
-addresses = ["100.64.0.2"]
-groups = ["Bench"]
-
-[[networks]]
-name = "bench"
-[[networks.resources]]
-name = "sink"
-address = "198.51.100.2/32"
-groups = ["Sinks"]
-
-[[policies]]
-name = "bench-udp"
-sources = ["Bench"]
-destinations = ["Sinks"]
-protocol = "udp"
-port_ranges = [{ start = 10000, end = 10009 }]
-"#,
-    );
-    // Filler: one resource and one policy each, in IPv6 documentation space.
-    for i in 1..n {
-        text += &format!(
-            "[[networks.resources]]\nname = \"r{i}\"\naddress = \"2001:db8:{:x}:{:x}::1/128\"\ngroups = [\"g{i}\"]\n",
-            i >> 16,
-            i & 0xffff
-        );
-    }
-    for i in 1..n {
-        text += &format!(
-            "[[policies]]\nname = \"p{i}\"\nsources = [\"Bench\"]\ndestinations = [\"g{i}\"]\nprotocol = \"tcp\"\nports = [{}]\n",
-            1 + i % 60000
-        );
-    }
-    text
-}
-
 /// Runs inside a namespace with ov0 (100.64.0.1/10) and lan0 (198.51.100.1/24) veths.
-fn cost(rules: usize, repeat: u32) -> Result<()> {
+fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
     let mut ebpf = datapath::load(None, datapath::log_level_for(false))?;
     let tc: &mut SchedClassifier = ebpf
         .program_mut(program_names::OVERLAY_L2)
         .unwrap()
         .try_into()?;
     tc.load()?;
-    let loaded = config::parse(std::path::Path::new("bench.toml"), &bench_config(rules))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let loaded = config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rules = loaded.config.policies.len();
     let self_addrs: Vec<IpAddr> = vec!["100.64.0.1".parse()?, "198.51.100.1".parse()?];
     let started = Instant::now();
     let compiled = compile::compile(&loaded.config, &self_addrs, &HashMap::new());
