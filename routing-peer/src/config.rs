@@ -693,13 +693,12 @@ pub fn validate(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
                 range.end,
             );
         }
-        if p.action == Action::Accept && p.kind == PolicyKind::Resource {
-            if p.destinations
-                .iter()
-                .any(|g| everything_groups.contains(g.as_str()))
-            {
-                r.warn(field, "grants access to a 0.0.0.0/0 or ::/0 resource");
-            }
+        let grants_everything = p
+            .destinations
+            .iter()
+            .any(|g| everything_groups.contains(g.as_str()));
+        if p.action == Action::Accept && p.kind == PolicyKind::Resource && grants_everything {
+            r.warn(field, "grants access to a 0.0.0.0/0 or ::/0 resource");
         }
     }
     (r.problems, r.warnings)
