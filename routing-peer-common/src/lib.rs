@@ -38,16 +38,20 @@ pub enum Hook {
     OverlayIngress = 0,
     /// XDP on the LAN interface: return traffic and LAN-initiated packets.
     LanIngress = 1,
+    /// XDP on an L2 overlay stand-in (benchmarks): the skb-less fast path.
+    OverlayXdp = 2,
 }
 
 impl Hook {
-    pub const COUNT: u32 = 2;
-    pub const ALL: [Hook; Self::COUNT as usize] = [Hook::OverlayIngress, Hook::LanIngress];
+    pub const COUNT: u32 = 3;
+    pub const ALL: [Hook; Self::COUNT as usize] =
+        [Hook::OverlayIngress, Hook::LanIngress, Hook::OverlayXdp];
 
     pub fn name(self) -> &'static str {
         match self {
             Hook::OverlayIngress => "overlay-ingress",
             Hook::LanIngress => "lan-ingress",
+            Hook::OverlayXdp => "overlay-xdp",
         }
     }
 }
@@ -364,6 +368,8 @@ pub mod program_names {
     pub const OVERLAY_L3: &str = "rp_overlay_l3";
     /// TC ingress for an L2 overlay stand-in (a veth), used by benchmarks.
     pub const OVERLAY_L2: &str = "rp_overlay_l2";
+    /// XDP on an L2 overlay stand-in.
+    pub const OVERLAY_XDP: &str = "rp_overlay_xdp";
     /// XDP on the LAN interface.
     pub const LAN_XDP: &str = "rp_lan_xdp";
     /// TC ingress on the LAN interface.

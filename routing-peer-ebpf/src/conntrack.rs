@@ -2,7 +2,11 @@
 //! direction (peer → remote), holding state, per-direction counters, the NAT
 //! mapping and the rule that allowed it.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
 use routing_peer_common::{
     CtEntry, CtKey, DatapathConfig, CT_ICMP, CT_OTHER, CT_TCP_CLOSING, CT_TCP_ESTABLISHED,
     CT_TCP_RESET, CT_TCP_SYN_SENT, CT_UDP_REPLIED, CT_UDP_UNREPLIED, IPPROTO_ICMP, IPPROTO_ICMPV6,
@@ -13,6 +17,26 @@ const MAX_FLOWS: u32 = 262144;
 
 #[map]
 static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Where a new entry is assembled: an 88-byte struct on the 512-byte BPF
+/// stack does not fit beside everything else the fast path holds.
+#[map]
+static CT_SCRATCH: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch entry, zeroed.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut CtEntry> {
+    let entry = CT_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, used only within one program run. Zeroed as
+    // words: a memset would become single-byte stores.
+    unsafe {
+        let words = entry as *mut [u64; 11];
+        for i in 0..11 {
+            (*words)[i] = 0;
+        }
+        Some(&mut *entry)
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {

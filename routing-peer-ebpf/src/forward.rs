@@ -12,7 +12,7 @@ use aya_ebpf::{
     },
     helpers::{bpf_redirect, bpf_redirect_neigh},
     macros::map,
-    maps::HashMap,
+    maps::{HashMap, PerCpuArray},
     EbpfContext,
 };
 use routing_peer_common::{AF_INET, AF_INET6};
@@ -27,78 +27,108 @@ const AF_INET6_KERNEL: u8 = 10;
 #[map]
 static XDP_REDIRECT_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 
+/// A FIB result, kept in a per-CPU scratch slot: the 64-byte lookup
+/// structure would not fit on the 512-byte BPF stack beside the fast path.
 pub struct Route {
-    pub ifindex: u32,
-    /// The address the kernel would use as source on that route: the masquerade address.
-    pub src: [u32; 4],
+    params: *const bpf_fib_lookup,
+    ipv6: bool,
+}
+
+#[map]
+static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
+impl Route {
+    #[inline(always)]
+    pub fn ifindex(&self) -> u32 {
+        // SAFETY: the scratch slot is valid for this program run.
+        unsafe { (*self.params).ifindex }
+    }
+
+    /// The address the kernel would use as source on this route: the
+    /// masquerade address.
+    #[inline(always)]
+    pub fn src(&self) -> [u32; 4] {
+        // SAFETY: as above; the helper filled our family's union member.
+        unsafe {
+            if self.ipv6 {
+                (*self.params).__bindgen_anon_3.ipv6_src
+            } else {
+                [(*self.params).__bindgen_anon_3.ipv4_src, 0, 0, 0]
+            }
+        }
+    }
+
     /// The next hop (the destination itself when on-link).
-    pub nexthop: [u32; 4],
-    pub smac: [u8; 6],
-    pub dmac: [u8; 6],
+    #[inline(always)]
+    pub fn nexthop(&self) -> [u32; 4] {
+        // SAFETY: as above.
+        unsafe {
+            if self.ipv6 {
+                (*self.params).__bindgen_anon_4.ipv6_dst
+            } else {
+                [(*self.params).__bindgen_anon_4.ipv4_dst, 0, 0, 0]
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn macs(&self) -> ([u8; 6], [u8; 6]) {
+        // SAFETY: as above.
+        unsafe { ((*self.params).smac, (*self.params).dmac) }
+    }
 }
 
 /// Looks the destination up in the FIB as the kernel would forward it.
 /// `None` sends the packet to the kernel.
 #[inline(always)]
 pub fn lookup<C: EbpfContext>(ctx: &C, pkt: &Packet, in_ifindex: u32, skb: bool) -> Option<Route> {
-    // SAFETY: all-zero is a valid bpf_fib_lookup.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = if pkt.ipv6 {
+    let params = FIB_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot; all-zero is a valid bpf_fib_lookup. Zeroed as
+    // eight words: a memset would become 64 single-byte stores.
+    let p = unsafe {
+        let words = params as *mut [u64; 8];
+        for i in 0..8 {
+            (*words)[i] = 0;
+        }
+        &mut *params
+    };
+    p.family = if pkt.ipv6 {
         AF_INET6_KERNEL
     } else {
         AF_INET_KERNEL
     };
-    params.l4_protocol = pkt.proto;
-    params.sport = pkt.sport.to_be();
-    params.dport = pkt.dport.to_be();
-    params.__bindgen_anon_1.tot_len = pkt.l3_len as u16;
-    params.ifindex = in_ifindex;
+    p.l4_protocol = pkt.proto;
+    p.sport = pkt.sport.to_be();
+    p.dport = pkt.dport.to_be();
+    p.__bindgen_anon_1.tot_len = pkt.l3_len as u16;
+    p.ifindex = in_ifindex;
     if pkt.ipv6 {
-        params.__bindgen_anon_3.ipv6_src = pkt.src;
-        params.__bindgen_anon_4.ipv6_dst = pkt.dst;
+        p.__bindgen_anon_3.ipv6_src = pkt.src;
+        p.__bindgen_anon_4.ipv6_dst = pkt.dst;
     } else {
-        params.__bindgen_anon_3.ipv4_src = pkt.src[0];
-        params.__bindgen_anon_4.ipv4_dst = pkt.dst[0];
+        p.__bindgen_anon_3.ipv4_src = pkt.src[0];
+        p.__bindgen_anon_4.ipv4_dst = pkt.dst[0];
     }
     // TC resolves neighbours in bpf_redirect_neigh; XDP needs them now.
+    // The source is the masquerade address.
     let flags = if skb {
         BPF_FIB_LOOKUP_SRC | BPF_FIB_LOOKUP_SKIP_NEIGH
     } else {
-        0
+        BPF_FIB_LOOKUP_SRC
     };
     // SAFETY: params is a valid, correctly sized bpf_fib_lookup.
     let rc = unsafe {
         aya_ebpf::helpers::generated::bpf_fib_lookup(
             ctx.as_ptr(),
-            &mut params,
+            params,
             size_of::<bpf_fib_lookup>() as i32,
             flags,
         )
     };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return None;
-    }
-    // SAFETY: the helper filled the union members of our family.
-    unsafe {
-        let (src, nexthop) = if pkt.ipv6 {
-            (
-                params.__bindgen_anon_3.ipv6_src,
-                params.__bindgen_anon_4.ipv6_dst,
-            )
-        } else {
-            (
-                [params.__bindgen_anon_3.ipv4_src, 0, 0, 0],
-                [params.__bindgen_anon_4.ipv4_dst, 0, 0, 0],
-            )
-        };
-        Some(Route {
-            ifindex: params.ifindex,
-            src,
-            nexthop,
-            smac: params.smac,
-            dmac: params.dmac,
-        })
-    }
+    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64).then_some(Route {
+        params,
+        ipv6: pkt.ipv6,
+    })
 }
 
 /// L3 devices (WireGuard, TUN) among the redirect targets: they take the
@@ -112,9 +142,9 @@ static L3_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 #[inline(always)]
 pub fn redirect_to(route: &Route, ipv6: bool) -> i32 {
     // SAFETY: lookup in a map of plain integers.
-    if unsafe { L3_IFACES.get(route.ifindex).is_some() } {
+    if unsafe { L3_IFACES.get(route.ifindex()).is_some() } {
         // SAFETY: plain helper call.
-        return unsafe { bpf_redirect(route.ifindex, 0) } as i32;
+        return unsafe { bpf_redirect(route.ifindex(), 0) } as i32;
     }
     redirect_neigh(route, ipv6)
 }
@@ -159,15 +189,15 @@ pub fn redirect_neigh(route: &Route, ipv6: bool) -> i32 {
     let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
     if ipv6 {
         nh.nh_family = AF_INET6_KERNEL as u32;
-        nh.__bindgen_anon_1.ipv6_nh = route.nexthop;
+        nh.__bindgen_anon_1.ipv6_nh = route.nexthop();
     } else {
         nh.nh_family = AF_INET_KERNEL as u32;
-        nh.__bindgen_anon_1.ipv4_nh = route.nexthop[0];
+        nh.__bindgen_anon_1.ipv4_nh = route.nexthop()[0];
     }
     // SAFETY: nh is valid and correctly sized.
     unsafe {
         bpf_redirect_neigh(
-            route.ifindex,
+            route.ifindex(),
             &mut nh,
             size_of::<bpf_redir_neigh>() as i32,
             0,
@@ -185,8 +215,7 @@ pub fn xdp_redirect_allowed(ifindex: u32) -> bool {
 /// kernel forward it.
 #[inline(always)]
 pub fn xdp_redirect<C: Mangle>(ctx: &C, route: &Route) -> Option<u32> {
-    let d = route.dmac;
-    let s = route.smac;
+    let (s, d) = route.macs();
     for (i, pair) in [
         [d[0], d[1]],
         [d[2], d[3]],
@@ -201,7 +230,7 @@ pub fn xdp_redirect<C: Mangle>(ctx: &C, route: &Route) -> Option<u32> {
         ctx.store_u16(2 * i, u16::from_ne_bytes(*pair)).ok()?;
     }
     // SAFETY: plain helper call.
-    Some(unsafe { bpf_redirect(route.ifindex, 0) } as u32)
+    Some(unsafe { bpf_redirect(route.ifindex(), 0) } as u32)
 }
 
 #[inline(always)]

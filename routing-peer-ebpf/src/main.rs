@@ -169,17 +169,15 @@ fn new_flow(
     if dest.flags & DEST_SELF != 0 {
         return Ok(NewFlow::ToSelf);
     }
-    let mut entry = CtEntry {
-        first_seen_ns: now,
-        last_seen_ns: now,
-        state: conntrack::initial_state(pkt.proto, pkt.tcp_flags),
-        peer_id: peer.peer_id,
-        resource_id: dest.resource_id,
-        rule_id,
-        policy_gen: cfg.policy_gen,
-        nat_port: pkt.sport,
-        ..Default::default()
-    };
+    let entry = conntrack::scratch().ok_or(DropReason::CtFull)?;
+    entry.first_seen_ns = now;
+    entry.last_seen_ns = now;
+    entry.state = conntrack::initial_state(pkt.proto, pkt.tcp_flags);
+    entry.peer_id = peer.peer_id;
+    entry.resource_id = dest.resource_id;
+    entry.rule_id = rule_id;
+    entry.policy_gen = cfg.policy_gen;
+    entry.nat_port = pkt.sport;
     if dest.flags & DEST_MASQUERADE != 0 {
         let Some(route) = route else {
             return Ok(NewFlow::ToKernel);
@@ -190,20 +188,28 @@ fn new_flow(
             proto: pkt.proto,
             family: key.family,
         };
-        let external = nat::snat_mapping(&peer_endpoint, route.src, cfg)?;
+        let external = nat::snat_mapping(&peer_endpoint, route.src(), cfg)?;
         entry.nat_addr = external.addr;
         entry.nat_port = external.port;
         entry.flags |= CT_FLAG_MASQUERADE;
     }
-    let tracked = conntrack::create(key, &entry).ok_or(DropReason::CtFull)?;
+    let tracked = conntrack::create(key, entry).ok_or(DropReason::CtFull)?;
     counters::count_resource(dest.resource_id, ResourceEvent::NewFlow, 0);
     Ok(NewFlow::Tracked(tracked))
 }
 
-/// Overlay → LAN: policy, conntrack, masquerade, redirect.
+/// Overlay → LAN, shared by both overlay hooks: the source peer, conntrack
+/// or policy, accounting, masquerade. Returns `true` when the packet is a
+/// tracked flow, translated and ready to forward along `route`; `false`
+/// when it belongs to the kernel (the input chain, or no route here).
 #[inline(always)]
-fn overlay_to_lan(ctx: &TcContext, pkt: &Packet, len: usize, l2: bool) -> Result<i32, DropReason> {
-    let cfg = config::current().ok_or(DropReason::NoPolicy)?;
+fn overlay_process<C: Mangle>(
+    ctx: &C,
+    pkt: &Packet,
+    len: usize,
+    route: Option<&Route>,
+    cfg: &DatapathConfig,
+) -> Result<bool, DropReason> {
     let family = forward::family(pkt.ipv6);
     let peer = policy::peer(
         cfg.active_slot,
@@ -216,22 +222,14 @@ fn overlay_to_lan(ctx: &TcContext, pkt: &Packet, len: usize, l2: bool) -> Result
     let key = forward_key(pkt);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    // An expiring TTL goes to the kernel, which answers time-exceeded.
-    let route = if pkt.ttl > 1 {
-        // SAFETY: reading the skb's ingress ifindex.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        forward::lookup(ctx, pkt, ifindex, true)
-    } else {
-        None
-    };
-    let entry = match conntrack::lookup(&key, now, &cfg) {
+    let entry = match conntrack::lookup(&key, now, cfg) {
         Some(entry) => {
-            revalidate(entry, &key, Some(peer.src_class), &cfg)?;
+            revalidate(entry, &key, Some(peer.src_class), cfg)?;
             entry
         }
-        None => match new_flow(pkt, &key, &peer, route.as_ref(), &cfg, now, len)? {
+        None => match new_flow(pkt, &key, &peer, route, cfg, now, len)? {
             NewFlow::Tracked(entry) => entry,
-            NewFlow::ToSelf | NewFlow::ToKernel => return Ok(TC_ACT_OK),
+            NewFlow::ToSelf | NewFlow::ToKernel => return Ok(false),
         },
     };
     conntrack::update(entry, Direction::Forward, len as u64, pkt.tcp_flags, now);
@@ -249,6 +247,24 @@ fn overlay_to_lan(ctx: &TcContext, pkt: &Packet, len: usize, l2: bool) -> Result
         nat::rewrite(ctx, pkt, Side::Source, nat_addr, nat_port)
             .map_err(|_| DropReason::Malformed)?;
     }
+    Ok(true)
+}
+
+/// TC on the overlay: everything, for any overlay (WireGuard is L3).
+#[inline(always)]
+fn overlay_tc(ctx: &TcContext, pkt: &Packet, len: usize, l2: bool) -> Result<i32, DropReason> {
+    let cfg = config::current().ok_or(DropReason::NoPolicy)?;
+    // An expiring TTL goes to the kernel, which answers time-exceeded.
+    let route = if pkt.ttl > 1 {
+        // SAFETY: reading the skb's ingress ifindex.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        forward::lookup(ctx, pkt, ifindex, true)
+    } else {
+        None
+    };
+    if !overlay_process(ctx, pkt, len, route.as_ref(), &cfg)? {
+        return Ok(TC_ACT_OK);
+    }
     let Some(route) = route else {
         return Ok(TC_ACT_OK);
     };
@@ -257,6 +273,31 @@ fn overlay_to_lan(ctx: &TcContext, pkt: &Packet, len: usize, l2: bool) -> Result
         forward::push_l2_header(ctx, pkt.ipv6).map_err(|_| DropReason::Malformed)?;
     }
     Ok(forward::redirect_neigh(&route, pkt.ipv6))
+}
+
+/// XDP on an L2 overlay: the whole forward path without an skb, where the
+/// egress takes XDP redirects. Anything else passes untouched to TC.
+#[inline(always)]
+fn overlay_xdp(ctx: &XdpContext, pkt: &Packet, len: usize) -> Result<u32, DropReason> {
+    let Some(cfg) = config::current() else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    if pkt.ttl <= 1 {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    // SAFETY: reading the frame's ingress ifindex.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let Some(route) = forward::lookup(ctx, pkt, ifindex, false) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    if !forward::xdp_redirect_allowed(route.ifindex()) {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    if !overlay_process(ctx, pkt, len, Some(&route), &cfg)? {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
+    Ok(forward::xdp_redirect(ctx, &route).unwrap_or(xdp_action::XDP_PASS))
 }
 
 /// A reply of a tracked flow, found from the LAN side.
@@ -368,7 +409,7 @@ fn lan_xdp(ctx: &XdpContext, pkt: &Packet, len: usize) -> Result<u32, DropReason
     let Some(route) = forward::lookup(ctx, &translated, ifindex, false) else {
         return Ok(xdp_action::XDP_PASS);
     };
-    if !forward::xdp_redirect_allowed(route.ifindex) {
+    if !forward::xdp_redirect_allowed(route.ifindex()) {
         return Ok(xdp_action::XDP_PASS);
     }
     lan_translate(ctx, pkt, &reply, len, now)?;
@@ -418,7 +459,7 @@ fn tc_overlay(ctx: &TcContext, l2: bool) -> i32 {
     counters::count_hook(Hook::OverlayIngress, len);
     let frame = Frame::new(ctx.data(), ctx.data_end(), len, l2);
     let verdict = match parse_packet(&frame) {
-        Ok(Some(pkt)) => overlay_to_lan(ctx, &pkt, len, l2),
+        Ok(Some(pkt)) => overlay_tc(ctx, &pkt, len, l2),
         Ok(None) => Ok(TC_ACT_OK),
         Err(reason) => Err(reason),
     };
@@ -438,6 +479,23 @@ pub fn rp_overlay_l3(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn rp_overlay_l2(ctx: TcContext) -> i32 {
     tc_overlay(&ctx, true)
+}
+
+/// XDP on an L2 overlay stand-in: the forward path without an skb.
+#[xdp]
+pub fn rp_overlay_xdp(ctx: XdpContext) -> u32 {
+    let len = ctx.data_end() - ctx.data();
+    counters::count_hook(Hook::OverlayXdp, len);
+    let frame = Frame::new(ctx.data(), ctx.data_end(), len, true);
+    let verdict = match parse_packet(&frame) {
+        Ok(Some(pkt)) => overlay_xdp(&ctx, &pkt, len),
+        Ok(None) => Ok(xdp_action::XDP_PASS),
+        Err(reason) => Err(reason),
+    };
+    verdict.unwrap_or_else(|reason| {
+        drop_packet(&ctx, reason, len);
+        xdp_action::XDP_DROP
+    })
 }
 
 /// TC ingress on the LAN interface: reply translation and redirect.

@@ -173,6 +173,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let l3_overlay: Vec<String> = if overlay_program == program_names::OVERLAY_L3 {
         vec![rp.overlay_interface.clone()]
     } else {
+        // An L2 overlay gets the skb-less XDP path too.
+        datapath::attach_xdp(
+            &mut ebpf,
+            program_names::OVERLAY_XDP,
+            &rp.overlay_interface,
+            &pins,
+        )?;
+        programs.push(ProgramReport {
+            program: program_names::OVERLAY_XDP.into(),
+            hook: "xdp".into(),
+            interface: rp.overlay_interface.clone(),
+        });
         Vec::new()
     };
     datapath::set_iface_map(&mut ebpf, map_names::L3_IFACES, &l3_overlay)?;

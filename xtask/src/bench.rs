@@ -300,6 +300,8 @@ impl Bench {
             Mode::RoutingPeer => {
                 let path = self.work.path().join("rp.toml");
                 std::fs::write(&path, bench_config(sc.rules))?;
+                // routing-peer attaches its own XDP program to the L2 overlay.
+                self.detach("ov0")?;
                 daemon = Some(Daemon::start(&self.dut, &path, &[])?);
             }
             Mode::Nftables => {
@@ -317,7 +319,10 @@ impl Bench {
         let secs = self.generate(sc)?;
         let received = self.sink_count()? - before;
         match mode {
-            Mode::RoutingPeer => drop(daemon.take()),
+            Mode::RoutingPeer => {
+                drop(daemon.take());
+                self.attach(&self.dut, "ov0", "rp_bench_pass", "ov0")?;
+            }
             Mode::Nftables => run_cmd(
                 self.dut
                     .cmd("nft")
@@ -497,6 +502,8 @@ overlay_addresses = ["100.64.0.1/10"]
 private_key_file = "/dev/null"
 lan_interfaces = ["lan0"]
 wireguard = "external"
+# The sink end runs XDP, so the overlay's XDP program may redirect into lan0.
+xdp_redirect_interfaces = ["lan0"]
 
 [[peers]]
 name = "gen"

@@ -119,12 +119,10 @@ impl Dp {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             tc.load().expect("TC program passes the verifier");
         }
-        let xdp: &mut Xdp = ebpf
-            .program_mut(program_names::LAN_XDP)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        xdp.load().expect("XDP program passes the verifier");
+        for name in [program_names::LAN_XDP, program_names::OVERLAY_XDP] {
+            let xdp: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            xdp.load().expect("XDP program passes the verifier");
+        }
         let state = PolicyState::init(&mut ebpf, DatapathConfig::default()).unwrap();
         let mut dp = Self { ebpf, state };
         dp.install(config_text);
@@ -153,7 +151,7 @@ impl Dp {
         };
         let prog = self.ebpf.program_mut(program).unwrap();
         let result = match program {
-            program_names::LAN_XDP => {
+            program_names::LAN_XDP | program_names::OVERLAY_XDP => {
                 let xdp: &mut Xdp = prog.try_into().unwrap();
                 xdp.test_run(opts)
             }
@@ -410,6 +408,57 @@ fn xdp_fast_path_translates_and_redirects_replies() {
         );
         assert_eq!(out[ETH_LEN + 8], 63, "TTL decremented");
         assert_eq!(dp.flows()[0].1.rev.packets, 1);
+    });
+}
+
+/// The overlay's XDP path: where the egress takes XDP redirects, the whole
+/// forward path (policy, conntrack, masquerade) runs without an skb.
+#[test]
+fn xdp_overlay_forwards_and_masquerades_without_an_skb() {
+    in_netns(|| {
+        let mut dp = Dp::new(&base_config("", true));
+        let lan0 = unsafe { libc::if_nametoindex(c"lan0".as_ptr()) };
+        let map = dp.ebpf.map_mut(map_names::XDP_REDIRECT_IFACES).unwrap();
+        BpfHashMap::<_, u32, u32>::try_from(map)
+            .unwrap()
+            .insert(lan0, 1, 0)
+            .unwrap();
+        std::process::Command::new("ip")
+            .args([
+                "neigh",
+                "replace",
+                "198.51.100.5",
+                "lladdr",
+                "02:00:00:00:00:55",
+                "dev",
+                "lan0",
+                "nud",
+                "permanent",
+            ])
+            .status()
+            .unwrap();
+        let syn = tcp(ALICE, WIKI, 40060, 443, "S", &[]);
+        let (verdict, out) = dp.run(program_names::OVERLAY_XDP, &syn);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(checked(&out), (ip(RP_LAN), ip(WIKI), 40060, 443));
+        assert_eq!(&out[..6], &[2, 0, 0, 0, 0, 0x55]);
+        assert_eq!(dp.flows()[0].1.fwd.packets, 1);
+        // Denied traffic is dropped right there.
+        let (verdict, _) = dp.run(
+            program_names::OVERLAY_XDP,
+            &tcp(ALICE, WIKI, 40061, 80, "S", &[]),
+        );
+        assert_eq!(verdict, XDP_DROP);
+        // Without an XDP-capable egress it passes untouched, state untouched, to TC.
+        let map = dp.ebpf.map_mut(map_names::XDP_REDIRECT_IFACES).unwrap();
+        BpfHashMap::<_, u32, u32>::try_from(map)
+            .unwrap()
+            .remove(&lan0)
+            .unwrap();
+        let other = tcp(ALICE, WIKI, 40062, 443, "S", &[]);
+        let (verdict, out) = dp.run(program_names::OVERLAY_XDP, &other);
+        assert_eq!((verdict, out), (XDP_PASS, other));
+        assert_eq!(dp.flows().len(), 1);
     });
 }
 
