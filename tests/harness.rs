@@ -392,3 +392,36 @@ pub fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Result<Option<T
         thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// One DNS query over UDP from inside `ns`: (response code, A/AAAA addresses).
+pub fn dns_query(ns: &Netns, server: &str, name: &str) -> Result<(String, Vec<std::net::IpAddr>)> {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RData, RecordType},
+    };
+    let server: std::net::SocketAddr = server.parse()?;
+    let mut query = Message::query();
+    query.metadata.id = 4242;
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
+    let bytes = query.to_vec()?;
+    let reply = ns.enter(move || -> Result<Vec<u8>> {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+        socket.send_to(&bytes, server)?;
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf)?;
+        Ok(buf[..n].to_vec())
+    })??;
+    let reply = Message::from_vec(&reply)?;
+    let addrs = reply
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect();
+    Ok((reply.metadata.response_code.to_string(), addrs))
+}

@@ -23,6 +23,8 @@ pub const WIKI: &str = "198.51.100.5";
 pub const GRAFANA: &str = "198.51.100.6";
 pub const LAPTOP_OVERLAY: &str = "100.64.0.2";
 pub const SALES_OVERLAY: &str = "100.64.0.3";
+pub const OFFICE_DNS: &str = "198.51.100.53";
+pub const ROUTER_OVERLAY: &str = "100.64.0.1";
 
 /// A client machine running wireguard-go toward the routing peer.
 pub struct Client {
@@ -175,6 +177,15 @@ fn serve(stream: TcpStream, peer: SocketAddr, name: &str, stop: &AtomicBool) {
     }
 }
 
+impl Drop for Office {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.dnsmasq.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -184,8 +195,11 @@ impl Drop for Server {
 /// The whole office, torn down on drop.
 pub struct Office {
     pub dir: tempfile::TempDir,
-    /// Resource groups of the Grafana host (tests vary them).
+    /// Resource groups of the Grafana resource (tests vary them).
     pub grafana_groups: Vec<String>,
+    /// The Grafana resource's address: its IP, or `grafana.berlin.internal`.
+    pub grafana_address: String,
+    dnsmasq: Option<std::process::Child>,
     pub wg_iface: String,
     pub router_public_key: String,
     pub router_key_file: PathBuf,
@@ -236,6 +250,8 @@ impl Office {
         ];
         Ok(Self {
             grafana_groups: vec!["Dashboards".into()],
+            grafana_address: format!("{GRAFANA}/32"),
+            dnsmasq: None,
             wg_iface: unique_ifname("r"),
             router_public_key: public,
             router_key_file,
@@ -263,6 +279,11 @@ groups = ["Routing Peers"]
 metric = 100
 peer_down_after_secs = 5
 
+[dns]
+upstreams = ["{OFFICE_DNS}:53"]
+min_ttl_secs = 1
+grace_secs = 1
+
 [[peers]]
 name = "laptop"
 public_key = "{laptop}"
@@ -286,7 +307,7 @@ groups = ["Internal Apps"]
 
 [[networks.resources]]
 name = "Grafana"
-address = "{GRAFANA}/32"
+address = "{grafana_address}"
 groups = {grafana_groups:?}
 
 [[policies]]
@@ -302,6 +323,7 @@ ports = [443]
             laptop = self.laptop.public_key,
             sales = self.sales.public_key,
             grafana_groups = self.grafana_groups,
+            grafana_address = self.grafana_address,
         )
     }
 
@@ -311,6 +333,50 @@ ports = [443]
         std::fs::write(&tmp, self.config(extra))?;
         std::fs::rename(&tmp, &path)?;
         Ok(path)
+    }
+
+    /// Runs dnsmasq as the office's internal DNS: grafana and wiki, a CNAME
+    /// chain (dash → grafana), all with a 1 s TTL for the expiry tests.
+    pub fn start_dnsmasq(&mut self) -> Result<()> {
+        self.lan.ip(&format!("addr add {OFFICE_DNS}/24 dev eth0"))?;
+        let child = self
+            .lan
+            .cmd("dnsmasq")
+            .args([
+                "--conf-file=/dev/null",
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                &format!("--listen-address={OFFICE_DNS}"),
+                "--port=53",
+                "--pid-file=",
+                "--user=root",
+                "--local-ttl=1",
+                &format!("--host-record=grafana.berlin.internal,{GRAFANA}"),
+                &format!("--host-record=wiki.berlin.internal,{WIKI}"),
+                "--cname=dash.berlin.internal,grafana.berlin.internal",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting dnsmasq (cargo xtask setup installs it)")?;
+        self.dnsmasq = Some(child);
+        // Bounded wait until it answers.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if crate::dns_query(
+                &self.lan,
+                &format!("{OFFICE_DNS}:53"),
+                "wiki.berlin.internal",
+            )
+            .is_ok()
+            {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        anyhow::bail!("dnsmasq did not answer within 5 s")
     }
 
     /// Connects both clients' wireguard-go to the routing peer.

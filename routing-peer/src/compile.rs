@@ -56,6 +56,9 @@ pub struct Compiled {
     pub tables: Tables,
     pub names: Names,
     pub domains: Vec<DomainResource>,
+    /// What an address the DNS forwarder resolves for a domain resource
+    /// maps to, by resource id.
+    pub domain_dests: HashMap<u32, DestValue>,
     pub peer_classes: usize,
     pub dest_classes: usize,
 }
@@ -226,6 +229,21 @@ pub fn compile(
         ));
     }
 
+    // Every peer may query the DNS forwarder on the overlay addresses; the
+    // forwarder does its own per-name access control.
+    names.rules.push("built-in: DNS forwarder".into());
+    let dns_rule = Rule {
+        id: names.rules.len() as u32 - 1,
+        action: Action::Accept,
+        blocks: [IPPROTO_UDP, IPPROTO_TCP]
+            .iter()
+            .map(|&proto| Block {
+                proto: Some(proto),
+                ports: Some((config.dns.port, 16)),
+            })
+            .collect(),
+    };
+
     // Indexes from groups and names to rules, so nothing below is quadratic.
     let mut by_source: HashMap<&str, Vec<u32>> = HashMap::new();
     let mut by_dest_group: HashMap<&str, Vec<u32>> = HashMap::new();
@@ -256,7 +274,8 @@ pub fn compile(
     for peer in &config.peers {
         names.peers.push(peer.name.clone());
         let peer_id = names.peers.len() as u32 - 1;
-        let member = collect(&by_source, &mut peer.groups.iter().map(String::as_str));
+        let mut member = collect(&by_source, &mut peer.groups.iter().map(String::as_str));
+        member.insert(dns_rule.id);
         let src_class = src_classes.intern(member);
         for addr in &peer.addresses {
             peers.insert(addr_key(*addr), PeerValue { peer_id, src_class });
@@ -272,6 +291,7 @@ pub fn compile(
     }
     let mut dests: Vec<Dest> = Vec::new();
     let mut domains = Vec::new();
+    let mut domain_rules: Vec<(u32, u32, BTreeSet<u32>)> = Vec::new();
     for network in &config.networks {
         for res in &network.resources {
             names.resources.push(res.name.clone());
@@ -297,6 +317,7 @@ pub fn compile(
             let nets: Vec<IpNet> = match &address {
                 ResourceAddress::Host(n) | ResourceAddress::Subnet(n) => vec![*n],
                 ResourceAddress::Domain(_) | ResourceAddress::Wildcard(_) => {
+                    domain_rules.push((resource_id, flags, direct.clone()));
                     domains.push(DomainResource {
                         resource_id,
                         name: res.name.clone(),
@@ -360,6 +381,20 @@ pub fn compile(
             },
         );
     }
+    let domain_dests: HashMap<u32, DestValue> = domain_rules
+        .into_iter()
+        .map(|(resource_id, flags, rules_of)| {
+            let dst_class = dst_classes.intern(rules_of);
+            (
+                resource_id,
+                DestValue {
+                    resource_id,
+                    dst_class,
+                    flags,
+                },
+            )
+        })
+        .collect();
     let self_rules: BTreeSet<u32> = rules
         .iter()
         .filter(|(p, _)| {
@@ -370,20 +405,29 @@ pub fn compile(
         })
         .map(|(_, r)| r.id)
         .collect();
-    let self_class = dst_classes.intern(self_rules);
+    let mut overlay_rules = self_rules.clone();
+    overlay_rules.insert(dns_rule.id);
+    let overlay_class = dst_classes.intern(overlay_rules);
+    let lan_class = dst_classes.intern(self_rules);
     for addr in self_addrs {
+        let overlay = config
+            .routing_peer
+            .overlay_addresses
+            .iter()
+            .any(|n| n.addr() == *addr);
         tables.dests.insert(
             DestPrefix::new(IpNet::from(*addr)),
             DestValue {
                 resource_id: 0,
-                dst_class: self_class,
+                dst_class: if overlay { overlay_class } else { lan_class },
                 flags: DEST_SELF,
             },
         );
     }
 
     // Policy entries for every class pair some rule connects.
-    let rule_by_id: HashMap<u32, &Rule> = rules.iter().map(|(_, r)| (r.id, r)).collect();
+    let all_rules: Vec<&Rule> = rules.iter().map(|(_, r)| r).chain([&dns_rule]).collect();
+    let rule_by_id: HashMap<u32, &Rule> = all_rules.iter().map(|r| (r.id, *r)).collect();
     // Pairs come from each rule's classes, never from all class pairs.
     let by_rule = |classes: &Classes| {
         let mut m: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -396,7 +440,7 @@ pub fn compile(
     };
     let (src_by_rule, dst_by_rule) = (by_rule(&src_classes), by_rule(&dst_classes));
     let mut pairs: HashMap<(u32, u32), Vec<u32>> = HashMap::new();
-    for (_, rule) in &rules {
+    for rule in &all_rules {
         let (Some(srcs), Some(dsts)) = (src_by_rule.get(&rule.id), dst_by_rule.get(&rule.id))
         else {
             continue;
@@ -418,6 +462,7 @@ pub fn compile(
         tables,
         names,
         domains,
+        domain_dests,
         peer_classes: src_classes.members.len(),
         dest_classes: dst_classes.members.len(),
     }
@@ -469,5 +514,40 @@ mod tests {
         };
         let resolved = resolve(&[&accept_all, &drop_ssh]);
         assert_eq!(resolved.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod dns_access_tests {
+    use super::*;
+    use crate::check;
+
+    #[test]
+    fn every_peer_may_query_the_dns_forwarder_on_the_overlay_address_only() {
+        let text = r#"
+[routing_peer]
+name = "gw"
+overlay_interface = "wg0"
+overlay_addresses = ["100.64.0.1/10"]
+private_key_file = "/dev/null"
+lan_interfaces = ["lan0"]
+
+[[peers]]
+name = "alice"
+public_key = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28="
+addresses = ["100.64.0.2"]
+groups = ["Development"]
+"#;
+        let config = crate::config::parse(std::path::Path::new("t.toml"), text)
+            .unwrap()
+            .config;
+        let lan: IpAddr = "198.51.100.1".parse().unwrap();
+        let overlay: IpAddr = "100.64.0.1".parse().unwrap();
+        let compiled = compile(&config, &[overlay, lan], &HashMap::new());
+        let alice: IpAddr = "100.64.0.2".parse().unwrap();
+        assert!(check::check(&compiled, alice, overlay, IPPROTO_UDP, 53).allowed);
+        assert!(check::check(&compiled, alice, overlay, IPPROTO_TCP, 53).allowed);
+        assert!(!check::check(&compiled, alice, overlay, IPPROTO_UDP, 54).allowed);
+        assert!(!check::check(&compiled, alice, lan, IPPROTO_UDP, 53).allowed);
     }
 }

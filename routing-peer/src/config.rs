@@ -117,10 +117,11 @@ pub struct Dns {
     pub port: u16,
     /// Upstream servers; empty means the host's resolvers.
     pub upstreams: Vec<std::net::SocketAddr>,
+    /// Installed addresses live at least this long, whatever the record's TTL.
     pub min_ttl_secs: u32,
+    /// Added to the TTL before an address expires, so a client that just
+    /// got the answer never races the expiry.
     pub grace_secs: u32,
-    /// Serve the last good answer this long when upstreams fail; 0 answers SERVFAIL.
-    pub stale_secs: u32,
 }
 
 impl Default for Dns {
@@ -130,7 +131,6 @@ impl Default for Dns {
             upstreams: Vec::new(),
             min_ttl_secs: 30,
             grace_secs: 30,
-            stale_secs: 0,
         }
     }
 }

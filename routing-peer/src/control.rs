@@ -62,6 +62,7 @@ pub struct Status {
     pub programs: Vec<ProgramReport>,
     /// Domain resource name → addresses currently installed.
     pub resolved: Vec<(String, Vec<String>)>,
+    pub dns: crate::dns::CounterSnapshot,
     pub names: Names,
 }
 

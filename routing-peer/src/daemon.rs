@@ -12,8 +12,12 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
+
+use ipnet::IpNet;
+use std::sync::RwLock;
+use tokio::sync::mpsc;
 
 use anyhow::{Context, Result};
 use aya::Ebpf;
@@ -28,8 +32,12 @@ use crate::{
     compile::{self, Compiled},
     config::{self, Config, WireguardMode},
     control::{self, PeerReport, ProgramReport, SharedStatus, Status},
-    datapath::{self, gc, tables::PolicyState, PinDir},
-    sysctl,
+    datapath::{
+        self, gc,
+        tables::{DestPrefix, PolicyState},
+        PinDir,
+    },
+    dns, sysctl,
     wireguard::{self, Backend, DeviceSpec},
 };
 
@@ -110,8 +118,12 @@ struct Daemon {
     peers_up: HashMap<String, bool>,
     /// Per peer: received bytes last seen, and when they last grew.
     peers_rx: HashMap<String, (u64, std::time::Instant)>,
-    resolved: HashMap<String, Vec<IpAddr>>,
+    /// Domain resource name → resolved address → when it expires.
+    resolved: HashMap<String, HashMap<IpAddr, Instant>>,
     nat_unused: HashSet<routing_peer_common::NatEndpoint>,
+    dns_view: Arc<RwLock<dns::View>>,
+    dns_counters: Arc<dns::Counters>,
+    dns_installs: mpsc::Receiver<dns::Install>,
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
@@ -227,8 +239,26 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         peers: Vec::new(),
         programs,
         resolved: Vec::new(),
+        dns: dns::CounterSnapshot::default(),
         names: compiled.names.clone(),
     }));
+    let dns_view = Arc::new(RwLock::new(dns::View::new(&config, &compiled)));
+    let dns_counters = Arc::new(dns::Counters::default());
+    let (install_tx, dns_installs) = mpsc::channel(64);
+    let forwarder = dns::Forwarder {
+        view: dns_view.clone(),
+        counters: dns_counters.clone(),
+        install: install_tx,
+    };
+    for addr in &rp.overlay_addresses {
+        let bind = std::net::SocketAddr::new(addr.addr(), config.dns.port);
+        let fwd = forwarder.clone();
+        tokio::spawn(async move {
+            if let Err(e) = fwd.serve(bind).await {
+                error!("DNS forwarder on {bind}: {e:#}");
+            }
+        });
+    }
     let mut daemon = Daemon {
         opts,
         config,
@@ -241,6 +271,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         peers_rx: HashMap::new(),
         resolved: HashMap::new(),
         nat_unused: HashSet::new(),
+        dns_view,
+        dns_counters,
+        dns_installs,
     };
     daemon.refresh_peers();
     daemon.publish()?;
@@ -277,6 +310,7 @@ impl Daemon {
                     guard.clear_ready();
                 }
                 _ = sighup.recv() => self.reload("SIGHUP"),
+                Some(install) = self.dns_installs.recv() => self.install_resolved(install),
                 _ = sigterm.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
                 _ = tick.tick() => {
@@ -287,6 +321,7 @@ impl Daemon {
                         self.reload("file change");
                     }
                     self.refresh_peers();
+                    self.expire_resolved();
                     if ticks.is_multiple_of(10) {
                         self.collect_garbage();
                     }
@@ -329,7 +364,16 @@ impl Daemon {
         {
             error!("reload: writing data path settings: {e}");
         }
-        let compiled = compile::compile(&config, &self_addresses(&config), &self.resolved);
+        // Resolved addresses of resources that are gone or disabled go too.
+        let live: HashSet<String> = config
+            .networks
+            .iter()
+            .flat_map(|n| &n.resources)
+            .filter(|r| r.enabled)
+            .map(|r| r.name.clone())
+            .collect();
+        self.resolved.retain(|name, _| live.contains(name));
+        let compiled = compile::compile(&config, &self_addresses(&config), &self.resolved_addrs());
         let started = std::time::Instant::now();
         match self.policy.install(&mut self.ebpf, &compiled.tables) {
             Ok(diff) => info!(
@@ -345,6 +389,7 @@ impl Daemon {
                 return;
             }
         }
+        *self.dns_view.write().unwrap() = dns::View::new(&config, &compiled);
         self.config = config;
         self.compiled = compiled;
         let mut status = self.status.lock().unwrap();
@@ -414,8 +459,88 @@ impl Daemon {
         }
     }
 
+    fn resolved_addrs(&self) -> HashMap<String, Vec<IpAddr>> {
+        self.resolved
+            .iter()
+            .map(|(name, addrs)| (name.clone(), addrs.keys().copied().collect()))
+            .collect()
+    }
+
+    /// Puts DNS-resolved addresses in the data path, then lets the answer go.
+    fn install_resolved(&mut self, install: dns::Install) {
+        let Some(value) = self
+            .compiled
+            .domain_dests
+            .get(&install.resource_id)
+            .copied()
+        else {
+            return; // the resource went away meanwhile: the answer gets SERVFAIL
+        };
+        let name = self.compiled.names.resources[install.resource_id as usize].clone();
+        let dns_cfg = &self.config.dns;
+        for (ip, ttl) in install.addrs {
+            let lifetime = u64::from(ttl.max(dns_cfg.min_ttl_secs) + dns_cfg.grace_secs);
+            if let Err(e) =
+                self.policy
+                    .upsert_dest(&mut self.ebpf, DestPrefix::new(IpNet::from(ip)), value)
+            {
+                error!(%ip, resource = %name, "installing a resolved address: {e}");
+                return;
+            }
+            self.resolved
+                .entry(name.clone())
+                .or_default()
+                .insert(ip, Instant::now() + Duration::from_secs(lifetime));
+            self.dns_counters
+                .installed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let _ = install.done.send(());
+        let _ = self.publish();
+    }
+
+    fn expire_resolved(&mut self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for (name, addrs) in &mut self.resolved {
+            addrs.retain(|ip, expires| {
+                let keep = *expires > now;
+                if !keep {
+                    expired.push((name.clone(), *ip));
+                }
+                keep
+            });
+        }
+        self.resolved.retain(|_, addrs| !addrs.is_empty());
+        for (name, ip) in expired {
+            match self
+                .policy
+                .remove_dest(&mut self.ebpf, DestPrefix::new(IpNet::from(ip)))
+            {
+                Ok(()) => {
+                    self.dns_counters
+                        .expired
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    info!(resource = %name, %ip, "resolved address expired");
+                }
+                Err(e) => warn!(%ip, "removing an expired address: {e}"),
+            }
+        }
+    }
+
     fn publish(&self) -> Result<()> {
-        let status = self.status.lock().unwrap().clone();
+        let status = {
+            let mut status = self.status.lock().unwrap();
+            status.dns = self.dns_counters.snapshot();
+            let mut resolved: Vec<(String, Vec<String>)> = self
+                .resolved
+                .iter()
+                .map(|(n, a)| (n.clone(), a.keys().map(|ip| ip.to_string()).collect()))
+                .collect();
+            resolved.sort();
+            status.resolved = resolved;
+            status.clone()
+        };
         control::write_state(&self.opts.instance, &status)
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod dns;
 pub mod stats;
 pub mod sysctl;
 pub mod wireguard;

@@ -17,7 +17,8 @@ use std::{
 
 use anyhow::{bail, Result};
 use routing_peer_e2e::{
-    office::{exchange, Office, GRAFANA, WIKI},
+    dns_query,
+    office::{exchange, Office, GRAFANA, ROUTER_OVERLAY, WIKI},
     routing_peer_bin, wait_for, Daemon,
 };
 
@@ -98,11 +99,16 @@ impl Story {
         self.step("Setting up: laptop, sales machine, routing peer and office LAN in namespaces")?;
         let mut office = Office::new()?;
         office.grafana_groups = vec!["Internal Apps".into()];
+        office.grafana_address = "grafana.berlin.internal".into();
+        office.start_dnsmasq()?;
         let config = office.write_config("")?;
+        // The tests' one-second DNS lifetimes would expire before `networks ls`.
+        let text =
+            std::fs::read_to_string(&config)?.replace("min_ttl_secs = 1", "min_ttl_secs = 300");
+        std::fs::write(&config, text)?;
         println!("    config: {}", config.display());
-        println!(
-            "    policy: Development -> Internal Apps (wiki {WIKI}, grafana {GRAFANA}), tcp/443"
-        );
+        println!("    resources: Internal Wiki ({WIKI}/32), Grafana (grafana.berlin.internal, served by the office's dnsmasq)");
+        println!("    policy:    Development -> Internal Apps, tcp/443");
 
         self.step("Starting routing-peer (userspace WireGuard here; kernel WireGuard where the kernel has it)")?;
         let daemon = Daemon::start(&office.router, &config, &[])?;
@@ -120,7 +126,26 @@ impl Story {
             "wiki reached; it sees the routing peer's LAN address (masquerade)",
         )?;
 
-        self.step("... and the Grafana dashboard")?;
+        self.step("... and the Grafana dashboard, resolving grafana.berlin.internal through the routing peer")?;
+        let (code, addrs) = dns_query(
+            &office.laptop.ns,
+            &format!("{ROUTER_OVERLAY}:53"),
+            "grafana.berlin.internal",
+        )?;
+        println!("    DNS {code}: grafana.berlin.internal -> {addrs:?}");
+        self.check(
+            addrs == [GRAFANA.parse::<std::net::IpAddr>()?],
+            "resolved by the routing peer's forwarder, installed in the data path",
+        )?;
+        let (code, _) = dns_query(
+            &office.laptop.ns,
+            &format!("{ROUTER_OVERLAY}:53"),
+            "example.com",
+        )?;
+        self.check(
+            code == "Query Refused",
+            "a name that is no resource is REFUSED: not an open resolver",
+        )?;
         let mut grafana = office.laptop.tcp(&format!("{GRAFANA}:443"), DENY_TIMEOUT)?;
         let answer = exchange(&mut grafana, "GET /d/office")?;
         println!("    {answer}");

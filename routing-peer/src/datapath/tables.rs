@@ -351,3 +351,30 @@ fn mask_policy_key(key: &PolicyKey, prefix_len: u32) -> PolicyKey {
         _pad: 0,
     }
 }
+
+impl PolicyState {
+    /// Adds one destination to both slots (a DNS-resolved address): one
+    /// entry, so no generation flip is needed.
+    pub fn upsert_dest(
+        &mut self,
+        ebpf: &mut Ebpf,
+        prefix: DestPrefix,
+        value: DestValue,
+    ) -> Result<(), MapError> {
+        for slot in 0..2 {
+            let mut dests = lpm_map::<AddrKey, DestValue>(ebpf, map_names::DESTS[slot])?;
+            dests.insert(&Key::new(prefix.prefix_len, prefix.key), value, 0)?;
+            self.slots[slot].dests.insert(prefix, value);
+        }
+        Ok(())
+    }
+
+    pub fn remove_dest(&mut self, ebpf: &mut Ebpf, prefix: DestPrefix) -> Result<(), MapError> {
+        for slot in 0..2 {
+            let mut dests = lpm_map::<AddrKey, DestValue>(ebpf, map_names::DESTS[slot])?;
+            ignore_missing(dests.remove(&Key::new(prefix.prefix_len, prefix.key)))?;
+            self.slots[slot].dests.remove(&prefix);
+        }
+        Ok(())
+    }
+}
