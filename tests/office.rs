@@ -177,6 +177,36 @@ fn serve(stream: TcpStream, peer: SocketAddr, name: &str, stop: &AtomicBool) {
     }
 }
 
+/// A UDP echo server.
+pub struct UdpEcho {
+    stop: Arc<AtomicBool>,
+}
+
+impl UdpEcho {
+    pub fn start(ns: &Netns, addr: &str) -> Result<Self> {
+        let addr: SocketAddr = addr.parse()?;
+        let socket = ns.enter(move || std::net::UdpSocket::bind(addr))??;
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            }
+        });
+        Ok(Self { stop })
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Office {
     fn drop(&mut self) {
         if let Some(mut child) = self.dnsmasq.take() {
@@ -264,67 +294,20 @@ impl Office {
         })
     }
 
-    /// The walkthrough's configuration, with `extra` appended.
+    /// The walkthrough's configuration (`examples/berlin-office.toml`, the
+    /// one the demo runs), filled in, with `extra` appended.
     pub fn config(&self, extra: &str) -> String {
-        format!(
-            r#"
-[routing_peer]
-name = "berlin-gw"
-overlay_interface = "{wg}"
-overlay_addresses = ["100.64.0.1/10"]
-private_key_file = "{key}"
-listen_port = 51820
-lan_interfaces = ["lan0"]
-groups = ["Routing Peers"]
-metric = 100
-peer_down_after_secs = 5
-
-[dns]
-upstreams = ["{OFFICE_DNS}:53"]
-min_ttl_secs = 1
-grace_secs = 1
-
-[[peers]]
-name = "laptop"
-public_key = "{laptop}"
-addresses = ["{LAPTOP_OVERLAY}"]
-groups = ["Development"]
-
-[[peers]]
-name = "sales"
-public_key = "{sales}"
-addresses = ["{SALES_OVERLAY}"]
-groups = ["Sales"]
-
-[[networks]]
-name = "Berlin Office"
-description = "Office LAN behind berlin-gw"
-
-[[networks.resources]]
-name = "Internal Wiki"
-address = "{WIKI}/32"
-groups = ["Internal Apps"]
-
-[[networks.resources]]
-name = "Grafana"
-address = "{grafana_address}"
-groups = {grafana_groups:?}
-
-[[policies]]
-name = "Development to Internal Apps"
-sources = ["Development"]
-destinations = ["Internal Apps"]
-protocol = "tcp"
-ports = [443]
-{extra}
-"#,
-            wg = self.wg_iface,
-            key = self.router_key_file.display(),
-            laptop = self.laptop.public_key,
-            sales = self.sales.public_key,
-            grafana_groups = self.grafana_groups,
-            grafana_address = self.grafana_address,
-        )
+        include_str!("../examples/berlin-office.toml")
+            .replace("@WG_IFACE@", &self.wg_iface)
+            .replace(
+                "@ROUTER_KEY_FILE@",
+                &self.router_key_file.display().to_string(),
+            )
+            .replace("@LAPTOP_KEY@", &self.laptop.public_key)
+            .replace("@SALES_KEY@", &self.sales.public_key)
+            .replace("@GRAFANA_ADDRESS@", &self.grafana_address)
+            .replace("@GRAFANA_GROUPS@", &format!("{:?}", self.grafana_groups))
+            + extra
     }
 
     pub fn write_config(&self, extra: &str) -> Result<PathBuf> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use routing_peer_e2e::{
-    office::{exchange, Office, ROUTER_LAN, WIKI},
+    office::{exchange, Office, UdpEcho, ROUTER_LAN, WIKI},
     wait_for, Daemon,
 };
 use serde_json::Value;
@@ -207,5 +207,130 @@ fn peer_status_follows_a_client_that_comes_and_goes() -> Result<()> {
     if office.sales.tcp(&format!("{WIKI}:443"), QUICK).is_ok() {
         bail!("Sales must still be denied");
     }
+    Ok(())
+}
+
+#[test]
+fn a_udp_exchange_shows_exactly_its_counts_in_flows_stats_and_metrics() -> Result<()> {
+    let mut office = Office::new()?;
+    let udp_policy = format!(
+        "{GRAFANA_POLICY}\n[[policies]]\nname = \"Development UDP\"\nsources = [\"Development\"]\ndestinations = [\"Internal Apps\"]\nprotocol = \"udp\"\nports = [5353]\n"
+    );
+    let config = office.write_config(&udp_policy)?;
+    let daemon = Daemon::start(
+        &office.router,
+        &config,
+        &["--metrics-listen", "127.0.0.1:9477"],
+    )?;
+    office.connect_clients()?;
+    let _echo = UdpEcho::start(&office.lan, &format!("{WIKI}:5353"))?;
+    // Bring the tunnel up through another resource, so the exchange below
+    // is exactly what the wiki's counters see.
+    connect(&office, "198.51.100.6:443")?;
+
+    const COUNT: u64 = 20;
+    const PAYLOAD: usize = 100;
+    let to: std::net::SocketAddr = format!("{WIKI}:5353").parse()?;
+    let echoed = office.laptop.ns.enter(move || -> Result<u64> {
+        let socket = std::net::UdpSocket::bind("100.64.0.2:0")?;
+        socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut buf = [0u8; 2048];
+        let mut echoed = 0;
+        for i in 0..COUNT {
+            socket.send_to(&[i as u8; PAYLOAD], to)?;
+            if socket.recv(&mut buf)? == PAYLOAD {
+                echoed += 1;
+            }
+        }
+        Ok(echoed)
+    })??;
+    assert_eq!(echoed, COUNT);
+    // IP bytes: 20 (IPv4) + 8 (UDP) + payload.
+    let bytes = COUNT * (20 + 8 + PAYLOAD as u64);
+
+    let flows = daemon.cli_json(&["flows", "--json", "--proto", "udp"])?;
+    let flows = flows.as_array().unwrap();
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    let f = &flows[0];
+    assert_eq!(
+        (
+            f["packets_out"].as_u64(),
+            f["bytes_out"].as_u64(),
+            f["packets_in"].as_u64(),
+            f["bytes_in"].as_u64()
+        ),
+        (Some(COUNT), Some(bytes), Some(COUNT), Some(bytes)),
+        "{f}"
+    );
+    assert_eq!(f["state"], "replied");
+    assert_eq!(f["rule"], "Development UDP");
+
+    let stats = daemon.stats_json()?;
+    let wiki = stats["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == "Internal Wiki")
+        .unwrap();
+    assert_eq!(
+        (
+            wiki["packets_out"].as_u64(),
+            wiki["bytes_out"].as_u64(),
+            wiki["packets_in"].as_u64(),
+            wiki["bytes_in"].as_u64()
+        ),
+        (Some(COUNT), Some(bytes), Some(COUNT), Some(bytes)),
+        "{wiki}"
+    );
+    assert_eq!(wiki["new_flows"], 1);
+
+    // Peer status refreshes every second.
+    wait_for(Duration::from_secs(5), || {
+        let s = daemon.cli_json(&["status", "--json"])?;
+        Ok((peer(&s, "laptop")["up"] == true).then_some(()))
+    })?;
+    // /metrics, read with a real Prometheus text-format parser.
+    let body = office.router.enter(|| -> Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9477")?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })??;
+    let (head, text) = body.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))?;
+    let sample = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    let wiki_out = [("resource", "Internal Wiki"), ("direction", "out")];
+    assert_eq!(
+        sample("routing_peer_resource_packets_total", &wiki_out),
+        Some(COUNT as f64)
+    );
+    assert_eq!(
+        sample("routing_peer_resource_bytes_total", &wiki_out),
+        Some(bytes as f64)
+    );
+    assert_eq!(
+        sample("routing_peer_peer_up", &[("peer", "laptop")]),
+        Some(1.0)
+    );
+    assert!(sample(
+        "routing_peer_drop_packets_total",
+        &[("reason", "no-policy")]
+    )
+    .is_some());
+    assert!(sample("routing_peer_conntrack_entries", &[]).unwrap() >= 2.0);
     Ok(())
 }

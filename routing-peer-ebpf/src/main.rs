@@ -143,7 +143,6 @@ fn new_flow(
     route: Option<&Route>,
     cfg: &DatapathConfig,
     now: u64,
-    len: usize,
 ) -> Result<NewFlow, DropReason> {
     let slot = cfg.active_slot;
     let dest = policy::dest(
@@ -158,11 +157,11 @@ fn new_flow(
     let rule_id = match policy::decide(slot, peer.src_class, dest.dst_class, pkt.proto, port) {
         Verdict::Accept(rule_id) => rule_id,
         Verdict::Drop => {
-            counters::count_resource(dest.resource_id, ResourceEvent::Denied, len);
+            counters::count_resource(dest.resource_id, ResourceEvent::Denied, pkt.l3_len);
             return Err(DropReason::PolicyDrop);
         }
         Verdict::NoMatch => {
-            counters::count_resource(dest.resource_id, ResourceEvent::Denied, len);
+            counters::count_resource(dest.resource_id, ResourceEvent::Denied, pkt.l3_len);
             return Err(DropReason::NoPolicy);
         }
     };
@@ -206,7 +205,6 @@ fn new_flow(
 fn overlay_process<C: Mangle>(
     ctx: &C,
     pkt: &Packet,
-    len: usize,
     route: Option<&Route>,
     cfg: &DatapathConfig,
 ) -> Result<bool, DropReason> {
@@ -227,12 +225,18 @@ fn overlay_process<C: Mangle>(
             revalidate(entry, &key, Some(peer.src_class), cfg)?;
             entry
         }
-        None => match new_flow(pkt, &key, &peer, route, cfg, now, len)? {
+        None => match new_flow(pkt, &key, &peer, route, cfg, now)? {
             NewFlow::Tracked(entry) => entry,
             NewFlow::ToSelf | NewFlow::ToKernel => return Ok(false),
         },
     };
-    conntrack::update(entry, Direction::Forward, len as u64, pkt.tcp_flags, now);
+    conntrack::update(
+        entry,
+        Direction::Forward,
+        pkt.l3_len as u64,
+        pkt.tcp_flags,
+        now,
+    );
     // SAFETY: map value pointer, valid for this run.
     let (resource_id, flags, nat_addr, nat_port) = unsafe {
         (
@@ -242,7 +246,7 @@ fn overlay_process<C: Mangle>(
             (*entry).nat_port,
         )
     };
-    counters::count_resource(resource_id, ResourceEvent::Forward, len);
+    counters::count_resource(resource_id, ResourceEvent::Forward, pkt.l3_len);
     if flags & CT_FLAG_MASQUERADE != 0 {
         nat::rewrite(ctx, pkt, Side::Source, nat_addr, nat_port)
             .map_err(|_| DropReason::Malformed)?;
@@ -252,7 +256,7 @@ fn overlay_process<C: Mangle>(
 
 /// TC on the overlay: everything, for any overlay (WireGuard is L3).
 #[inline(always)]
-fn overlay_tc(ctx: &TcContext, pkt: &Packet, len: usize, l2: bool) -> Result<i32, DropReason> {
+fn overlay_tc(ctx: &TcContext, pkt: &Packet, l2: bool) -> Result<i32, DropReason> {
     let cfg = config::current().ok_or(DropReason::NoPolicy)?;
     // An expiring TTL goes to the kernel, which answers time-exceeded.
     let route = if pkt.ttl > 1 {
@@ -262,7 +266,7 @@ fn overlay_tc(ctx: &TcContext, pkt: &Packet, len: usize, l2: bool) -> Result<i32
     } else {
         None
     };
-    if !overlay_process(ctx, pkt, len, route.as_ref(), &cfg)? {
+    if !overlay_process(ctx, pkt, route.as_ref(), &cfg)? {
         return Ok(TC_ACT_OK);
     }
     let Some(route) = route else {
@@ -278,7 +282,7 @@ fn overlay_tc(ctx: &TcContext, pkt: &Packet, len: usize, l2: bool) -> Result<i32
 /// XDP on an L2 overlay: the whole forward path without an skb, where the
 /// egress takes XDP redirects. Anything else passes untouched to TC.
 #[inline(always)]
-fn overlay_xdp(ctx: &XdpContext, pkt: &Packet, len: usize) -> Result<u32, DropReason> {
+fn overlay_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
     let Some(cfg) = config::current() else {
         return Ok(xdp_action::XDP_PASS);
     };
@@ -293,7 +297,7 @@ fn overlay_xdp(ctx: &XdpContext, pkt: &Packet, len: usize) -> Result<u32, DropRe
     if !forward::xdp_redirect_allowed(route.ifindex()) {
         return Ok(xdp_action::XDP_PASS);
     }
-    if !overlay_process(ctx, pkt, len, Some(&route), &cfg)? {
+    if !overlay_process(ctx, pkt, Some(&route), &cfg)? {
         return Ok(xdp_action::XDP_PASS);
     }
     forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
@@ -351,19 +355,19 @@ fn lan_translate<C: Mangle>(
     ctx: &C,
     pkt: &Packet,
     reply: &Reply,
-    len: usize,
     now: u64,
 ) -> Result<Packet, DropReason> {
+    // Flow and resource bytes are IP bytes, the same on L2 and L3 hooks.
     conntrack::update(
         reply.entry,
         Direction::Reply,
-        len as u64,
+        pkt.l3_len as u64,
         pkt.tcp_flags,
         now,
     );
     // SAFETY: map value pointer, valid for this run.
     let (resource_id, flags) = unsafe { ((*reply.entry).resource_id, (*reply.entry).flags) };
-    counters::count_resource(resource_id, ResourceEvent::Reply, len);
+    counters::count_resource(resource_id, ResourceEvent::Reply, pkt.l3_len);
     if flags & CT_FLAG_MASQUERADE != 0 {
         nat::rewrite(
             ctx,
@@ -387,7 +391,7 @@ fn lan_translate<C: Mangle>(
 /// frames from virtual devices may carry partial checksums that only the
 /// skb knows about.
 #[inline(always)]
-fn lan_xdp(ctx: &XdpContext, pkt: &Packet, len: usize) -> Result<u32, DropReason> {
+fn lan_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
     let Some(cfg) = config::current() else {
         return Ok(xdp_action::XDP_PASS);
     };
@@ -412,7 +416,7 @@ fn lan_xdp(ctx: &XdpContext, pkt: &Packet, len: usize) -> Result<u32, DropReason
     if !forward::xdp_redirect_allowed(route.ifindex()) {
         return Ok(xdp_action::XDP_PASS);
     }
-    lan_translate(ctx, pkt, &reply, len, now)?;
+    lan_translate(ctx, pkt, &reply, now)?;
     forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
     Ok(forward::xdp_redirect(ctx, &route).unwrap_or(xdp_action::XDP_PASS))
 }
@@ -420,7 +424,7 @@ fn lan_xdp(ctx: &XdpContext, pkt: &Packet, len: usize) -> Result<u32, DropReason
 /// TC ingress on the LAN: translate replies and redirect them to the
 /// overlay without the IP stack (an L3 overlay gets no L2 header).
 #[inline(always)]
-fn lan_tc(ctx: &TcContext, pkt: &Packet, len: usize) -> Result<i32, DropReason> {
+fn lan_tc(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
     let Some(cfg) = config::current() else {
         return Ok(TC_ACT_OK);
     };
@@ -429,7 +433,7 @@ fn lan_tc(ctx: &TcContext, pkt: &Packet, len: usize) -> Result<i32, DropReason> 
     let Some(reply) = lan_classify(pkt, &cfg, now)? else {
         return Ok(TC_ACT_OK);
     };
-    let translated = lan_translate(ctx, pkt, &reply, len, now)?;
+    let translated = lan_translate(ctx, pkt, &reply, now)?;
     if pkt.ttl <= 1 {
         return Ok(TC_ACT_OK);
     }
@@ -459,7 +463,7 @@ fn tc_overlay(ctx: &TcContext, l2: bool) -> i32 {
     counters::count_hook(Hook::OverlayIngress, len);
     let frame = Frame::new(ctx.data(), ctx.data_end(), len, l2);
     let verdict = match parse_packet(&frame) {
-        Ok(Some(pkt)) => overlay_tc(ctx, &pkt, len, l2),
+        Ok(Some(pkt)) => overlay_tc(ctx, &pkt, l2),
         Ok(None) => Ok(TC_ACT_OK),
         Err(reason) => Err(reason),
     };
@@ -488,7 +492,7 @@ pub fn rp_overlay_xdp(ctx: XdpContext) -> u32 {
     counters::count_hook(Hook::OverlayXdp, len);
     let frame = Frame::new(ctx.data(), ctx.data_end(), len, true);
     let verdict = match parse_packet(&frame) {
-        Ok(Some(pkt)) => overlay_xdp(&ctx, &pkt, len),
+        Ok(Some(pkt)) => overlay_xdp(&ctx, &pkt),
         Ok(None) => Ok(xdp_action::XDP_PASS),
         Err(reason) => Err(reason),
     };
@@ -508,7 +512,7 @@ pub fn rp_lan_tc(ctx: TcContext) -> i32 {
     let frame = Frame::new(ctx.data(), ctx.data_end(), len, true);
     // XDP has already counted, and dropped what is malformed.
     let verdict = match parse_packet(&frame) {
-        Ok(Some(pkt)) => lan_tc(&ctx, &pkt, len),
+        Ok(Some(pkt)) => lan_tc(&ctx, &pkt),
         Ok(None) => Ok(TC_ACT_OK),
         Err(reason) => Err(reason),
     };
@@ -525,7 +529,7 @@ pub fn rp_lan_xdp(ctx: XdpContext) -> u32 {
     counters::count_hook(Hook::LanIngress, len);
     let frame = Frame::new(ctx.data(), ctx.data_end(), len, true);
     let verdict = match parse_packet(&frame) {
-        Ok(Some(pkt)) => lan_xdp(&ctx, &pkt, len),
+        Ok(Some(pkt)) => lan_xdp(&ctx, &pkt),
         Ok(None) => Ok(xdp_action::XDP_PASS),
         Err(reason) => Err(reason),
     };

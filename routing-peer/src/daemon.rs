@@ -46,6 +46,7 @@ pub struct RunOptions {
     pub instance: String,
     pub wireguard: Option<WireguardMode>,
     pub verbose_datapath: bool,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn unix_now() -> u64 {
@@ -275,6 +276,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         dns_counters,
         dns_installs,
     };
+    if let Some(addr) = daemon.opts.metrics_listen {
+        let listener = crate::metrics::bind(addr).await?;
+        let (instance, status) = (daemon.opts.instance.clone(), daemon.status.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(listener, instance, status).await {
+                error!("metrics: {e:#}");
+            }
+        });
+    }
     daemon.refresh_peers();
     daemon.publish()?;
     tokio::spawn(control::serve(

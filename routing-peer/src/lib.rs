@@ -7,6 +7,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod dns;
+pub mod metrics;
 pub mod stats;
 pub mod sysctl;
 pub mod wireguard;

@@ -40,6 +40,9 @@ enum Command {
         /// Forward kernel debug logs (aya-log) to the daemon's log.
         #[arg(long)]
         verbose_datapath: bool,
+        /// Serve Prometheus metrics on http://ADDR/metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Detach everything, stop WireGuard and remove this instance's state.
     Down,
@@ -153,6 +156,7 @@ async fn main() -> Result<()> {
             config,
             wireguard,
             verbose_datapath,
+            metrics_listen,
         } => {
             daemon::run(daemon::RunOptions {
                 config_path: config,
@@ -164,6 +168,7 @@ async fn main() -> Result<()> {
                     WgMode::External => WireguardMode::External,
                 }),
                 verbose_datapath,
+                metrics_listen,
             })
             .await
         }

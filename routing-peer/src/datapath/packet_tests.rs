@@ -326,7 +326,9 @@ fn allowed_flow_is_masqueraded_tracked_and_counted() {
         assert_eq!(entry.rule_id, 1);
         assert_eq!(entry.resource_id, 1, "the /32 wins over the /24");
         assert_eq!(entry.nat_port, 40000);
-        assert_eq!((entry.fwd.packets, entry.fwd.bytes), (1, syn.len() as u64));
+        // Flow bytes are IP bytes: the same whether a hook sees L2 or L3.
+        let ip_len = |f: &[u8]| (f.len() - ETH_LEN) as u64;
+        assert_eq!((entry.fwd.packets, entry.fwd.bytes), (1, ip_len(&syn)));
 
         // The reply, addressed to the masquerade address: XDP leaves it to
         // TC (the overlay takes no XDP redirects), which sends it to Alice.
@@ -343,22 +345,16 @@ fn allowed_flow_is_masqueraded_tracked_and_counted() {
         assert_eq!(entry.state, CT_TCP_ESTABLISHED);
         assert_eq!(
             (entry.fwd.packets, entry.fwd.bytes),
-            (2, (syn.len() + data.len()) as u64)
+            (2, ip_len(&syn) + ip_len(&data))
         );
-        assert_eq!(
-            (entry.rev.packets, entry.rev.bytes),
-            (1, syn_ack.len() as u64)
-        );
+        assert_eq!((entry.rev.packets, entry.rev.bytes), (1, ip_len(&syn_ack)));
         let wiki = dp.resource(1);
         assert_eq!(wiki.new_flows, 1);
         assert_eq!(
             (wiki.fwd.packets, wiki.fwd.bytes),
-            (2, (syn.len() + data.len()) as u64)
+            (2, ip_len(&syn) + ip_len(&data))
         );
-        assert_eq!(
-            (wiki.rev.packets, wiki.rev.bytes),
-            (1, syn_ack.len() as u64)
-        );
+        assert_eq!((wiki.rev.packets, wiki.rev.bytes), (1, ip_len(&syn_ack)));
 
         let fin = tcp(ALICE, WIKI, 40000, 443, "F", &[]);
         assert_eq!(dp.overlay(&fin).0, TC_ACT_REDIRECT);
