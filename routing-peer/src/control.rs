@@ -63,6 +63,8 @@ pub struct Status {
     /// Domain resource name → addresses currently installed.
     pub resolved: Vec<(String, Vec<String>)>,
     pub dns: crate::dns::CounterSnapshot,
+    /// The routing peer's own addresses (overlay and LAN): the input chain.
+    pub self_addresses: Vec<std::net::IpAddr>,
     pub names: Names,
 }
 

@@ -241,6 +241,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         programs,
         resolved: Vec::new(),
         dns: dns::CounterSnapshot::default(),
+        self_addresses: self_addresses(&config),
         names: compiled.names.clone(),
     }));
     let dns_view = Arc::new(RwLock::new(dns::View::new(&config, &compiled)));
@@ -383,7 +384,9 @@ impl Daemon {
             .map(|r| r.name.clone())
             .collect();
         self.resolved.retain(|name, _| live.contains(name));
-        let compiled = compile::compile(&config, &self_addresses(&config), &self.resolved_addrs());
+        let own = self_addresses(&config);
+        let compiled = compile::compile(&config, &own, &self.resolved_addrs());
+        self.status.lock().unwrap().self_addresses = own;
         let started = std::time::Instant::now();
         match self.policy.install(&mut self.ebpf, &compiled.tables) {
             Ok(diff) => info!(

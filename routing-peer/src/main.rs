@@ -331,13 +331,8 @@ fn compiled_for(status: &control::Status) -> Result<(config::Config, compile::Co
             )
         })
         .collect();
-    let self_addrs: Vec<std::net::IpAddr> = config
-        .routing_peer
-        .overlay_addresses
-        .iter()
-        .map(|n| n.addr())
-        .collect();
-    let compiled = compile::compile(&config, &self_addrs, &resolved);
+    // The daemon's own view of its addresses, so the answer matches the data path.
+    let compiled = compile::compile(&config, &status.self_addresses, &resolved);
     Ok((config, compiled))
 }
 
