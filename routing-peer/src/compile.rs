@@ -271,12 +271,20 @@ pub fn compile(
     // Source classes.
     let mut src_classes = Classes::default();
     let mut peers = HashMap::new();
+    // Peers with the same groups share a class: compute each group set once
+    // (10k peers in one group must not mean 10k copies of its rule set).
+    let mut class_of_groups: HashMap<Vec<&str>, u32> = HashMap::new();
     for peer in &config.peers {
         names.peers.push(peer.name.clone());
         let peer_id = names.peers.len() as u32 - 1;
-        let mut member = collect(&by_source, &mut peer.groups.iter().map(String::as_str));
-        member.insert(dns_rule.id);
-        let src_class = src_classes.intern(member);
+        let mut groups: Vec<&str> = peer.groups.iter().map(String::as_str).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let src_class = *class_of_groups.entry(groups).or_insert_with_key(|groups| {
+            let mut member = collect(&by_source, &mut groups.iter().copied());
+            member.insert(dns_rule.id);
+            src_classes.intern(member)
+        });
         for addr in &peer.addresses {
             peers.insert(addr_key(*addr), PeerValue { peer_id, src_class });
         }
@@ -348,11 +356,21 @@ pub fn compile(
         m.entry(d.net).or_default().extend(d.rules.iter().copied());
         m
     });
+    // Only prefix lengths that some resource has can hold a parent.
+    let lengths: BTreeSet<(bool, u8)> = by_net
+        .keys()
+        .map(|n| (n.addr().is_ipv4(), n.prefix_len()))
+        .collect();
     let inherited: Vec<BTreeSet<u32>> = dests
         .iter()
         .map(|d| {
             let mut all = d.rules.clone();
-            for len in 0..d.net.prefix_len() {
+            let v4 = d.net.addr().is_ipv4();
+            let shorter = lengths
+                .iter()
+                .filter(|(fam, len)| *fam == v4 && *len < d.net.prefix_len())
+                .map(|(_, len)| *len);
+            for len in shorter {
                 if let Ok(parent) = IpNet::new(d.net.addr(), len) {
                     if let Some(r) = by_net.get(&parent.trunc()) {
                         all.extend(r.iter().copied());

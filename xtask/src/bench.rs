@@ -10,6 +10,7 @@
 use std::{collections::BTreeMap, path::PathBuf, process::Command, time::Instant};
 
 use anyhow::{bail, Context, Result};
+use base64::{engine::general_purpose::STANDARD, Engine};
 use routing_peer_e2e::{veth, Daemon, Netns, VethSpec};
 use serde_json::{json, Value};
 
@@ -526,6 +527,20 @@ protocol = "udp"
 port_ranges = [{ start = 10000, end = 10009 }]
 "#,
     );
+    // At the largest scale, the issue's target: 10k peers as well.
+    let peers = if n >= 100_000 { 10_000 } else { 0 };
+    for i in 1..=peers {
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(&(i as u32).to_le_bytes());
+        key[31] = 1;
+        text += &format!(
+            "[[peers]]\nname = \"peer{i}\"\npublic_key = \"{}\"\naddresses = [\"100.{}.{}.{}\"]\ngroups = [\"Bench\"]\n",
+            STANDARD.encode(key),
+            64 + ((i + 16) >> 16),
+            ((i + 16) >> 8) & 0xff,
+            (i + 16) & 0xff
+        );
+    }
     for i in 1..n {
         text += &format!(
             "[[networks.resources]]\nname = \"r{i}\"\naddress = \"2001:db8:{:x}:{:x}::1/128\"\ngroups = [\"g{i}\"]\n",

@@ -222,6 +222,14 @@ fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
     let started = Instant::now();
     state.install(&mut ebpf, &compiled.tables)?;
     let install_ms = started.elapsed().as_secs_f64() * 1e3;
+    // A one-rule change, as a reload applies it: recompile, then a diff.
+    let mut changed = loaded.config.clone();
+    changed.policies.pop();
+    let started = Instant::now();
+    let recompiled = compile::compile(&changed, &self_addrs, &HashMap::new());
+    let diff = state.install(&mut ebpf, &recompiled.tables)?;
+    let one_rule_change_ms = started.elapsed().as_secs_f64() * 1e3;
+    state.install(&mut ebpf, &compiled.tables)?;
 
     let frame = |sport: u16, dport: u16| -> Result<Vec<u8>> {
         let mut f = Vec::new();
@@ -263,7 +271,10 @@ fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
         "{}",
         serde_json::json!({
             "rules": rules,
+            "peers": loaded.config.peers.len(),
             "policy_entries": compiled.tables.policy.len(),
+            "one_rule_change_ms": one_rule_change_ms,
+            "one_rule_change_entries": diff.written + diff.removed,
             "compile_ms": compile_ms,
             "install_ms": install_ms,
             "established_ns": est_ns,
