@@ -9,6 +9,8 @@ use aya_ebpf::{
 };
 
 pub trait Mangle {
+    /// Reads 4 bytes at `offset`, as stored.
+    fn load_u32(&self, offset: usize) -> Result<u32, ()>;
     fn store_u8(&self, offset: usize, value: u8) -> Result<(), ()>;
     /// Writes `value` (already in network byte order) at `offset`.
     fn store_u16(&self, offset: usize, value: u16) -> Result<(), ()>;
@@ -29,6 +31,11 @@ pub trait Mangle {
 }
 
 impl Mangle for TcContext {
+    #[inline(always)]
+    fn load_u32(&self, offset: usize) -> Result<u32, ()> {
+        self.load::<u32>(offset).map_err(|_| ())
+    }
+
     #[inline(always)]
     fn store_u8(&self, offset: usize, value: u8) -> Result<(), ()> {
         self.store(offset, &value, 0).map_err(|_| ())
@@ -99,6 +106,12 @@ pub fn csum_update(check: u16, from: u32, to: u32, size: u8) -> u16 {
 }
 
 impl Mangle for XdpContext {
+    #[inline(always)]
+    fn load_u32(&self, offset: usize) -> Result<u32, ()> {
+        let p: *const u32 = xdp_ptr(self, offset)?;
+        Ok(unsafe { p.read_unaligned() })
+    }
+
     #[inline(always)]
     fn store_u8(&self, offset: usize, value: u8) -> Result<(), ()> {
         let p: *mut [u8; 2] = xdp_ptr(self, offset)?;

@@ -31,7 +31,7 @@ use aya_log_ebpf::debug;
 use routing_peer_common::{
     AddrKey, CtEntry, CtKey, DatapathConfig, DropReason, Hook, NatEndpoint, PeerValue,
     CT_FLAG_MASQUERADE, DEST_MASQUERADE, DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP,
+    IPPROTO_UDP, TCP_SYN,
 };
 
 use crate::{
@@ -250,6 +250,15 @@ fn overlay_process<C: Mangle>(
     if flags & CT_FLAG_MASQUERADE != 0 {
         nat::rewrite(ctx, pkt, Side::Source, nat_addr, nat_port)
             .map_err(|_| DropReason::Malformed)?;
+    }
+    if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_SYN != 0 && cfg.mss_clamp != 0 {
+        // IPv6 headers are 20 bytes longer than IPv4's.
+        let clamp = if pkt.ipv6 {
+            cfg.mss_clamp.saturating_sub(20)
+        } else {
+            cfg.mss_clamp
+        };
+        nat::clamp_mss(ctx, pkt, clamp).map_err(|_| DropReason::Malformed)?;
     }
     Ok(true)
 }

@@ -155,3 +155,27 @@ pub fn rewrite<C: Mangle>(
     }
     Ok(())
 }
+
+/// Clamps the MSS of a TCP SYN so segments fit the overlay MTU. Every common
+/// stack sends MSS as the first option, and only there is it looked for:
+/// a bounded option walk costs more verifier budget than it is worth.
+#[inline(always)]
+pub fn clamp_mss<C: Mangle>(ctx: &C, pkt: &Packet, clamp: u16) -> Result<(), ()> {
+    const TCPOPT_MSS: u8 = 2;
+    let at = pkt.l4_offset + 20;
+    let Ok(first) = ctx.load_u32(at) else {
+        return Ok(()); // no options
+    };
+    let bytes = first.to_ne_bytes();
+    if bytes[0] != TCPOPT_MSS || bytes[1] != 4 {
+        return Ok(());
+    }
+    let mss = u16::from_be_bytes([bytes[2], bytes[3]]);
+    if mss <= clamp {
+        return Ok(());
+    }
+    let from = u16::from_ne_bytes([bytes[2], bytes[3]]) as u32;
+    let to = clamp.to_be() as u32;
+    ctx.store_u16(at + 2, clamp.to_be())?;
+    ctx.l4_csum(pkt.l4_offset + 16, from, to, 2, false, false)
+}

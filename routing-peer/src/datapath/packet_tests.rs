@@ -459,6 +459,47 @@ fn xdp_overlay_forwards_and_masquerades_without_an_skb() {
 }
 
 #[test]
+fn syn_mss_is_clamped_to_the_overlay_mtu() {
+    in_netns(|| {
+        let mut dp = Dp::new(&base_config("", true));
+        dp.set_config(DatapathConfig {
+            mss_clamp: 1240,
+            ..DatapathConfig::default()
+        });
+        let syn = |mss: u16| {
+            let mut f = Vec::new();
+            PacketBuilder::ethernet2(MAC_A, MAC_B)
+                .ipv4(ALICE, WIKI, 64)
+                .tcp(40070 + mss % 7, 443, 1, 65535)
+                .syn()
+                .options(&[etherparse::TcpOptionElement::MaximumSegmentSize(mss)])
+                .unwrap()
+                .write(&mut f, &[])
+                .unwrap();
+            f
+        };
+        let mss_of = |frame: &[u8]| {
+            let p = SlicedPacket::from_ethernet(frame).unwrap();
+            let Some(TransportSlice::Tcp(t)) = p.transport else {
+                panic!()
+            };
+            t.options_iterator()
+                .find_map(|o| match o {
+                    Ok(etherparse::TcpOptionElement::MaximumSegmentSize(m)) => Some(m),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let (verdict, out) = dp.overlay(&syn(1460));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        checked(&out); // checksums still exact
+        assert_eq!(mss_of(&out), 1240);
+        let (_, out) = dp.overlay(&syn(1200));
+        assert_eq!(mss_of(&out), 1200, "a smaller MSS is left alone");
+    });
+}
+
+#[test]
 fn default_deny_and_every_match_type() {
     in_netns(|| {
         let extra = r#"
