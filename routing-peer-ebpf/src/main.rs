@@ -29,7 +29,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use routing_peer_common::{
-    AddrKey, CtEntry, CtKey, DatapathConfig, DropReason, Hook, NatEndpoint, PeerValue,
+    AddrKey, CtEntry, CtKey, DatapathConfig, DropReason, Hook, NatEndpoint, PeerValue, AF_INET,
     CT_FLAG_MASQUERADE, DEST_MASQUERADE, DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
     IPPROTO_UDP, TCP_SYN,
 };
@@ -404,6 +404,9 @@ fn lan_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
     let Some(cfg) = config::current() else {
         return Ok(xdp_action::XDP_PASS);
     };
+    if nat::is_icmpv4_error(pkt) {
+        return Ok(xdp_action::XDP_PASS); // TC translates them, skb checksums and all
+    }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(reply) = lan_classify(pkt, &cfg, now)? else {
@@ -439,6 +442,9 @@ fn lan_tc(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
+    if nat::is_icmpv4_error(pkt) {
+        return lan_icmp_error(ctx, pkt, &cfg, now);
+    }
     let Some(reply) = lan_classify(pkt, &cfg, now)? else {
         return Ok(TC_ACT_OK);
     };
@@ -453,6 +459,83 @@ fn lan_tc(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
     };
     forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
     Ok(forward::redirect_to(&route, pkt.ipv6))
+}
+
+/// An ICMPv4 error about one of our masqueraded flows (fragmentation needed,
+/// for path-MTU discovery through the tunnel; unreachable; time exceeded)
+/// goes back to the peer, translated (RFC 5508). Others are the kernel's.
+#[inline(always)]
+fn lan_icmp_error(
+    ctx: &TcContext,
+    pkt: &Packet,
+    cfg: &DatapathConfig,
+    now: u64,
+) -> Result<i32, DropReason> {
+    let Some(q) = nat::quoted(ctx, pkt) else {
+        return Ok(TC_ACT_OK);
+    };
+    let external = NatEndpoint {
+        addr: [q.src, 0, 0, 0],
+        port: q.sport,
+        proto: q.proto,
+        family: AF_INET as u8,
+    };
+    let Some(peer) = nat::reverse(&external) else {
+        // Not masqueraded: it must quote a tracked flow of the peer it is
+        // addressed to, or it is LAN-initiated traffic toward the overlay.
+        let quoted_flow = CtKey {
+            peer: [q.src, 0, 0, 0],
+            remote: [q.dst, 0, 0, 0],
+            peer_port: q.sport,
+            remote_port: q.dport,
+            proto: q.proto,
+            family: AF_INET as u8,
+            _pad: [0; 2],
+        };
+        let to_peer = policy::peer(
+            cfg.active_slot,
+            &AddrKey {
+                family: AF_INET,
+                addr: pkt.dst,
+            },
+        )
+        .is_some();
+        if to_peer && conntrack::lookup(&quoted_flow, now, cfg).is_none() {
+            return Err(DropReason::LanUnsolicited);
+        }
+        return Ok(TC_ACT_OK);
+    };
+    let key = CtKey {
+        peer: peer.addr,
+        remote: [q.dst, 0, 0, 0],
+        peer_port: peer.port,
+        remote_port: q.dport,
+        proto: q.proto,
+        family: AF_INET as u8,
+        _pad: [0; 2],
+    };
+    let Some(entry) = conntrack::lookup(&key, now, cfg) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: map value pointer, valid for this run.
+    let resource_id = unsafe { (*entry).resource_id };
+    counters::count_resource(resource_id, ResourceEvent::Reply, pkt.l3_len);
+    nat::translate_icmp_error(ctx, pkt, &q, peer.addr[0], peer.port)
+        .map_err(|_| DropReason::Malformed)?;
+    if pkt.ttl <= 1 {
+        return Ok(TC_ACT_OK);
+    }
+    let translated = Packet {
+        dst: peer.addr,
+        ..*pkt
+    };
+    // SAFETY: reading the skb's ingress ifindex.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(route) = forward::lookup(ctx, &translated, ifindex, true) else {
+        return Ok(TC_ACT_OK);
+    };
+    forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
+    Ok(forward::redirect_to(&route, false))
 }
 
 #[inline(always)]

@@ -179,3 +179,112 @@ pub fn clamp_mss<C: Mangle>(ctx: &C, pkt: &Packet, clamp: u16) -> Result<(), ()>
     ctx.store_u16(at + 2, clamp.to_be())?;
     ctx.l4_csum(pkt.l4_offset + 16, from, to, 2, false, false)
 }
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROB: u8 = 12;
+
+#[inline(always)]
+pub fn is_icmpv4_error(pkt: &Packet) -> bool {
+    !pkt.ipv6
+        && pkt.proto == IPPROTO_ICMP
+        && matches!(
+            pkt.icmp_type,
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROB
+        )
+}
+
+/// The packet an ICMPv4 error quotes: the one we sent, from the masquerade
+/// endpoint to the remote.
+pub struct Quoted {
+    pub inner_ip: usize,
+    pub proto: u8,
+    pub src: u32,
+    pub dst: u32,
+    /// Host order; the echo identifier for ICMP.
+    pub sport: u16,
+    pub dport: u16,
+}
+
+#[inline(always)]
+pub fn quoted<C: Mangle>(ctx: &C, pkt: &Packet) -> Option<Quoted> {
+    let inner_ip = pkt.l4_offset + 8;
+    let w0 = ctx.load_u32(inner_ip).ok()?.to_ne_bytes();
+    if w0[0] != 0x45 {
+        return None; // options in the quoted header: not ours to translate
+    }
+    let proto = ctx.load_u32(inner_ip + 8).ok()?.to_ne_bytes()[1];
+    let src = ctx.load_u32(inner_ip + 12).ok()?;
+    let dst = ctx.load_u32(inner_ip + 16).ok()?;
+    let ports = ctx.load_u32(inner_ip + 20).ok()?.to_ne_bytes();
+    let (sport, dport) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => (
+            u16::from_be_bytes([ports[0], ports[1]]),
+            u16::from_be_bytes([ports[2], ports[3]]),
+        ),
+        IPPROTO_ICMP => {
+            let id = ctx.load_u32(inner_ip + 24).ok()?.to_ne_bytes();
+            (u16::from_be_bytes([id[0], id[1]]), 0)
+        }
+        _ => return None,
+    };
+    Some(Quoted {
+        inner_ip,
+        proto,
+        src,
+        dst,
+        sport,
+        dport,
+    })
+}
+
+/// RFC 5508: rewrites an ICMPv4 error about a masqueraded flow back to the
+/// peer: the outer destination, and the quoted packet's source address and
+/// port, with the quoted IP checksum and the ICMP checksum kept exact.
+#[inline(always)]
+pub fn translate_icmp_error<C: Mangle>(
+    ctx: &C,
+    pkt: &Packet,
+    q: &Quoted,
+    peer_addr: u32,
+    peer_port: u16,
+) -> Result<(), ()> {
+    let icmp_csum = pkt.l4_offset + 2;
+    // Outer destination: IP checksum only (ICMPv4 has no pseudo-header).
+    ctx.store_u32(pkt.l3_offset + 16, peer_addr)?;
+    ctx.l3_csum(pkt.l3_offset + 10, pkt.dst[0], peer_addr, 4)?;
+    // Quoted source address, its header checksum, and the ICMP checksum
+    // over both changes.
+    let inner_csum_at = q.inner_ip + 10;
+    let old_inner_csum = ctx.load_u32(inner_csum_at)?.to_ne_bytes();
+    let old_inner_csum = u16::from_ne_bytes([old_inner_csum[0], old_inner_csum[1]]);
+    ctx.store_u32(q.inner_ip + 12, peer_addr)?;
+    ctx.l4_csum(icmp_csum, q.src, peer_addr, 4, false, false)?;
+    let new_inner_csum = crate::ctx::csum_update(old_inner_csum, q.src, peer_addr, 4);
+    ctx.store_u16(inner_csum_at, new_inner_csum)?;
+    ctx.l4_csum(
+        icmp_csum,
+        old_inner_csum as u32,
+        new_inner_csum as u32,
+        2,
+        false,
+        false,
+    )?;
+    if peer_port != q.sport {
+        let at = if q.proto == IPPROTO_ICMP {
+            q.inner_ip + 24
+        } else {
+            q.inner_ip + 20
+        };
+        ctx.store_u16(at, peer_port.to_be())?;
+        ctx.l4_csum(
+            icmp_csum,
+            q.sport.to_be() as u32,
+            peer_port.to_be() as u32,
+            2,
+            false,
+            false,
+        )?;
+    }
+    Ok(())
+}

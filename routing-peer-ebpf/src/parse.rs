@@ -141,6 +141,8 @@ pub struct Packet {
     pub ttl: u8,
     /// TCP flags; 0 for other protocols.
     pub tcp_flags: u8,
+    /// ICMP type (IPv4 and IPv6); 0 for other protocols.
+    pub icmp_type: u8,
 }
 
 /// `Ok(None)` is a valid non-IP frame (ARP, LLDP, …) that the stack should see.
@@ -194,7 +196,7 @@ fn parse_ipv4(frame: &Frame, l3_offset: usize) -> Result<Packet, DropReason> {
         return Err(DropReason::Fragment);
     }
     let l4_offset = l3_offset + header_len;
-    let (sport, dport, tcp_flags) = parse_l4(frame, l4_offset, proto)?;
+    let (sport, dport, tcp_flags, icmp_type) = parse_l4(frame, l4_offset, proto)?;
     Ok(Packet {
         ipv6: false,
         l3_offset,
@@ -207,6 +209,7 @@ fn parse_ipv4(frame: &Frame, l3_offset: usize) -> Result<Packet, DropReason> {
         dport,
         ttl,
         tcp_flags,
+        icmp_type,
     })
 }
 
@@ -246,7 +249,7 @@ fn parse_ipv6(frame: &Frame, l3_offset: usize) -> Result<Packet, DropReason> {
         // More extension headers than we walk: refuse rather than skip policy.
         return Err(DropReason::Malformed);
     }
-    let (sport, dport, tcp_flags) = parse_l4(frame, l4_offset, next_hdr)?;
+    let (sport, dport, tcp_flags, icmp_type) = parse_l4(frame, l4_offset, next_hdr)?;
     Ok(Packet {
         ipv6: true,
         l3_offset,
@@ -259,13 +262,14 @@ fn parse_ipv6(frame: &Frame, l3_offset: usize) -> Result<Packet, DropReason> {
         dport,
         ttl,
         tcp_flags,
+        icmp_type,
     })
 }
 
-/// (source port, destination port, TCP flags). Other protocols carry no
+/// (source port, destination port, TCP flags, ICMP type). Other protocols carry no
 /// ports and match port-less rules only.
 #[inline(always)]
-fn parse_l4(frame: &Frame, l4_offset: usize, proto: u8) -> Result<(u16, u16, u8), DropReason> {
+fn parse_l4(frame: &Frame, l4_offset: usize, proto: u8) -> Result<(u16, u16, u8, u8), DropReason> {
     match proto {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = frame.ptr_at(l4_offset)?;
@@ -274,12 +278,17 @@ fn parse_l4(frame: &Frame, l4_offset: usize, proto: u8) -> Result<(u16, u16, u8)
             if ((doff_flags >> 12) as usize) * 4 < size_of::<TcpHdr>() {
                 return Err(DropReason::Malformed);
             }
-            Ok((u16::from_be(source), u16::from_be(dest), doff_flags as u8))
+            Ok((
+                u16::from_be(source),
+                u16::from_be(dest),
+                doff_flags as u8,
+                0,
+            ))
         }
         IPPROTO_UDP => {
             let udp: *const UdpHdr = frame.ptr_at(l4_offset)?;
             let (source, dest) = unsafe { ((*udp).source, (*udp).dest) };
-            Ok((u16::from_be(source), u16::from_be(dest), 0))
+            Ok((u16::from_be(source), u16::from_be(dest), 0, 0))
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             let icmp: *const IcmpHdr = frame.ptr_at(l4_offset)?;
@@ -290,8 +299,8 @@ fn parse_l4(frame: &Frame, l4_offset: usize, proto: u8) -> Result<(u16, u16, u8)
                 kind == ICMPV6_ECHO_REQUEST || kind == ICMPV6_ECHO_REPLY
             };
             let id = if echo { id } else { 0 };
-            Ok((id, id, 0))
+            Ok((id, id, 0, kind))
         }
-        _ => Ok((0, 0, 0)),
+        _ => Ok((0, 0, 0, 0)),
     }
 }

@@ -458,6 +458,59 @@ fn xdp_overlay_forwards_and_masquerades_without_an_skb() {
     });
 }
 
+/// RFC 5508: an ICMP error about a masqueraded flow goes back to the peer,
+/// quoted packet translated, checksums exact; fragmentation-needed included,
+/// so path-MTU discovery works through the tunnel.
+#[test]
+fn icmp_errors_about_masqueraded_flows_are_translated_back() {
+    in_netns(|| {
+        let extra = "[[policies]]\nname = \"lan-udp\"\nsources = [\"Development\"]\ndestination_resources = [\"office-lan\"]\nprotocol = \"udp\"\n";
+        let mut dp = Dp::new(&base_config(extra, true));
+        dp.overlay(&udp(ALICE, OTHER_HOST, 5353, 53, b"a"));
+        let (_, out) = dp.overlay(&udp(BOB, OTHER_HOST, 5353, 53, b"b"));
+        let bob_external = checked(&out).2;
+        assert_ne!(bob_external, 5353);
+        // What a LAN router quotes: our packet as it left, masqueraded.
+        let mut quoted = Vec::new();
+        PacketBuilder::ipv4(RP_LAN, OTHER_HOST, 63)
+            .udp(bob_external, 53)
+            .write(&mut quoted, b"b")
+            .unwrap();
+        quoted.truncate(28);
+        let mut error = Vec::new();
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv4([198, 51, 100, 254], RP_LAN, 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: 1200,
+                },
+            ))
+            .write(&mut error, &quoted)
+            .unwrap();
+        // XDP leaves it to TC, which translates and sends it to Bob.
+        assert_eq!(dp.lan(&error).0, XDP_PASS);
+        let (verdict, out) = dp.lan_tc(&error);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let (_, dst, _, _) = checked(&out); // outer IP and ICMP checksums exact
+        assert_eq!(dst, ip(BOB));
+        let inner = etherparse::Ipv4HeaderSlice::from_slice(&out[ETH_LEN + 28..]).unwrap();
+        assert_eq!(inner.source(), BOB, "quoted source translated");
+        assert_eq!(inner.destination(), OTHER_HOST);
+        let header = inner.to_header();
+        assert_eq!(
+            header.calc_header_checksum(),
+            header.header_checksum,
+            "quoted IP checksum"
+        );
+        let sport = u16::from_be_bytes([out[ETH_LEN + 48], out[ETH_LEN + 49]]);
+        assert_eq!(sport, 5353, "quoted source port translated");
+        // An error quoting nothing we track is the kernel's.
+        let mut stray = error.clone();
+        stray[ETH_LEN + 28 + 20] ^= 0xff; // another source port
+        assert_eq!(dp.lan_tc(&stray).0, TC_ACT_OK);
+    });
+}
+
 #[test]
 fn syn_mss_is_clamped_to_the_overlay_mtu() {
     in_netns(|| {
