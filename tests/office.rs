@@ -38,7 +38,8 @@ pub struct Client {
 }
 
 impl Client {
-    fn new(
+    /// A machine `tag` with an underlay link to `router` and a key pair.
+    pub fn new(
         tag: &str,
         dir: &Path,
         underlay: (&str, &str),
@@ -51,11 +52,11 @@ impl Client {
         veth(VethSpec {
             a: router,
             a_if: &router_if,
-            a_mac: &format!("02:00:00:00:{}:01", if tag == "lap" { "a1" } else { "b1" }),
+            a_mac: &format!("02:00:00:00:{}:01", mac_byte(tag)),
             a_addr: &format!("{router_side}/30"),
             b: &ns,
             b_if: "eth0",
-            b_mac: &format!("02:00:00:00:{}:02", if tag == "lap" { "a1" } else { "b1" }),
+            b_mac: &format!("02:00:00:00:{}:02", mac_byte(tag)),
             b_addr: &format!("{client_side}/30"),
         })?;
         let (private, public) = wg_keypair()?;
@@ -103,6 +104,14 @@ impl Client {
             .enter(move || TcpStream::connect_timeout(&addr, timeout))??;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         Ok(stream)
+    }
+}
+
+fn mac_byte(tag: &str) -> &'static str {
+    match tag {
+        "lap" => "a1",
+        "sal" => "b1",
+        _ => "c1",
     }
 }
 
