@@ -64,7 +64,7 @@ enum Command {
     },
     /// Nanoseconds per packet of the overlay program for established, new
     /// and denied packets, with the configuration in `config` installed
-    /// (xtask writes it: peer 100.64.0.2 may send UDP 10000-10009 to 198.51.100.2).
+    /// (xtask writes it: peer 100.64.0.2 may send UDP 10000-10127 to 198.51.100.2).
     Cost {
         #[arg(long)]
         config: PathBuf,
