@@ -425,17 +425,21 @@ fn markdown(doc: &Value) -> String {
         );
     }
     s += "\nPer-packet cost of the overlay program (BPF_PROG_TEST_RUN, mean over the repeats), and the policy compiler:\n\n";
-    s += "| rules + resources | established | new flow | denied | policy entries | compile | install (both slots) |\n|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| rules + resources | peers | established | new flow | denied | policy entries | compile | install (both slots) | one-rule change |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for c in doc["per_packet_cost"].as_array().into_iter().flatten() {
+        let ms = |k: &str| c[k].as_f64().unwrap_or(0.0);
         s += &format!(
-            "| {} | {:.0} ns | {:.0} ns | {:.0} ns | {} | {:.0} ms | {:.0} ms |\n",
+            "| {} | {} | {:.0} ns | {:.0} ns | {:.0} ns | {} | {:.0} ms | {:.0} ms | {:.0} ms ({} entries written) |\n",
             c["rules"],
-            c["established_ns"].as_f64().unwrap_or(0.0),
-            c["new_flow_ns"].as_f64().unwrap_or(0.0),
-            c["denied_ns"].as_f64().unwrap_or(0.0),
+            c["peers"],
+            ms("established_ns"),
+            ms("new_flow_ns"),
+            ms("denied_ns"),
             c["policy_entries"],
-            c["compile_ms"].as_f64().unwrap_or(0.0),
-            c["install_ms"].as_f64().unwrap_or(0.0),
+            ms("compile_ms"),
+            ms("install_ms"),
+            ms("one_rule_change_ms"),
+            c["one_rule_change_entries"],
         );
     }
     s
