@@ -404,7 +404,7 @@ fn lan_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
     let Some(cfg) = config::current() else {
         return Ok(xdp_action::XDP_PASS);
     };
-    if nat::is_icmpv4_error(pkt) {
+    if nat::is_icmp_error(pkt) {
         return Ok(xdp_action::XDP_PASS); // TC translates them, skb checksums and all
     }
     // SAFETY: plain helper call.
@@ -442,7 +442,7 @@ fn lan_tc(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    if nat::is_icmpv4_error(pkt) {
+    if nat::is_icmp_error(pkt) {
         return lan_icmp_error(ctx, pkt, &cfg, now);
     }
     let Some(reply) = lan_classify(pkt, &cfg, now)? else {
@@ -461,9 +461,10 @@ fn lan_tc(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
     Ok(forward::redirect_to(&route, pkt.ipv6))
 }
 
-/// An ICMPv4 error about one of our masqueraded flows (fragmentation needed,
-/// for path-MTU discovery through the tunnel; unreachable; time exceeded)
-/// goes back to the peer, translated (RFC 5508). Others are the kernel's.
+/// An ICMP error about one of our masqueraded flows (fragmentation needed or
+/// packet too big, for path-MTU discovery through the tunnel; unreachable;
+/// time exceeded) goes back to the peer, translated (RFC 5508). Others are
+/// the kernel's, unless they head for the overlay quoting no tracked flow.
 #[inline(always)]
 fn lan_icmp_error(
     ctx: &TcContext,
@@ -474,28 +475,29 @@ fn lan_icmp_error(
     let Some(q) = nat::quoted(ctx, pkt) else {
         return Ok(TC_ACT_OK);
     };
+    let family = forward::family(pkt.ipv6);
     let external = NatEndpoint {
-        addr: [q.src, 0, 0, 0],
+        addr: q.src,
         port: q.sport,
         proto: q.proto,
-        family: AF_INET as u8,
+        family: family as u8,
     };
     let Some(peer) = nat::reverse(&external) else {
         // Not masqueraded: it must quote a tracked flow of the peer it is
         // addressed to, or it is LAN-initiated traffic toward the overlay.
         let quoted_flow = CtKey {
-            peer: [q.src, 0, 0, 0],
-            remote: [q.dst, 0, 0, 0],
+            peer: q.src,
+            remote: q.dst,
             peer_port: q.sport,
             remote_port: q.dport,
             proto: q.proto,
-            family: AF_INET as u8,
+            family: family as u8,
             _pad: [0; 2],
         };
         let to_peer = policy::peer(
             cfg.active_slot,
             &AddrKey {
-                family: AF_INET,
+                family,
                 addr: pkt.dst,
             },
         )
@@ -507,11 +509,11 @@ fn lan_icmp_error(
     };
     let key = CtKey {
         peer: peer.addr,
-        remote: [q.dst, 0, 0, 0],
+        remote: q.dst,
         peer_port: peer.port,
         remote_port: q.dport,
         proto: q.proto,
-        family: AF_INET as u8,
+        family: family as u8,
         _pad: [0; 2],
     };
     let Some(entry) = conntrack::lookup(&key, now, cfg) else {
@@ -520,7 +522,7 @@ fn lan_icmp_error(
     // SAFETY: map value pointer, valid for this run.
     let resource_id = unsafe { (*entry).resource_id };
     counters::count_resource(resource_id, ResourceEvent::Reply, pkt.l3_len);
-    nat::translate_icmp_error(ctx, pkt, &q, peer.addr[0], peer.port)
+    nat::translate_icmp_error(ctx, pkt, &q, peer.addr, peer.port)
         .map_err(|_| DropReason::Malformed)?;
     if pkt.ttl <= 1 {
         return Ok(TC_ACT_OK);
@@ -535,7 +537,7 @@ fn lan_icmp_error(
         return Ok(TC_ACT_OK);
     };
     forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
-    Ok(forward::redirect_to(&route, false))
+    Ok(forward::redirect_to(&route, pkt.ipv6))
 }
 
 #[inline(always)]

@@ -183,53 +183,89 @@ pub fn clamp_mss<C: Mangle>(ctx: &C, pkt: &Packet, clamp: u16) -> Result<(), ()>
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROB: u8 = 12;
+/// ICMPv6 errors are types 1 (unreachable), 2 (packet too big), 3 (time
+/// exceeded) and 4 (parameter problem).
+const ICMPV6_ERROR_MAX: u8 = 4;
 
 #[inline(always)]
-pub fn is_icmpv4_error(pkt: &Packet) -> bool {
-    !pkt.ipv6
-        && pkt.proto == IPPROTO_ICMP
-        && matches!(
-            pkt.icmp_type,
-            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROB
-        )
+pub fn is_icmp_error(pkt: &Packet) -> bool {
+    if pkt.ipv6 {
+        pkt.proto == IPPROTO_ICMPV6 && (1..=ICMPV6_ERROR_MAX).contains(&pkt.icmp_type)
+    } else {
+        pkt.proto == IPPROTO_ICMP
+            && matches!(
+                pkt.icmp_type,
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROB
+            )
+    }
 }
 
-/// The packet an ICMPv4 error quotes: the one we sent, from the masquerade
+/// The packet an ICMP error quotes: the one we sent, from the masquerade
 /// endpoint to the remote.
 pub struct Quoted {
     pub inner_ip: usize,
+    /// Where the quoted transport header starts.
+    pub inner_l4: usize,
     pub proto: u8,
-    pub src: u32,
-    pub dst: u32,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
     /// Host order; the echo identifier for ICMP.
     pub sport: u16,
     pub dport: u16,
 }
 
 #[inline(always)]
+fn load_addr<C: Mangle>(ctx: &C, at: usize, v6: bool) -> Option<[u32; 4]> {
+    if !v6 {
+        return Some([ctx.load_u32(at).ok()?, 0, 0, 0]);
+    }
+    Some([
+        ctx.load_u32(at).ok()?,
+        ctx.load_u32(at + 4).ok()?,
+        ctx.load_u32(at + 8).ok()?,
+        ctx.load_u32(at + 12).ok()?,
+    ])
+}
+
+#[inline(always)]
 pub fn quoted<C: Mangle>(ctx: &C, pkt: &Packet) -> Option<Quoted> {
     let inner_ip = pkt.l4_offset + 8;
-    let w0 = ctx.load_u32(inner_ip).ok()?.to_ne_bytes();
-    if w0[0] != 0x45 {
-        return None; // options in the quoted header: not ours to translate
-    }
-    let proto = ctx.load_u32(inner_ip + 8).ok()?.to_ne_bytes()[1];
-    let src = ctx.load_u32(inner_ip + 12).ok()?;
-    let dst = ctx.load_u32(inner_ip + 16).ok()?;
-    let ports = ctx.load_u32(inner_ip + 20).ok()?.to_ne_bytes();
+    let (proto, src, dst, inner_l4) = if pkt.ipv6 {
+        // No extension headers in the quoted packet: ours never has any.
+        let proto = ctx.load_u32(inner_ip + 4).ok()?.to_ne_bytes()[2];
+        (
+            proto,
+            load_addr(ctx, inner_ip + 8, true)?,
+            load_addr(ctx, inner_ip + 24, true)?,
+            inner_ip + 40,
+        )
+    } else {
+        if ctx.load_u32(inner_ip).ok()?.to_ne_bytes()[0] != 0x45 {
+            return None; // options in the quoted header: not ours
+        }
+        let proto = ctx.load_u32(inner_ip + 8).ok()?.to_ne_bytes()[1];
+        (
+            proto,
+            load_addr(ctx, inner_ip + 12, false)?,
+            load_addr(ctx, inner_ip + 16, false)?,
+            inner_ip + 20,
+        )
+    };
+    let ports = ctx.load_u32(inner_l4).ok()?.to_ne_bytes();
     let (sport, dport) = match proto {
         IPPROTO_TCP | IPPROTO_UDP => (
             u16::from_be_bytes([ports[0], ports[1]]),
             u16::from_be_bytes([ports[2], ports[3]]),
         ),
-        IPPROTO_ICMP => {
-            let id = ctx.load_u32(inner_ip + 24).ok()?.to_ne_bytes();
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let id = ctx.load_u32(inner_l4 + 4).ok()?.to_ne_bytes();
             (u16::from_be_bytes([id[0], id[1]]), 0)
         }
         _ => return None,
     };
     Some(Quoted {
         inner_ip,
+        inner_l4,
         proto,
         src,
         dst,
@@ -238,43 +274,57 @@ pub fn quoted<C: Mangle>(ctx: &C, pkt: &Packet) -> Option<Quoted> {
     })
 }
 
-/// RFC 5508: rewrites an ICMPv4 error about a masqueraded flow back to the
+/// RFC 5508: rewrites an ICMP error about a masqueraded flow back to the
 /// peer: the outer destination, and the quoted packet's source address and
-/// port, with the quoted IP checksum and the ICMP checksum kept exact.
+/// port, keeping the quoted IPv4 checksum and the ICMP checksum exact
+/// (ICMPv6's covers the pseudo-header, so the outer address counts there).
 #[inline(always)]
 pub fn translate_icmp_error<C: Mangle>(
     ctx: &C,
     pkt: &Packet,
     q: &Quoted,
-    peer_addr: u32,
+    peer_addr: [u32; 4],
     peer_port: u16,
 ) -> Result<(), ()> {
     let icmp_csum = pkt.l4_offset + 2;
-    // Outer destination: IP checksum only (ICMPv4 has no pseudo-header).
-    ctx.store_u32(pkt.l3_offset + 16, peer_addr)?;
-    ctx.l3_csum(pkt.l3_offset + 10, pkt.dst[0], peer_addr, 4)?;
-    // Quoted source address, its header checksum, and the ICMP checksum
-    // over both changes.
-    let inner_csum_at = q.inner_ip + 10;
-    let old_inner_csum = ctx.load_u32(inner_csum_at)?.to_ne_bytes();
-    let old_inner_csum = u16::from_ne_bytes([old_inner_csum[0], old_inner_csum[1]]);
-    ctx.store_u32(q.inner_ip + 12, peer_addr)?;
-    ctx.l4_csum(icmp_csum, q.src, peer_addr, 4, false, false)?;
-    let new_inner_csum = crate::ctx::csum_update(old_inner_csum, q.src, peer_addr, 4);
-    ctx.store_u16(inner_csum_at, new_inner_csum)?;
-    ctx.l4_csum(
-        icmp_csum,
-        old_inner_csum as u32,
-        new_inner_csum as u32,
-        2,
-        false,
-        false,
-    )?;
+    if pkt.ipv6 {
+        for i in 0..4 {
+            if pkt.dst[i] != peer_addr[i] {
+                ctx.store_u32(pkt.l3_offset + 24 + 4 * i, peer_addr[i])?;
+                ctx.l4_csum(icmp_csum, pkt.dst[i], peer_addr[i], 4, true, false)?;
+            }
+            if q.src[i] != peer_addr[i] {
+                ctx.store_u32(q.inner_ip + 8 + 4 * i, peer_addr[i])?;
+                ctx.l4_csum(icmp_csum, q.src[i], peer_addr[i], 4, false, false)?;
+            }
+        }
+    } else {
+        // Outer destination: IP checksum only (ICMPv4 has no pseudo-header).
+        ctx.store_u32(pkt.l3_offset + 16, peer_addr[0])?;
+        ctx.l3_csum(pkt.l3_offset + 10, pkt.dst[0], peer_addr[0], 4)?;
+        // Quoted source address and its header checksum, and the ICMP
+        // checksum over both changes.
+        let inner_csum_at = q.inner_ip + 10;
+        let old = ctx.load_u32(inner_csum_at)?.to_ne_bytes();
+        let old_inner_csum = u16::from_ne_bytes([old[0], old[1]]);
+        ctx.store_u32(q.inner_ip + 12, peer_addr[0])?;
+        ctx.l4_csum(icmp_csum, q.src[0], peer_addr[0], 4, false, false)?;
+        let new_inner_csum = crate::ctx::csum_update(old_inner_csum, q.src[0], peer_addr[0], 4);
+        ctx.store_u16(inner_csum_at, new_inner_csum)?;
+        ctx.l4_csum(
+            icmp_csum,
+            old_inner_csum as u32,
+            new_inner_csum as u32,
+            2,
+            false,
+            false,
+        )?;
+    }
     if peer_port != q.sport {
-        let at = if q.proto == IPPROTO_ICMP {
-            q.inner_ip + 24
+        let at = if matches!(q.proto, IPPROTO_ICMP | IPPROTO_ICMPV6) {
+            q.inner_l4 + 4
         } else {
-            q.inner_ip + 20
+            q.inner_l4
         };
         ctx.store_u16(at, peer_port.to_be())?;
         ctx.l4_csum(

@@ -298,6 +298,15 @@ fn checked(frame: &[u8]) -> (IpAddr, IpAddr, u16, u16) {
             };
             (id, id)
         }
+        (TransportSlice::Icmpv6(i), Some(NetSlice::Ipv6(ip))) => {
+            let h = i.header();
+            let want = h
+                .icmp_type
+                .calc_checksum(ip.header().source(), ip.header().destination(), i.payload())
+                .unwrap();
+            assert_eq!(h.checksum, want, "ICMPv6 checksum");
+            (0, 0)
+        }
         other => panic!("unexpected transport {other:?}"),
     };
     (src, dst, sport, dport)
@@ -508,6 +517,46 @@ fn icmp_errors_about_masqueraded_flows_are_translated_back() {
         let mut stray = error.clone();
         stray[ETH_LEN + 28 + 20] ^= 0xff; // another source port
         assert_eq!(dp.lan_tc(&stray).0, TC_ACT_OK);
+    });
+}
+
+#[test]
+fn icmpv6_packet_too_big_reaches_the_peer() {
+    in_netns(|| {
+        let mut dp = Dp::new(&base_config("", true));
+        let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let (alice6, wiki6, rp6) = (
+            v6("2001:db8:100::2"),
+            v6("2001:db8:1::5"),
+            v6("2001:db8:1::1"),
+        );
+        let mut syn = Vec::new();
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv6(alice6, wiki6, 64)
+            .tcp(41000, 443, 1, 65535)
+            .syn()
+            .write(&mut syn, &[])
+            .unwrap();
+        assert_eq!(dp.overlay(&syn).0, TC_ACT_REDIRECT);
+        let mut quoted = Vec::new();
+        PacketBuilder::ipv6(rp6, wiki6, 63)
+            .tcp(41000, 443, 1, 65535)
+            .syn()
+            .write(&mut quoted, &[])
+            .unwrap();
+        quoted.truncate(48);
+        let mut error = Vec::new();
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv6(v6("2001:db8:1::fe"), rp6, 64)
+            .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+            .write(&mut error, &quoted)
+            .unwrap();
+        let (verdict, out) = dp.lan_tc(&error);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let (_, dst, _, _) = checked(&out); // ICMPv6 checksum over the new pseudo-header
+        assert_eq!(dst, IpAddr::from(alice6));
+        let inner = etherparse::Ipv6HeaderSlice::from_slice(&out[ETH_LEN + 48..]).unwrap();
+        assert_eq!(inner.source(), alice6, "quoted source translated");
     });
 }
 
