@@ -29,7 +29,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use routing_peer_common::{
-    AddrKey, CtEntry, CtKey, DatapathConfig, DropReason, Hook, NatEndpoint, PeerValue, AF_INET,
+    AddrKey, CtEntry, CtKey, DatapathConfig, DropReason, Hook, NatEndpoint, PeerValue,
     CT_FLAG_MASQUERADE, DEST_MASQUERADE, DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
     IPPROTO_UDP, TCP_SYN,
 };

@@ -288,14 +288,14 @@ pub fn translate_icmp_error<C: Mangle>(
 ) -> Result<(), ()> {
     let icmp_csum = pkt.l4_offset + 2;
     if pkt.ipv6 {
-        for i in 0..4 {
-            if pkt.dst[i] != peer_addr[i] {
-                ctx.store_u32(pkt.l3_offset + 24 + 4 * i, peer_addr[i])?;
-                ctx.l4_csum(icmp_csum, pkt.dst[i], peer_addr[i], 4, true, false)?;
+        for (i, &word) in peer_addr.iter().enumerate() {
+            if pkt.dst[i] != word {
+                ctx.store_u32(pkt.l3_offset + 24 + 4 * i, word)?;
+                ctx.l4_csum(icmp_csum, pkt.dst[i], word, 4, true, false)?;
             }
-            if q.src[i] != peer_addr[i] {
-                ctx.store_u32(q.inner_ip + 8 + 4 * i, peer_addr[i])?;
-                ctx.l4_csum(icmp_csum, q.src[i], peer_addr[i], 4, false, false)?;
+            if q.src[i] != word {
+                ctx.store_u32(q.inner_ip + 8 + 4 * i, word)?;
+                ctx.l4_csum(icmp_csum, q.src[i], word, 4, false, false)?;
             }
         }
     } else {
