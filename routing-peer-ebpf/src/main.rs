@@ -449,12 +449,23 @@ fn lan_tc(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     };
     let translated = lan_translate(ctx, pkt, &reply, now)?;
+    tc_send_to_overlay(ctx, pkt, &translated)
+}
+
+/// TC on the LAN: hands a translated reply to the overlay without the IP
+/// stack; an expiring TTL or an unknown route goes to the kernel.
+#[inline(always)]
+fn tc_send_to_overlay(
+    ctx: &TcContext,
+    pkt: &Packet,
+    translated: &Packet,
+) -> Result<i32, DropReason> {
     if pkt.ttl <= 1 {
         return Ok(TC_ACT_OK);
     }
     // SAFETY: reading the skb's ingress ifindex.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(route) = forward::lookup(ctx, &translated, ifindex, true) else {
+    let Some(route) = forward::lookup(ctx, translated, ifindex, true) else {
         return Ok(TC_ACT_OK);
     };
     forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
@@ -524,20 +535,11 @@ fn lan_icmp_error(
     counters::count_resource(resource_id, ResourceEvent::Reply, pkt.l3_len);
     nat::translate_icmp_error(ctx, pkt, &q, peer.addr, peer.port)
         .map_err(|_| DropReason::Malformed)?;
-    if pkt.ttl <= 1 {
-        return Ok(TC_ACT_OK);
-    }
     let translated = Packet {
         dst: peer.addr,
         ..*pkt
     };
-    // SAFETY: reading the skb's ingress ifindex.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(route) = forward::lookup(ctx, &translated, ifindex, true) else {
-        return Ok(TC_ACT_OK);
-    };
-    forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
-    Ok(forward::redirect_to(&route, pkt.ipv6))
+    tc_send_to_overlay(ctx, pkt, &translated)
 }
 
 #[inline(always)]
