@@ -187,7 +187,16 @@ pub fn run(quick: bool) -> Result<()> {
             }));
         }
     }
-    bench.report(&costs, &results, quick, started.elapsed().as_secs_f64())
+    step("goodput: iperf3 through userspace WireGuard, routing-peer vs nftables, interleaved");
+    let goodput = crate::goodput::measure(if quick { 3 } else { 5 }, if quick { 3 } else { 5 })?;
+    eprintln!("  {goodput}");
+    bench.report(
+        &costs,
+        &results,
+        &goodput,
+        quick,
+        started.elapsed().as_secs_f64(),
+    )
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -354,7 +363,14 @@ impl Bench {
         Ok(received as f64 / secs / 1e6)
     }
 
-    fn report(&self, costs: &[Value], results: &[Value], quick: bool, elapsed: f64) -> Result<()> {
+    fn report(
+        &self,
+        costs: &[Value],
+        results: &[Value],
+        goodput: &Value,
+        quick: bool,
+        elapsed: f64,
+    ) -> Result<()> {
         let date = output(Command::new("date").args(["-u", "+%Y-%m-%dT%H%M%SZ"]))?
             .trim()
             .to_string();
@@ -375,7 +391,7 @@ impl Bench {
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "versions": { "routing-peer": env!("CARGO_PKG_VERSION"), "aya": "0.14.0", "nftables": nft },
             "seconds_per_sample": self.seconds, "elapsed_seconds": elapsed,
-            "per_packet_cost": costs, "throughput": results,
+            "per_packet_cost": costs, "throughput": results, "goodput": goodput,
         });
         let dir = util::workspace_root().join("bench-results");
         std::fs::create_dir_all(&dir)?;
@@ -424,6 +440,14 @@ fn markdown(doc: &Value) -> String {
             100.0 * r["ratio_to_xdp_redirect"].as_f64().unwrap_or(0.0),
         );
     }
+    let g = &doc["goodput"];
+    s += &format!(
+        "\nTCP goodput end to end through userspace WireGuard (wireguard-go on both ends, iperf3, {} s runs, interleaved, medians): routing-peer {:.2} Gbit/s, the nftables path {:.2} Gbit/s ({:.2}×). Both modes share the same wireguard-go, so the small gap bounds what the forwarding path costs there; no CPU profile was taken.\n\n",
+        g["seconds"],
+        g["routing_peer_gbps"].as_f64().unwrap_or(0.0),
+        g["nftables_gbps"].as_f64().unwrap_or(0.0),
+        g["ratio"].as_f64().unwrap_or(0.0),
+    );
     s += "\nPer-packet cost of the overlay program (BPF_PROG_TEST_RUN, mean over the repeats), and the policy compiler:\n\n";
     s += "| rules + resources | peers | established | new flow | denied | policy entries | compile | install (both slots) | one-rule change |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for c in doc["per_packet_cost"].as_array().into_iter().flatten() {

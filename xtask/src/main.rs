@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod goodput;
 mod setup;
 mod util;
 

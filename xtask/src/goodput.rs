@@ -1,0 +1,128 @@
+//! TCP goodput end to end through userspace WireGuard (wireguard-go), with
+//! iperf3: the office walkthrough's topology, once with routing-peer's data
+//! path and once with the Linux path NetBird uses (kernel forwarding,
+//! nftables, masquerade), interleaved.
+
+use std::{process::Command, time::Duration};
+
+use anyhow::{Context, Result};
+use routing_peer_e2e::{
+    office::{Office, WIKI},
+    wait_for, Daemon,
+};
+use serde_json::{json, Value};
+
+use crate::util::{output, run_cmd};
+
+const IPERF_POLICY: &str = r#"
+[[policies]]
+name = "Development iperf3"
+sources = ["Development"]
+destinations = ["Internal Apps"]
+protocol = "tcp"
+ports = [5201]
+"#;
+
+/// Median Gbit/s per mode over `repeats` interleaved runs of `seconds` each.
+pub fn measure(repeats: usize, seconds: u32) -> Result<Value> {
+    let mut rp = Vec::new();
+    let mut nft = Vec::new();
+    for _ in 0..repeats {
+        rp.push(run_once(true, seconds)?);
+        nft.push(run_once(false, seconds)?);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (m_rp, m_nft) = (median(&mut rp.clone()), median(&mut nft.clone()));
+    Ok(json!({
+        "seconds": seconds,
+        "routing_peer_gbps": m_rp, "routing_peer_samples": rp,
+        "nftables_gbps": m_nft, "nftables_samples": nft,
+        "ratio": m_rp / m_nft,
+    }))
+}
+
+fn run_once(with_routing_peer: bool, seconds: u32) -> Result<f64> {
+    let mut office = Office::new()?;
+    let config = office.write_config(IPERF_POLICY)?;
+    let iperf_server = office
+        .lan
+        .cmd("iperf3")
+        .args(["-s", "-B", WIKI, "-1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("iperf3 (cargo xtask setup installs it)")?;
+    let _daemon = if with_routing_peer {
+        Some(Daemon::start(&office.router, &config, &[])?)
+    } else {
+        // The same WireGuard, configured as NetBird's Linux peer would be,
+        // and the kernel's forwarding path with nftables doing the policy.
+        let wg = office.wg_iface.clone();
+        office.router.sh(&format!(
+            "wireguard-go {wg} && wg set {wg} private-key {key} listen-port 51820 \
+               peer {laptop} allowed-ips 100.64.0.2/32 && \
+             ip addr add 100.64.0.1/10 dev {wg} && ip link set {wg} mtu 1280 up && \
+             sysctl -qw net.ipv4.ip_forward=1",
+            key = office.router_key_file.display(),
+            laptop = office.laptop.public_key,
+        ))?;
+        let ruleset = office.dir.path().join("nft.conf");
+        std::fs::write(&ruleset, nft_ruleset(&wg))?;
+        run_cmd(
+            office
+                .router
+                .cmd("nft")
+                .args(["-f", ruleset.to_str().unwrap()]),
+        )?;
+        None
+    };
+    let key = office.router_public_key.clone();
+    office.laptop.connect(&key)?;
+    wait_for(Duration::from_secs(15), || {
+        Ok(office
+            .laptop
+            .tcp(&format!("{WIKI}:443"), Duration::from_millis(1500))
+            .ok())
+    })?;
+    let out = output(office.laptop.ns.cmd("iperf3").args([
+        "-c",
+        WIKI,
+        "-t",
+        &seconds.to_string(),
+        "-J",
+    ]))?;
+    drop(iperf_server);
+    let v: Value = serde_json::from_str(&out)?;
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 reported no goodput")?;
+    if !with_routing_peer {
+        let _ = office.router.ip(&format!("link del {}", office.wg_iface));
+    }
+    let _ = Command::new("true").status();
+    Ok(bps / 1e9)
+}
+
+fn nft_ruleset(wg: &str) -> String {
+    format!(
+        r#"table inet rptgoodput {{
+  chain prerouting {{
+    type filter hook prerouting priority -150; policy accept;
+    iifname "{wg}" ct state new meta mark set 0x1bd00
+  }}
+  chain forward {{
+    type filter hook forward priority 0; policy accept;
+    ct state established,related accept
+    ip saddr 100.64.0.2 ip daddr 198.51.100.5 tcp dport {{ 443, 5201 }} accept
+    iifname "{wg}" drop
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority 100; policy accept;
+    meta mark 0x1bd00 masquerade
+  }}
+}}
+"#
+    )
+}
