@@ -283,6 +283,8 @@ fn a_udp_exchange_shows_exactly_its_counts_in_flows_stats_and_metrics() -> Resul
         "{wiki}"
     );
     assert_eq!(wiki["new_flows"], 1);
+    // conntrack.max_flows from the configuration sizes the table.
+    assert_eq!(stats["conntrack_capacity"], 131072);
 
     // Peer status refreshes every second.
     wait_for(Duration::from_secs(5), || {

@@ -462,6 +462,15 @@ pub fn validate(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
             "needs at least one LAN interface, e.g. `[\"eth0\"]`",
         );
     }
+    if config.conntrack.max_flows < 1024 {
+        r.error(
+            "conntrack.max_flows",
+            format!(
+                "{} is too small for a gateway; use at least 1024",
+                config.conntrack.max_flows
+            ),
+        );
+    }
     if rp.mtu < 1280 {
         r.error(
             "routing_peer.mtu",

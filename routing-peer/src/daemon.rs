@@ -155,8 +155,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     )?;
 
     let adopting = pins.exists();
-    let mut ebpf = datapath::load(Some(&pins), datapath::log_level_for(opts.verbose_datapath))
-        .context("loading the data path")?;
+    let sizes = [(map_names::CONNTRACK, config.conntrack.max_flows)];
+    let mut ebpf = datapath::load(
+        Some(&pins),
+        datapath::log_level_for(opts.verbose_datapath),
+        &sizes,
+    )
+    .context("loading the data path")?;
     let mut policy = if adopting {
         info!(pins = %pins.root().display(), "adopting the pinned data path");
         PolicyState::adopt(&mut ebpf)?

@@ -107,7 +107,7 @@ pub fn run(quick: bool) -> Result<()> {
     }
 
     step("throughput: generator → device under test → sink, modes interleaved");
-    let bench = Bench::new(bin_dir, if quick { 1.5 } else { 3.0 })?;
+    let bench = Bench::new(bin_dir, if quick { 1.3 } else { 3.0 })?;
     let repeats = 5;
     let scenarios: Vec<Scenario> = if quick {
         vec![
@@ -188,7 +188,7 @@ pub fn run(quick: bool) -> Result<()> {
         }
     }
     step("goodput: iperf3 through userspace WireGuard, routing-peer vs nftables, interleaved");
-    let goodput = crate::goodput::measure(if quick { 3 } else { 5 }, if quick { 3 } else { 5 })?;
+    let goodput = crate::goodput::measure(if quick { 3 } else { 5 }, if quick { 2 } else { 5 })?;
     eprintln!("  {goodput}");
     bench.report(
         &costs,

@@ -206,7 +206,7 @@ fn attach(iface: &str, program: &str, pin: &std::path::Path) -> Result<()> {
 
 /// Runs inside a namespace with ov0 (100.64.0.1/10) and lan0 (198.51.100.1/24) veths.
 fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
-    let mut ebpf = datapath::load(None, datapath::log_level_for(false))?;
+    let mut ebpf = datapath::load(None, datapath::log_level_for(false), &[])?;
     let tc: &mut SchedClassifier = ebpf
         .program_mut(program_names::OVERLAY_L2)
         .unwrap()

@@ -150,9 +150,14 @@ pub fn log_level_for(verbose: bool) -> u8 {
 /// Loads the object. With `pins`, persistent maps are adopted from (or
 /// created at) their pin paths; without, every map is private, as the packet
 /// tests want.
-pub fn load(pins: Option<&PinDir>, log_level: u8) -> Result<Ebpf> {
+/// `sizes` overrides maps' capacities (conntrack, from the configuration);
+/// an adopted pinned map keeps the size it was created with.
+pub fn load(pins: Option<&PinDir>, log_level: u8, sizes: &[(&'static str, u32)]) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader.override_global(aya_log::LEVEL, &log_level, true);
+    for (name, size) in sizes {
+        loader.map_max_entries(name, *size);
+    }
     let paths: Vec<(&str, PathBuf)> = match pins {
         Some(pins) => {
             pins.create()?;

@@ -110,7 +110,7 @@ struct Dp {
 
 impl Dp {
     fn new(config_text: &str) -> Self {
-        let mut ebpf = datapath::load(None, datapath::log_level_for(false)).expect("load");
+        let mut ebpf = datapath::load(None, datapath::log_level_for(false), &[]).expect("load");
         for name in [
             program_names::OVERLAY_L2,
             program_names::OVERLAY_L3,
