@@ -251,6 +251,20 @@ pub struct NatEndpoint {
     pub family: u8,
 }
 
+/// Conntrack events the kernel counts. LRU evictions are not reported by
+/// the kernel, so they are derived: inserts − removals − GC deletions − live
+/// entries.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtEvent {
+    Inserts = 0,
+    Removals = 1,
+}
+
+impl CtEvent {
+    pub const COUNT: u32 = 2;
+}
+
 /// Per-resource counters, per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -341,9 +355,13 @@ pub mod map_names {
     pub const NAT_REV: &str = "NAT_REV";
     pub const XDP_REDIRECT_IFACES: &str = "XDP_REDIRECT_IFACES";
     pub const L3_IFACES: &str = "L3_IFACES";
+    /// Per-CPU conntrack event counters, indexed by `CtEvent`.
+    pub const CT_EVENTS: &str = "CT_EVENTS";
+    /// Entries the daemon's GC deleted (one slot, written by user space).
+    pub const CT_GC: &str = "CT_GC";
 
     /// Every map that holds state worth keeping across a daemon restart.
-    pub const PERSISTENT: [&str; 15] = [
+    pub const PERSISTENT: [&str; 17] = [
         HOOK_STATS,
         DROP_STATS,
         RESOURCE_STATS,
@@ -359,6 +377,8 @@ pub mod map_names {
         NAT_REV,
         XDP_REDIRECT_IFACES,
         L3_IFACES,
+        CT_EVENTS,
+        CT_GC,
     ];
 }
 

@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
 };
 use routing_peer_common::{
-    CtEntry, CtKey, DatapathConfig, CT_ICMP, CT_OTHER, CT_TCP_CLOSING, CT_TCP_ESTABLISHED,
+    CtEntry, CtEvent, CtKey, DatapathConfig, CT_ICMP, CT_OTHER, CT_TCP_CLOSING, CT_TCP_ESTABLISHED,
     CT_TCP_RESET, CT_TCP_SYN_SENT, CT_UDP_REPLIED, CT_UDP_UNREPLIED, IPPROTO_ICMP, IPPROTO_ICMPV6,
     IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
@@ -17,6 +17,20 @@ const MAX_FLOWS: u32 = 262144;
 
 #[map]
 static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map]
+static CT_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CtEvent::COUNT, 0);
+/// Written by the daemon's GC; declared here so it is pinned with the rest.
+#[map]
+static CT_GC: aya_ebpf::maps::Array<u64> = aya_ebpf::maps::Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn count_event(event: CtEvent) {
+    if let Some(c) = CT_EVENTS.get_ptr_mut(event as u32) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+}
 
 /// Where a new entry is assembled: an 88-byte struct on the 512-byte BPF
 /// stack does not fit beside everything else the fast path holds.
@@ -63,14 +77,18 @@ pub fn lookup(key: &CtKey, now: u64, cfg: &DatapathConfig) -> Option<*mut CtEntr
 #[inline(always)]
 pub fn create(key: &CtKey, entry: &CtEntry) -> Option<*mut CtEntry> {
     // An expired entry may still sit under this key: replace it.
-    let _ = CONNTRACK.remove(key);
-    let _ = CONNTRACK.insert(key, entry, BPF_NOEXIST as u64);
+    remove(key);
+    if CONNTRACK.insert(key, entry, BPF_NOEXIST as u64).is_ok() {
+        count_event(CtEvent::Inserts);
+    }
     CONNTRACK.get_ptr_mut(key)
 }
 
 #[inline(always)]
 pub fn remove(key: &CtKey) {
-    let _ = CONNTRACK.remove(key);
+    if CONNTRACK.remove(key).is_ok() {
+        count_event(CtEvent::Removals);
+    }
 }
 
 #[inline(always)]

@@ -306,6 +306,8 @@ pub struct StatsReport {
     pub resources: Vec<ResourceStats>,
     pub conntrack_entries: u64,
     pub conntrack_capacity: u32,
+    /// Entries the LRU table evicted to make room (derived; see `CtAccounting`).
+    pub conntrack_evictions: u64,
 }
 
 pub fn read_stats(pins: &PinDir, names: &Names) -> Result<StatsReport> {
@@ -334,12 +336,16 @@ pub fn read_stats(pins: &PinDir, names: &Names) -> Result<StatsReport> {
     let capacity = aya::maps::MapInfo::from_id(ct.info()?.id())
         .map(|i| i.max_entries())
         .unwrap_or(0);
+    let events = Map::PerCpuArray(open_pinned(pins, map_names::CT_EVENTS)?);
+    let gc = Map::Array(open_pinned(pins, map_names::CT_GC)?);
+    let accounting = stats::ct_accounting(&events, &gc, flows.len() as u64)?;
     Ok(StatsReport {
         hooks: snapshot.hooks,
         drops: snapshot.drops,
         resources,
         conntrack_entries: flows.len() as u64,
         conntrack_capacity: capacity,
+        conntrack_evictions: accounting.evictions,
     })
 }
 
@@ -404,8 +410,8 @@ pub fn print_stats(report: &StatsReport, rates: Option<&HashMap<String, (f64, f6
     }
     print_table(&rows);
     println!(
-        "\nconntrack: {} / {} entries",
-        report.conntrack_entries, report.conntrack_capacity
+        "\nconntrack: {} / {} entries, {} evicted (LRU)",
+        report.conntrack_entries, report.conntrack_capacity, report.conntrack_evictions
     );
 }
 

@@ -122,6 +122,12 @@ pub fn render(pins: &PinDir, status: &SharedStatus) -> Result<String> {
         "Conntrack capacity.",
         i64::from(stats.conntrack_capacity),
     )?;
+    let evictions = prometheus::IntCounter::new(
+        "routing_peer_conntrack_evictions_total",
+        "Conntrack entries evicted by the LRU to make room.",
+    )?;
+    evictions.inc_by(stats.conntrack_evictions);
+    r.register(Box::new(evictions))?;
     if let Some((used, cap)) = cli::occupancy(pins, map_names::NAT_FWD) {
         gauge(
             &r,

@@ -1,7 +1,7 @@
 //! Reading the per-CPU counters, from a live `Ebpf` or from the pins.
 
 use aya::maps::{Map, MapData, PerCpuArray};
-use routing_peer_common::{map_names, DropReason, Hook, PacketCounter};
+use routing_peer_common::{map_names, CtEvent, DropReason, Hook, PacketCounter};
 use serde::Serialize;
 
 use crate::datapath::PinDir;
@@ -124,5 +124,54 @@ fn snapshot<M: std::borrow::Borrow<MapData>>(
             sum_per_cpu(drops, map_names::DROP_STATS, DropReason::COUNT)?,
             DropReason::name,
         ),
+    })
+}
+
+/// Conntrack bookkeeping: the kernel counts inserts and removals, the GC its
+/// deletions; LRU evictions, which the kernel does not report, are what is
+/// left once the live entries are accounted for.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CtAccounting {
+    pub inserts: u64,
+    pub removals: u64,
+    pub gc_deletions: u64,
+    pub evictions: u64,
+}
+
+pub fn ct_accounting(
+    events: &Map,
+    gc: &Map,
+    live_entries: u64,
+) -> Result<CtAccounting, StatsError> {
+    let events =
+        PerCpuArray::<&MapData, u64>::try_from(events).map_err(|source| StatsError::Map {
+            name: map_names::CT_EVENTS,
+            source,
+        })?;
+    let sum = |index: u32| -> Result<u64, StatsError> {
+        Ok(events
+            .get(&index, 0)
+            .map_err(|source| StatsError::Map {
+                name: map_names::CT_EVENTS,
+                source,
+            })?
+            .iter()
+            .sum())
+    };
+    let gc = aya::maps::Array::<&MapData, u64>::try_from(gc)
+        .and_then(|a| a.get(&0, 0))
+        .map_err(|source| StatsError::Map {
+            name: map_names::CT_GC,
+            source,
+        })?;
+    let (inserts, removals) = (
+        sum(CtEvent::Inserts as u32)?,
+        sum(CtEvent::Removals as u32)?,
+    );
+    Ok(CtAccounting {
+        inserts,
+        removals,
+        gc_deletions: gc,
+        evictions: inserts.saturating_sub(removals + gc + live_entries),
     })
 }

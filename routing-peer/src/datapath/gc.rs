@@ -74,6 +74,17 @@ pub fn collect(
             }
         }
     }
+    if stats.flows_expired > 0 {
+        // Counted so that LRU evictions can be derived (see `CtEvent`).
+        let map = ebpf
+            .map_mut(map_names::CT_GC)
+            .ok_or(MapError::InvalidName {
+                name: map_names::CT_GC.into(),
+            })?;
+        let mut gc = aya::maps::Array::<_, u64>::try_from(map)?;
+        let before = gc.get(&0, 0)?;
+        gc.set(0, before + stats.flows_expired as u64, 0)?;
+    }
     let unused: Vec<(NatEndpoint, NatEndpoint)> = {
         let map = ebpf.map(map_names::NAT_FWD).unwrap();
         let fwd = BpfHashMap::<_, NatEndpoint, NatEndpoint>::try_from(map)?;

@@ -110,7 +110,11 @@ struct Dp {
 
 impl Dp {
     fn new(config_text: &str) -> Self {
-        let mut ebpf = datapath::load(None, datapath::log_level_for(false), &[]).expect("load");
+        Self::with_sizes(config_text, &[])
+    }
+
+    fn with_sizes(config_text: &str, sizes: &[(&'static str, u32)]) -> Self {
+        let mut ebpf = datapath::load(None, datapath::log_level_for(false), sizes).expect("load");
         for name in [
             program_names::OVERLAY_L2,
             program_names::OVERLAY_L3,
@@ -598,6 +602,33 @@ fn syn_mss_is_clamped_to_the_overlay_mtu() {
         assert_eq!(mss_of(&out), 1240);
         let (_, out) = dp.overlay(&syn(1200));
         assert_eq!(mss_of(&out), 1200, "a smaller MSS is left alone");
+    });
+}
+
+/// LRU evictions are not reported by the kernel; they are derived from the
+/// counted inserts and removals. A full table evicts, and says how much.
+#[test]
+fn a_full_conntrack_table_evicts_and_the_evictions_are_counted() {
+    in_netns(|| {
+        let extra = "[[policies]]\nname = \"lan-udp\"\nsources = [\"Development\"]\ndestination_resources = [\"office-lan\"]\nprotocol = \"udp\"\n";
+        let mut dp = Dp::with_sizes(&base_config(extra, false), &[(map_names::CONNTRACK, 1024)]);
+        const FLOWS: u16 = 3000;
+        for port in 0..FLOWS {
+            assert_eq!(
+                dp.overlay(&udp(ALICE, OTHER_HOST, 10_000 + port, 53, b"x"))
+                    .0,
+                TC_ACT_REDIRECT
+            );
+        }
+        let live = dp.flows().len() as u64;
+        assert!(live <= 1024, "{live}");
+        let events = dp.ebpf.map(map_names::CT_EVENTS).unwrap();
+        let gc = dp.ebpf.map(map_names::CT_GC).unwrap();
+        let acct = stats::ct_accounting(events, gc, live).unwrap();
+        assert_eq!(acct.inserts, u64::from(FLOWS));
+        assert_eq!(acct.removals, 0);
+        assert_eq!(acct.evictions, u64::from(FLOWS) - live);
+        assert!(acct.evictions >= u64::from(FLOWS) - 1024);
     });
 }
 
