@@ -372,6 +372,18 @@ fn allowed_flow_is_masqueraded_tracked_and_counted() {
         let fin = tcp(ALICE, WIKI, 40000, 443, "F", &[]);
         assert_eq!(dp.overlay(&fin).0, TC_ACT_REDIRECT);
         assert_eq!(dp.flows()[0].1.state, CT_TCP_CLOSING);
+
+        // A TTL about to expire goes to the kernel, which answers time-exceeded.
+        let mut last_hop = Vec::new();
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv4(ALICE, WIKI, 1)
+            .tcp(40001, 443, 1, 65535)
+            .syn()
+            .write(&mut last_hop, &[])
+            .unwrap();
+        let (verdict, out) = dp.overlay(&last_hop);
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(out, last_hop, "untouched: no NAT before the kernel answers");
     });
 }
 
