@@ -115,16 +115,32 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Processes keep a namespace alive after `ip netns del`: stop them
-        // (wireguard-go, servers) first.
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    // SAFETY: plain kill(2).
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
+        // (wireguard-go, dnsmasq, servers) first, politely so that they
+        // clean up (wireguard-go removes its UAPI socket), then for sure.
+        let pids = || -> Vec<i32> {
+            Command::new("ip")
+                .args(["netns", "pids", &self.name])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for signal in [libc::SIGTERM, libc::SIGKILL] {
+            let running = pids();
+            if running.is_empty() {
+                break;
+            }
+            for pid in running {
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(pid, signal) };
+            }
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < deadline && !pids().is_empty() {
+                thread::sleep(Duration::from_millis(20));
             }
         }
         let _ = Command::new("ip")

@@ -222,6 +222,17 @@ impl Drop for Office {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // wireguard-go's UAPI sockets are global, not per namespace: make
+        // sure none outlives the test, however its process ended.
+        for iface in [&self.wg_iface, &self.laptop.iface, &self.sales.iface] {
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{iface}.sock"));
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.iface));
     }
 }
 

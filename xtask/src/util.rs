@@ -97,6 +97,21 @@ pub fn check_no_leftovers() -> Result<()> {
                 .map(|n| format!("bpffs pin /sys/fs/bpf/routing-peer/{n}")),
         );
     }
+    // wireguard-go's UAPI sockets of test interfaces (named <tag><pid>n<k>).
+    if let Ok(entries) = std::fs::read_dir("/var/run/wireguard") {
+        leftovers.extend(
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    let stem = n.trim_end_matches(".sock");
+                    stem.len() > 2
+                        && stem[1..].contains('n')
+                        && stem[1..].chars().all(|c| c.is_ascii_digit() || c == 'n')
+                })
+                .map(|n| format!("wireguard-go socket /var/run/wireguard/{n}")),
+        );
+    }
     if let Ok(tables) = output(Command::new("nft").args(["list", "tables"])) {
         leftovers.extend(
             tables
@@ -108,6 +123,6 @@ pub fn check_no_leftovers() -> Result<()> {
     if !leftovers.is_empty() {
         bail!("tests left state behind:\n  {}", leftovers.join("\n  "));
     }
-    eprintln!("no namespaces, pins or nftables tables left behind");
+    eprintln!("no namespaces, pins, WireGuard sockets or nftables tables left behind");
     Ok(())
 }
