@@ -545,7 +545,7 @@ fn markdown(doc: &Value) -> String {
     }
     let r = &doc["reload_under_load"];
     s += &format!(
-        "\nA reload of {} rules while 64-byte traffic flows: applied in {} (SIGHUP to the new generation: parse, compile, write the standby slot, flip); the slowest 50-ms window of forwarding during it ran at {:.3} Mpps against a median of {:.3} Mpps before.\n",
+        "\nA reload of {} rules while 64-byte traffic flows: applied in {} (SIGHUP to the new generation the daemon reports: read and validate the file, compile, write both slots); the slowest 50-ms window of forwarding during it ran at {:.3} Mpps against a median of {:.3} Mpps before.\n",
         r["rules"],
         r["reload_ms"].as_f64().map(|ms| format!("{ms:.0} ms")).unwrap_or_else(|| "— (no new generation within 10 s)".into()),
         r["min_window_mpps_during"].as_f64().unwrap_or(0.0),
