@@ -214,32 +214,50 @@ pub fn overlay_program_for(iface: &str) -> Result<&'static str> {
     })
 }
 
-/// Attaches a TC program on ingress of `iface` through a pinned TCX link.
-/// An existing pin is updated in place, so there is no window without a program.
-pub fn attach_tc(ebpf: &mut Ebpf, name: &'static str, iface: &str, pins: &PinDir) -> Result<()> {
-    let prog_err = |source| DatapathError::Program { name, source };
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(name)
+/// The program `name`, as its type `P`.
+fn program<'e, P>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut P>
+where
+    &'e mut P: TryFrom<&'e mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
         .ok_or(DatapathError::Program {
             name,
             source: aya::programs::ProgramError::NotLoaded,
         })?
         .try_into()
-        .map_err(prog_err)?;
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+/// The link a previous daemon pinned at `path`, ready to take a new
+/// program in place; `None` when there is none.
+fn pinned_link<L>(path: &Path) -> Result<Option<L>>
+where
+    L: TryFrom<FdLink, Error = LinkError>,
+{
+    let Ok(old) = PinnedLink::from_pin(path) else {
+        return Ok(None);
+    };
+    L::try_from(FdLink::from(old))
+        .map(Some)
+        .map_err(|e| DatapathError::Pin {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
+}
+
+/// Attaches a TC program on ingress of `iface` through a pinned TCX link.
+/// An existing pin is updated in place, so there is no window without a program.
+pub fn attach_tc(ebpf: &mut Ebpf, name: &'static str, iface: &str, pins: &PinDir) -> Result<()> {
+    let prog_err = |source| DatapathError::Program { name, source };
+    let program: &mut SchedClassifier = program(ebpf, name)?;
     program.load().map_err(prog_err)?;
     let pin_path = pins.link(name, iface);
-    let link_id = match PinnedLink::from_pin(&pin_path) {
-        Ok(old) => {
+    let link_id = match pinned_link(&pin_path)? {
+        Some(link) => {
             debug!(iface, name, "replacing the program in the pinned TC link");
-            let link = FdLink::from(old)
-                .try_into()
-                .map_err(|e: LinkError| DatapathError::Pin {
-                    path: pin_path.clone(),
-                    detail: e.to_string(),
-                })?;
             program.attach_to_link(link).map_err(prog_err)?
         }
-        Err(_) => {
+        None => {
             // Older kernels without TCX need the clsact qdisc; harmless when present.
             let _ = tc::qdisc_add_clsact(iface);
             program
@@ -259,27 +277,12 @@ pub fn attach_tc(ebpf: &mut Ebpf, name: &'static str, iface: &str, pins: &PinDir
 /// Attaches an XDP program to `iface` through a pinned link, native mode first.
 pub fn attach_xdp(ebpf: &mut Ebpf, name: &'static str, iface: &str, pins: &PinDir) -> Result<()> {
     let prog_err = |source| DatapathError::Program { name, source };
-    let program: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or(DatapathError::Program {
-            name,
-            source: aya::programs::ProgramError::NotLoaded,
-        })?
-        .try_into()
-        .map_err(prog_err)?;
+    let program: &mut Xdp = program(ebpf, name)?;
     program.load().map_err(prog_err)?;
     let pin_path = pins.link(name, iface);
-    let link_id = match PinnedLink::from_pin(&pin_path) {
-        Ok(old) => {
-            let link = FdLink::from(old)
-                .try_into()
-                .map_err(|e: LinkError| DatapathError::Pin {
-                    path: pin_path.clone(),
-                    detail: e.to_string(),
-                })?;
-            program.attach_to_link(link).map_err(prog_err)?
-        }
-        Err(_) => match program.attach(iface, XdpMode::Driver) {
+    let link_id = match pinned_link(&pin_path)? {
+        Some(link) => program.attach_to_link(link).map_err(prog_err)?,
+        None => match program.attach(iface, XdpMode::Driver) {
             Ok(id) => id,
             Err(e) => {
                 debug!(iface, error = %e, "native XDP unavailable, using generic XDP");
