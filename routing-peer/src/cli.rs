@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, net::IpAddr, path::Path};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use routing_peer_common::{
     map_names, CtEntry, CtKey, ResourceCounters, CT_FLAG_MASQUERADE, CT_ICMP, CT_OTHER,
@@ -82,18 +82,18 @@ pub fn state_name(state: u8) -> &'static str {
 }
 
 /// Names and config for display: from the running daemon, else its state file.
-pub struct Context_ {
+pub struct DaemonView {
     pub status: Option<Status>,
     pub running: bool,
 }
 
-pub fn context(instance: &str) -> Context_ {
+pub fn context(instance: &str) -> DaemonView {
     match control::query_status(instance) {
-        Some(s) => Context_ {
+        Some(s) => DaemonView {
             status: Some(s),
             running: true,
         },
-        None => Context_ {
+        None => DaemonView {
             status: control::read_state(instance),
             running: false,
         },
@@ -543,7 +543,7 @@ pub fn occupancy(pins: &PinDir, name: &str) -> Option<(u64, u32)> {
     Some((used as u64, cap))
 }
 
-pub fn require_state(ctx: &Context_, instance: &str) -> Result<Status> {
+pub fn require_state(ctx: &DaemonView, instance: &str) -> Result<Status> {
     ctx.status.clone().with_context(|| {
         format!("routing-peer is not running for instance {instance}, and has no saved state")
     })
@@ -552,8 +552,4 @@ pub fn require_state(ctx: &Context_, instance: &str) -> Result<Status> {
 pub fn load_config_of(status: &Status) -> Result<crate::config::Config> {
     let path = Path::new(&status.config_path);
     Ok(crate::config::load(path)?.config)
-}
-
-pub fn not_running(instance: &str) -> Result<()> {
-    bail!("routing-peer is not running for instance {instance}")
 }
