@@ -4,8 +4,8 @@
 //! The peer, destination and policy maps exist twice. An update goes into
 //! the copy no packet reads, then one write to `CONFIG` flips `active_slot`
 //! and bumps `policy_gen`; packets see either the whole old policy or the
-//! whole new one. Then the old copy is brought up to date, so both copies
-//! always differ by at most one update. Each write is a diff: a one-rule
+//! whole new one. Then the old copy is brought up to date, so between
+//! updates both copies are equal. Each write is a diff: a one-rule
 //! change touches only the entries it changes.
 
 use std::{collections::HashMap, hash::Hash, net::IpAddr};
@@ -203,9 +203,10 @@ pub fn write_config(ebpf: &mut Ebpf, config: &DatapathConfig) -> Result<(), MapE
     Array::<_, DatapathConfig>::try_from(map)?.set(0, config, 0)
 }
 
-/// The data path's policy state as user space tracks it: what each slot holds.
+/// The data path's policy state as user space tracks it. Between updates
+/// both slots hold the same tables, so one copy describes them.
 pub struct PolicyState {
-    pub slots: [Tables; 2],
+    pub installed: Tables,
     pub config: DatapathConfig,
 }
 
@@ -214,7 +215,7 @@ impl PolicyState {
     pub fn init(ebpf: &mut Ebpf, config: DatapathConfig) -> Result<Self, MapError> {
         write_config(ebpf, &config)?;
         Ok(Self {
-            slots: [Tables::default(), Tables::default()],
+            installed: Tables::default(),
             config,
         })
     }
@@ -223,14 +224,13 @@ impl PolicyState {
     pub fn install(&mut self, ebpf: &mut Ebpf, new: &Tables) -> Result<DiffStats, MapError> {
         let live = self.config.active_slot as usize;
         let standby = 1 - live;
-        let stats = write_slot(ebpf, standby, &self.slots[standby], new)?;
-        self.slots[standby] = new.clone();
+        let stats = write_slot(ebpf, standby, &self.installed, new)?;
         self.config.active_slot = standby as u32;
         self.config.policy_gen = self.config.policy_gen.wrapping_add(1).max(1);
         write_config(ebpf, &self.config)?;
         // The old copy catches up, so the next update is again a small diff.
-        write_slot(ebpf, live, &self.slots[live], new)?;
-        self.slots[live] = new.clone();
+        write_slot(ebpf, live, &self.installed, new)?;
+        self.installed = new.clone();
         Ok(stats)
     }
 
@@ -280,13 +280,16 @@ pub fn read_slot(ebpf: &mut Ebpf, slot: usize) -> Result<Tables, MapError> {
 
 impl PolicyState {
     /// Adopts the state a previous daemon left in pinned maps, so the next
-    /// install is again a diff and live flows keep their generation.
+    /// install is again a diff and live flows keep their generation. A
+    /// daemon that died mid-update may have left the standby slot behind:
+    /// it is brought level with the live one.
     pub fn adopt(ebpf: &mut Ebpf) -> Result<Self, MapError> {
         let config = read_config(ebpf)?;
-        Ok(Self {
-            slots: [read_slot(ebpf, 0)?, read_slot(ebpf, 1)?],
-            config,
-        })
+        let live = config.active_slot as usize;
+        let installed = read_slot(ebpf, live)?;
+        let standby = read_slot(ebpf, 1 - live)?;
+        write_slot(ebpf, 1 - live, &standby, &installed)?;
+        Ok(Self { installed, config })
     }
 }
 
@@ -361,20 +364,20 @@ impl PolicyState {
         prefix: DestPrefix,
         value: DestValue,
     ) -> Result<(), MapError> {
-        for slot in 0..2 {
-            let mut dests = lpm_map::<AddrKey, DestValue>(ebpf, map_names::DESTS[slot])?;
+        for name in map_names::DESTS {
+            let mut dests = lpm_map::<AddrKey, DestValue>(ebpf, name)?;
             dests.insert(&Key::new(prefix.prefix_len, prefix.key), value, 0)?;
-            self.slots[slot].dests.insert(prefix, value);
         }
+        self.installed.dests.insert(prefix, value);
         Ok(())
     }
 
     pub fn remove_dest(&mut self, ebpf: &mut Ebpf, prefix: DestPrefix) -> Result<(), MapError> {
-        for slot in 0..2 {
-            let mut dests = lpm_map::<AddrKey, DestValue>(ebpf, map_names::DESTS[slot])?;
+        for name in map_names::DESTS {
+            let mut dests = lpm_map::<AddrKey, DestValue>(ebpf, name)?;
             ignore_missing(dests.remove(&Key::new(prefix.prefix_len, prefix.key)))?;
-            self.slots[slot].dests.remove(&prefix);
         }
+        self.installed.dests.remove(&prefix);
         Ok(())
     }
 }
