@@ -203,7 +203,7 @@ pub fn run(quick: bool) -> Result<()> {
     )
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     s[s.len() / 2]
@@ -285,37 +285,26 @@ impl Bench {
         Ok(out.trim().parse()?)
     }
 
+    /// The generator, pinned to CPU 1, sending from the generator namespace.
+    fn gen_command(&self, seconds: f64, flows: u32, size: usize) -> Command {
+        let mut cmd = Command::new("taskset");
+        cmd.args([
+            "-c",
+            "1",
+            "nsenter",
+            &format!("--net=/run/netns/{}", self.gen.name),
+            "--",
+        ])
+        .arg(self.bin_dir.join("rp-bench"))
+        .args(["gen", "--iface", "g0", "--seconds", &seconds.to_string()])
+        .args(["--flows", &flows.to_string(), "--size", &size.to_string()])
+        .args(["--src-mac", GEN_MAC, "--dst-mac", OV_MAC])
+        .args(["--src", "100.64.0.2", "--dst", "198.51.100.2"]);
+        cmd
+    }
+
     fn generate(&self, sc: &Scenario) -> Result<f64> {
-        let out = output(
-            Command::new("taskset")
-                .args([
-                    "-c",
-                    "1",
-                    "nsenter",
-                    &format!("--net=/run/netns/{}", self.gen.name),
-                    "--",
-                ])
-                .arg(self.bin_dir.join("rp-bench"))
-                .args([
-                    "gen",
-                    "--iface",
-                    "g0",
-                    "--seconds",
-                    &self.seconds.to_string(),
-                    "--flows",
-                    &sc.flows.to_string(),
-                    "--size",
-                    &sc.size.to_string(),
-                    "--src-mac",
-                    GEN_MAC,
-                    "--dst-mac",
-                    OV_MAC,
-                    "--src",
-                    "100.64.0.2",
-                    "--dst",
-                    "198.51.100.2",
-                ]),
-        )?;
+        let out = output(&mut self.gen_command(self.seconds, sc.flows, sc.size))?;
         let v: Value = serde_json::from_str(out.trim())?;
         Ok(v["seconds"].as_f64().unwrap_or(self.seconds))
     }
@@ -346,34 +335,8 @@ impl Bench {
                     .unwrap_or(0),
             )
         };
-        let mut gen = Command::new("taskset")
-            .args([
-                "-c",
-                "1",
-                "nsenter",
-                &format!("--net=/run/netns/{}", self.gen.name),
-                "--",
-            ])
-            .arg(self.bin_dir.join("rp-bench"))
-            .args([
-                "gen",
-                "--iface",
-                "g0",
-                "--seconds",
-                "4",
-                "--flows",
-                "1",
-                "--size",
-                "64",
-                "--src-mac",
-                GEN_MAC,
-                "--dst-mac",
-                OV_MAC,
-                "--src",
-                "100.64.0.2",
-                "--dst",
-                "198.51.100.2",
-            ])
+        let mut gen = self
+            .gen_command(4.0, 1, 64)
             .stdout(std::process::Stdio::null())
             .spawn()?;
         let started = Instant::now();

@@ -3,7 +3,7 @@
 //! path and once with the Linux path NetBird uses (kernel forwarding,
 //! nftables, masquerade), interleaved.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use routing_peer_e2e::{
@@ -12,7 +12,10 @@ use routing_peer_e2e::{
 };
 use serde_json::{json, Value};
 
-use crate::util::{output, run_cmd};
+use crate::{
+    bench::median,
+    util::{output, run_cmd},
+};
 
 const IPERF_POLICY: &str = r#"
 [[policies]]
@@ -31,11 +34,7 @@ pub fn measure(repeats: usize, seconds: u32) -> Result<Value> {
         rp.push(run_once(true, seconds)?);
         nft.push(run_once(false, seconds)?);
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    let (m_rp, m_nft) = (median(&mut rp.clone()), median(&mut nft.clone()));
+    let (m_rp, m_nft) = (median(&rp), median(&nft));
     Ok(json!({
         "seconds": seconds,
         "routing_peer_gbps": m_rp, "routing_peer_samples": rp,
@@ -101,7 +100,6 @@ fn run_once(with_routing_peer: bool, seconds: u32) -> Result<f64> {
     if !with_routing_peer {
         let _ = office.router.ip(&format!("link del {}", office.wg_iface));
     }
-    let _ = Command::new("true").status();
     Ok(bps / 1e9)
 }
 
