@@ -257,13 +257,14 @@ impl Daemon {
             .join("state.json");
         let pid = self.child.as_ref().unwrap().id();
         while Instant::now() < deadline {
-            // The daemon writes its pid, then its state once everything is attached.
+            // The daemon writes its pid, then its state once everything is
+            // attached; nsenter execs it, so the pid is our child's, and a
+            // restarted daemon is not mistaken for its predecessor.
             let pid_file = state.with_file_name("pid");
-            let ours = std::fs::read_to_string(&pid_file)
+            let running = std::fs::read_to_string(&pid_file)
                 .ok()
                 .and_then(|p| p.trim().parse::<u32>().ok());
-            if state.exists() && self.control_answers() && ours.is_some() {
-                let _ = pid;
+            if running == Some(pid) && state.exists() && self.control_answers() {
                 return Ok(());
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait()? {

@@ -11,13 +11,11 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     process::Command,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use ipnet::IpNet;
-use std::sync::RwLock;
-use tokio::sync::mpsc;
 
 use anyhow::{Context, Result};
 use aya::Ebpf;
@@ -25,6 +23,7 @@ use routing_peer_common::{map_names, program_names, DatapathConfig};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
+    sync::mpsc,
 };
 use tracing::{error, info, warn};
 
