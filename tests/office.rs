@@ -26,10 +26,20 @@ pub const SALES_OVERLAY: &str = "100.64.0.3";
 pub const OFFICE_DNS: &str = "198.51.100.53";
 pub const ROUTER_OVERLAY: &str = "100.64.0.1";
 
-/// A client machine running wireguard-go toward the routing peer.
+/// Which WireGuard a client machine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WgImpl {
+    /// wireguard-go on a TUN device: works on any kernel.
+    Go,
+    /// The kernel's own (`ip link add type wireguard`): needs the module.
+    Kernel,
+}
+
+/// A client machine running WireGuard toward the routing peer.
 pub struct Client {
     pub ns: Netns,
     pub iface: String,
+    wg: WgImpl,
     pub public_key: String,
     private_key_file: PathBuf,
     overlay: String,
@@ -45,6 +55,7 @@ impl Client {
         underlay: (&str, &str),
         overlay: &str,
         router: &Netns,
+        wg: WgImpl,
     ) -> Result<Self> {
         let ns = Netns::new(tag)?;
         let (router_side, client_side) = underlay;
@@ -65,6 +76,7 @@ impl Client {
         Ok(Self {
             ns,
             iface: unique_ifname("c"),
+            wg,
             public_key: public,
             private_key_file,
             overlay: overlay.into(),
@@ -73,12 +85,16 @@ impl Client {
         })
     }
 
-    /// Starts wireguard-go and configures it with `wg`, as a user would.
+    /// Creates the WireGuard interface and configures it with `wg`, as a user would.
     pub fn connect(&mut self, router_public_key: &str) -> Result<()> {
         self.router_public_key = router_public_key.into();
         let iface = &self.iface;
+        let create = match self.wg {
+            WgImpl::Go => format!("wireguard-go {iface}"),
+            WgImpl::Kernel => format!("ip link add {iface} type wireguard"),
+        };
         self.ns.sh(&format!(
-            "wireguard-go {iface} && \
+            "{create} && \
              wg set {iface} private-key {} peer {router_public_key} endpoint {} \
                allowed-ips 100.64.0.0/10,198.51.100.0/24 persistent-keepalive 1 && \
              ip addr add {}/32 dev {iface} && ip link set {iface} mtu 1280 up && \
@@ -90,7 +106,7 @@ impl Client {
         Ok(())
     }
 
-    /// Stops wireguard-go (deleting the TUN device makes it exit).
+    /// Removes the interface (wireguard-go exits when its TUN device goes).
     pub fn disconnect(&self) -> Result<()> {
         self.ns.ip(&format!("link del {}", self.iface))?;
         Ok(())
@@ -245,6 +261,7 @@ impl Drop for Server {
 /// The whole office, torn down on drop.
 pub struct Office {
     pub dir: tempfile::TempDir,
+    pub wg: WgImpl,
     /// Resource groups of the Grafana resource (tests vary them).
     pub grafana_groups: Vec<String>,
     /// The Grafana resource's address: its IP, or `grafana.berlin.internal`.
@@ -261,7 +278,13 @@ pub struct Office {
 }
 
 impl Office {
+    /// The office with wireguard-go clients.
     pub fn new() -> Result<Self> {
+        Self::with_wireguard(WgImpl::Go)
+    }
+
+    /// The office with clients running `wg`'s flavour of WireGuard.
+    pub fn with_wireguard(wg: WgImpl) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let router = Netns::new("rtr")?;
         let lan = Netns::new("lan")?;
@@ -282,6 +305,7 @@ impl Office {
             ("203.0.113.1", "203.0.113.2"),
             LAPTOP_OVERLAY,
             &router,
+            wg,
         )?;
         let sales = Client::new(
             "sal",
@@ -289,6 +313,7 @@ impl Office {
             ("203.0.113.5", "203.0.113.6"),
             SALES_OVERLAY,
             &router,
+            wg,
         )?;
         let (private, public) = wg_keypair()?;
         let router_key_file = dir.path().join("router.key");
@@ -299,6 +324,7 @@ impl Office {
             Server::start(&lan, &format!("{GRAFANA}:443"), "grafana")?,
         ];
         Ok(Self {
+            wg,
             grafana_groups: vec!["Dashboards".into()],
             grafana_address: format!("{GRAFANA}/32"),
             dnsmasq: None,

@@ -40,6 +40,7 @@ fn two_routing_peers_with_different_metrics_work_independently() -> Result<()> {
         ("203.0.113.9", "203.0.113.10"),
         "100.64.0.2",
         &router2,
+        office.wg,
     )?;
 
     let config1 = office.write_config("")?;

@@ -5,6 +5,7 @@ mod demo;
 mod goodput;
 mod setup;
 mod util;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -35,6 +36,12 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Boot Debian's kernels in QEMU and run the kernel WireGuard suite there.
+    VmTest {
+        /// 6.12, 6.1 or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -44,6 +51,10 @@ fn main() -> Result<()> {
         Command::Test => test(),
         Command::Demo => demo::run(),
         Command::Bench { quick } => bench::run(quick),
+        Command::VmTest { kernel } => {
+            setup::run()?;
+            vm::run(&kernel)
+        }
     }
 }
 

@@ -27,6 +27,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iperf3",
     "ethtool",
     "kmod",
+    // cargo xtask vm-test: Debian's kernels under QEMU.
+    "qemu-system-x86",
+    "busybox-static",
+    "xz-utils",
+    "zstd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
