@@ -41,6 +41,9 @@ enum Command {
         /// 6.12, 6.1 or all.
         #[arg(long, default_value = "all")]
         kernel: String,
+        /// Run only the suite steps whose name contains this (development).
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -51,9 +54,9 @@ fn main() -> Result<()> {
         Command::Test => test(),
         Command::Demo => demo::run(),
         Command::Bench { quick } => bench::run(quick),
-        Command::VmTest { kernel } => {
+        Command::VmTest { kernel, only } => {
             setup::run()?;
-            vm::run(&kernel)
+            vm::run(&kernel, only.as_deref())
         }
     }
 }

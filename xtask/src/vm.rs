@@ -69,7 +69,8 @@ const SUITE: &[(&str, &str, &str)] = &[
     ),
 ];
 
-pub fn run(which: &str) -> Result<()> {
+/// `only`: run just the suite steps whose name contains it (development).
+pub fn run(which: &str, only: Option<&str>) -> Result<()> {
     let selected: Vec<&KernelSpec> = match which {
         "all" => KERNELS.iter().collect(),
         label => vec![KERNELS.iter().find(|k| k.label == label).with_context(|| {
@@ -85,7 +86,7 @@ pub fn run(which: &str) -> Result<()> {
         let started = Instant::now();
         let outcome = fetch_kernel(kernel, &work)
             .and_then(|k| {
-                let initrd = build_initramfs(&k, &binaries, &work)?;
+                let initrd = build_initramfs(&k, &binaries, &work, only)?;
                 boot(&k, &initrd, &work)
             })
             .with_context(|| format!("kernel {}", kernel.label));
@@ -370,7 +371,7 @@ impl Initramfs {
 }
 
 /// The guest's init: mounts, modules, then the suite, with markers.
-fn init_script(modules: &[String]) -> String {
+fn init_script(modules: &[String], only: Option<&str>) -> String {
     let mut script = String::from(
         "#!/bin/sh\n\
          export PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
@@ -391,7 +392,10 @@ fn init_script(modules: &[String]) -> String {
         ));
     }
     script.push_str("result=pass\n");
-    for (name, binary, args) in SUITE {
+    let selected = SUITE
+        .iter()
+        .filter(|(name, ..)| only.is_none_or(|o| name.contains(o)));
+    for (name, binary, args) in selected {
         script.push_str(&format!(
             "echo \"{STEP_MARKER} {name}: start\"\n\
              if {binary} {args}; then echo \"{STEP_MARKER} {name}: pass\"; \
@@ -406,7 +410,12 @@ fn init_script(modules: &[String]) -> String {
     script
 }
 
-fn build_initramfs(kernel: &Kernel, binaries: &Binaries, work: &Path) -> Result<PathBuf> {
+fn build_initramfs(
+    kernel: &Kernel,
+    binaries: &Binaries,
+    work: &Path,
+    only: Option<&str>,
+) -> Result<PathBuf> {
     let scratch = work.join("scratch");
     fs::create_dir_all(&scratch)?;
     let mut fs = Initramfs::default();
@@ -457,7 +466,7 @@ fn build_initramfs(kernel: &Kernel, binaries: &Binaries, work: &Path) -> Result<
     }
     fs.file(
         "/init",
-        init_script(&guest_modules).into_bytes(),
+        init_script(&guest_modules, only).into_bytes(),
         0o755,
     );
     let path = work.join(format!("initramfs-{}.cpio", kernel.version));

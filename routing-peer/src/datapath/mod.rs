@@ -12,9 +12,10 @@ use std::{
 use aya::{
     programs::{
         links::{FdLink, LinkError, PinnedLink},
-        tc::{self, TcAttachOptions},
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        Link, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
+    util::KernelVersion,
     Ebpf, EbpfLoader,
 };
 use routing_peer_common::{map_names, program_names};
@@ -83,6 +84,30 @@ impl PinDir {
         self.root.join("links").join(format!("{program}@{iface}"))
     }
 
+    /// Marks a classic (netlink) TC filter as ours. Such a filter is no bpf
+    /// link, so there is nothing to pin; bpffs takes no regular files, so
+    /// the marker is an empty directory.
+    fn netlink_filter_marker(&self, program: &str, iface: &str) -> PathBuf {
+        self.root
+            .join("links")
+            .join(format!("{program}@{iface}{NETLINK_MARKER}"))
+    }
+
+    /// Interfaces (in the caller's namespace) carrying our netlink TC filters.
+    fn netlink_filters(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.root.join("links")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let (_, iface) = name.strip_suffix(NETLINK_MARKER)?.split_once('@')?;
+                Some(iface.to_string())
+            })
+            .collect()
+    }
+
     pub fn exists(&self) -> bool {
         self.root.exists()
     }
@@ -94,8 +119,24 @@ impl PinDir {
         Ok(())
     }
 
-    /// Removes every pin: the programs detach once nothing holds their links.
+    /// Removes every pin: the programs detach once nothing holds their
+    /// links. Netlink TC filters are removed explicitly; one on an
+    /// interface this namespace does not see goes with its interface.
     pub fn remove(&self) -> Result<()> {
+        for iface in self.netlink_filters() {
+            let removed = SchedClassifierLink::attached(
+                &iface,
+                TcAttachType::Ingress,
+                NETLINK_TC_PRIORITY,
+                NETLINK_TC_HANDLE,
+                None,
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|link| link.detach().map_err(|e| e.to_string()));
+            if let Err(e) = removed {
+                debug!(iface, error = %e, "netlink TC filter not removed");
+            }
+        }
         match fs::remove_dir_all(&self.root) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
@@ -104,6 +145,19 @@ impl PinDir {
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Where TCX is missing (kernels before 6.6) our TC programs are classic
+/// cls_bpf filters under clsact, at this fixed place so that a restarted
+/// daemon replaces them in place and `down` finds them.
+const NETLINK_TC_PRIORITY: u16 = 0x5250;
+const NETLINK_TC_HANDLE: TcHandle = TcHandle::new(0, 1);
+// bpffs refuses names with a dot.
+const NETLINK_MARKER: &str = "=netlink";
+
+/// TCX (bpf_mprog, Linux 6.6) gives TC programs real, pinnable bpf links.
+fn kernel_has_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
 
 /// Mounts bpffs at /sys/fs/bpf when it is not there yet. Serialised with a
 /// lock so that daemons starting together don't stack two mounts.
@@ -251,6 +305,9 @@ pub fn attach_tc(ebpf: &mut Ebpf, name: &'static str, iface: &str, pins: &PinDir
     let prog_err = |source| DatapathError::Program { name, source };
     let program: &mut SchedClassifier = program(ebpf, name)?;
     program.load().map_err(prog_err)?;
+    if !kernel_has_tcx() {
+        return attach_tc_netlink(program, name, iface, pins);
+    }
     let pin_path = pins.link(name, iface);
     let link_id = match pinned_link(&pin_path)? {
         Some(link) => {
@@ -271,6 +328,57 @@ pub fn attach_tc(ebpf: &mut Ebpf, name: &'static str, iface: &str, pins: &PinDir
     };
     pin_link(program.take_link(link_id).map_err(prog_err)?, &pin_path)?;
     info!(iface, name, "TC ingress attached");
+    Ok(())
+}
+
+/// Before TCX: a direct-action cls_bpf filter under clsact. An existing
+/// filter of ours is changed in place (the kernel swaps the program
+/// atomically), so a restart has no window without a program either.
+fn attach_tc_netlink(
+    program: &mut SchedClassifier,
+    name: &'static str,
+    iface: &str,
+    pins: &PinDir,
+) -> Result<()> {
+    let prog_err = |source| DatapathError::Program { name, source };
+    // Harmless when the qdisc is there already.
+    let _ = tc::qdisc_add_clsact(iface);
+    let ours = SchedClassifierLink::attached(
+        iface,
+        TcAttachType::Ingress,
+        NETLINK_TC_PRIORITY,
+        NETLINK_TC_HANDLE,
+        None,
+    )
+    .map_err(|e| DatapathError::Interface {
+        iface: iface.into(),
+        detail: e.to_string(),
+    })?;
+    let link_id = match program.attach_to_link(ours) {
+        Ok(id) => {
+            debug!(iface, name, "replaced the program in our TC filter");
+            id
+        }
+        Err(_) => program
+            .attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: NETLINK_TC_PRIORITY,
+                    handle: NETLINK_TC_HANDLE,
+                    classid: None,
+                }),
+            )
+            .map_err(prog_err)?,
+    };
+    // The filter holds the program; dropping the link would delete the filter.
+    std::mem::forget(program.take_link(link_id).map_err(prog_err)?);
+    let marker = pins.netlink_filter_marker(name, iface);
+    fs::create_dir_all(&marker).map_err(|e| DatapathError::Pin {
+        path: marker,
+        detail: e.to_string(),
+    })?;
+    info!(iface, name, "TC ingress attached (netlink cls_bpf: no TCX before Linux 6.6)");
     Ok(())
 }
 
