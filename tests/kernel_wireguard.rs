@@ -103,10 +103,7 @@ fn kernel_wireguard_forwards_enforces_and_reloads_without_dropping_tunnels() -> 
 
     office.connect_clients()?;
     let mut wiki = wait_for(Duration::from_secs(30), || {
-        Ok(office
-            .laptop
-            .tcp(&format!("{WIKI}:443"), QUICK)
-            .ok())
+        Ok(office.laptop.tcp(&format!("{WIKI}:443"), QUICK).ok())
     })?;
     // Allowed TCP, masqueraded to the routing peer's LAN address.
     assert_eq!(
@@ -125,9 +122,7 @@ fn kernel_wireguard_forwards_enforces_and_reloads_without_dropping_tunnels() -> 
     // `status` shows the handshake, by age.
     let laptop = wait_for(Duration::from_secs(10), || {
         let s = status(&daemon)?;
-        Ok(peer(&s, "laptop")
-            .filter(|p| p["up"] == true)
-            .map(|p| p.clone()))
+        Ok(peer(&s, "laptop").filter(|p| p["up"] == true).cloned())
     })?;
     let age = laptop["handshake_age_secs"]
         .as_u64()

@@ -26,7 +26,8 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
-    /// Everything CI checks: setup, build, fmt, clippy, unit, packet and e2e tests.
+    /// Everything CI checks: setup, build, fmt, clippy, unit, packet and e2e
+    /// tests, then the VM suite on Debian's 6.12 and 6.1 kernels.
     Test,
     /// Run the walkthrough in throwaway network namespaces.
     Demo,
@@ -109,5 +110,7 @@ fn test() -> Result<()> {
         &[("ROUTING_PEER_BIN", bin.as_os_str())],
     )?;
     util::step("checking nothing was left behind");
-    util::check_no_leftovers()
+    util::check_no_leftovers()?;
+    // Kernel WireGuard and older kernels: Debian's 6.12 and 6.1 under QEMU.
+    vm::run("all", None)
 }

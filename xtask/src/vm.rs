@@ -55,7 +55,7 @@ const SUITE: &[(&str, &str, &str)] = &[
     (
         "packet tests (BPF_PROG_TEST_RUN)",
         "/tests/packet-tests",
-        "datapath:: --test-threads=1",
+        "datapath:: --test-threads=2",
     ),
     (
         "programs attach on veth (TC + XDP)",
@@ -73,9 +73,10 @@ const SUITE: &[(&str, &str, &str)] = &[
 pub fn run(which: &str, only: Option<&str>) -> Result<()> {
     let selected: Vec<&KernelSpec> = match which {
         "all" => KERNELS.iter().collect(),
-        label => vec![KERNELS.iter().find(|k| k.label == label).with_context(|| {
-            format!("--kernel {label}: expected one of 6.12, 6.1 or all")
-        })?],
+        label => vec![KERNELS
+            .iter()
+            .find(|k| k.label == label)
+            .with_context(|| format!("--kernel {label}: expected one of 6.12, 6.1 or all"))?],
     };
     let work = util::workspace_root().join("target/vm");
     fs::create_dir_all(&work)?;
@@ -159,10 +160,9 @@ fn test_executables(selection: &[&str]) -> Result<BTreeMap<String, PathBuf>> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if let (Some(name), Some(exe)) = (
-            msg["target"]["name"].as_str(),
-            msg["executable"].as_str(),
-        ) {
+        if let (Some(name), Some(exe)) =
+            (msg["target"]["name"].as_str(), msg["executable"].as_str())
+        {
             found.insert(name.replace('-', "_"), PathBuf::from(exe));
         }
     }
@@ -188,11 +188,8 @@ impl Kernel {
 
 /// Downloads and unpacks the newest package of `spec`'s series, once.
 fn fetch_kernel(spec: &KernelSpec, work: &Path) -> Result<Kernel> {
-    let listing = output(Command::new("apt-cache").args([
-        "search",
-        "--names-only",
-        spec.package_regex,
-    ]))?;
+    let listing =
+        output(Command::new("apt-cache").args(["search", "--names-only", spec.package_regex]))?;
     let package = listing
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -213,11 +210,18 @@ fn fetch_kernel(spec: &KernelSpec, work: &Path) -> Result<Kernel> {
     eprintln!("fetching {package}");
     let download = work.join("debs");
     fs::create_dir_all(&download)?;
-    run_cmd(
-        Command::new("apt-get")
-            .current_dir(&download)
-            .args(["download", "-q", &package]),
-    )?;
+    let fetch = || {
+        run_cmd(
+            Command::new("apt-get")
+                .current_dir(&download)
+                .args(["download", "-q", &package]),
+        )
+    };
+    if fetch().is_err() {
+        // Stale package lists name a version the mirror no longer has.
+        run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+        fetch()?;
+    }
     let deb = fs::read_dir(&download)?
         .flatten()
         .map(|e| e.path())
@@ -251,12 +255,12 @@ fn version_key(name: &str) -> Vec<u64> {
 fn module_load_order(kernel: &Kernel) -> Result<Vec<PathBuf>> {
     let mut order: Vec<PathBuf> = Vec::new();
     for module in MODULES {
-        let deps = output(
-            Command::new("modprobe")
-                .arg("-d")
-                .arg(&kernel.root)
-                .args(["-S", &kernel.version, "--show-depends", module]),
-        )?;
+        let deps = output(Command::new("modprobe").arg("-d").arg(&kernel.root).args([
+            "-S",
+            &kernel.version,
+            "--show-depends",
+            module,
+        ]))?;
         for line in deps.lines() {
             // "insmod /path/x.ko.xz [params]"; "builtin x" needs nothing.
             let Some(path) = line.strip_prefix("insmod ") else {
@@ -489,7 +493,13 @@ fn boot(kernel: &Kernel, initrd: &Path, work: &Path) -> Result<String> {
     let mut log = fs::File::create(&log_path)?;
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
-        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(kernel.image())
         .arg("-initrd")

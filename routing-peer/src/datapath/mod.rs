@@ -378,7 +378,10 @@ fn attach_tc_netlink(
         path: marker,
         detail: e.to_string(),
     })?;
-    info!(iface, name, "TC ingress attached (netlink cls_bpf: no TCX before Linux 6.6)");
+    info!(
+        iface,
+        name, "TC ingress attached (netlink cls_bpf: no TCX before Linux 6.6)"
+    );
     Ok(())
 }
 
