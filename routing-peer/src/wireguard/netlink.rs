@@ -156,8 +156,9 @@ impl KernelWg {
             .iter()
             .filter_map(|p| super::decode_key("peer", &p.public_key).ok())
             .collect();
-        let msg = set_device_message(&self.iface, spec, &current);
-        self.send(msg, NLM_F_REQUEST | NLM_F_ACK)?;
+        for msg in set_device_messages(&self.iface, spec, &current) {
+            self.send(msg, NLM_F_REQUEST | NLM_F_ACK)?;
+        }
         Ok(())
     }
 
@@ -166,9 +167,20 @@ impl KernelWg {
     }
 }
 
-/// WG_CMD_SET_DEVICE for `spec`: new and changed peers with
+/// Peers per WG_CMD_SET_DEVICE: about 130 bytes each keeps a message near
+/// 16 KiB, well inside the netlink socket's send buffer (a single message
+/// for thousands of peers fails with EMSGSIZE). wg(8) splits the same way.
+const PEERS_PER_MESSAGE: usize = 128;
+
+/// WG_CMD_SET_DEVICE messages for `spec`: new and changed peers with
 /// REPLACE_ALLOWEDIPS, departed peers with REMOVE_ME, never REPLACE_PEERS.
-pub fn set_device_message(iface: &str, spec: &DeviceSpec, current: &[Key]) -> WireguardMessage {
+/// The first carries the key and port; each carries at most
+/// `PEERS_PER_MESSAGE` peers.
+pub fn set_device_messages(
+    iface: &str,
+    spec: &DeviceSpec,
+    current: &[Key],
+) -> Vec<WireguardMessage> {
     let mut peers: Vec<WireguardPeer> = spec
         .peers
         .iter()
@@ -213,14 +225,24 @@ pub fn set_device_message(iface: &str, spec: &DeviceSpec, current: &[Key]) -> Wi
                 ])
             }),
     );
-    WireguardMessage {
-        cmd: WireguardCmd::SetDevice,
-        attributes: vec![
-            WireguardAttribute::IfName(iface.into()),
-            WireguardAttribute::PrivateKey(spec.private_key),
-            WireguardAttribute::ListenPort(spec.listen_port),
-            WireguardAttribute::Peers(peers),
-        ],
+    let mut messages = Vec::new();
+    let mut attributes = vec![
+        WireguardAttribute::IfName(iface.into()),
+        WireguardAttribute::PrivateKey(spec.private_key),
+        WireguardAttribute::ListenPort(spec.listen_port),
+    ];
+    loop {
+        let rest = peers.split_off(peers.len().min(PEERS_PER_MESSAGE));
+        attributes.push(WireguardAttribute::Peers(peers));
+        messages.push(WireguardMessage {
+            cmd: WireguardCmd::SetDevice,
+            attributes,
+        });
+        if rest.is_empty() {
+            return messages;
+        }
+        peers = rest;
+        attributes = vec![WireguardAttribute::IfName(iface.into())];
     }
 }
 
@@ -339,11 +361,56 @@ mod tests {
                 allowed_ips: vec!["100.64.0.2/32".parse().unwrap()],
             }],
         };
-        let msg = set_device_message("wg0", &spec, &[[2; 32], [3; 32]]);
+        let mut messages = set_device_messages("wg0", &spec, &[[2; 32], [3; 32]]);
+        assert_eq!(messages.len(), 1);
+        let msg = messages.remove(0);
         assert!(matches!(msg.cmd, WireguardCmd::SetDevice));
         assert_eq!(u8::from(msg.cmd), WG_CMD_SET_DEVICE);
         let mut buf = vec![0u8; msg.buffer_len()];
         msg.emit(&mut buf);
         assert_eq!(buf, known_good());
+    }
+
+    #[test]
+    fn many_peers_are_split_into_messages_the_socket_takes() {
+        let peer = |i: u32| PeerSpec {
+            public_key: [(i % 251) as u8; 32],
+            endpoint: Some("203.0.113.2:51820".parse().unwrap()),
+            persistent_keepalive: Some(25),
+            allowed_ips: vec![
+                format!("100.64.{}.{}/32", i / 256, i % 256)
+                    .parse()
+                    .unwrap(),
+                format!("2001:db8::{i:x}/128").parse().unwrap(),
+            ],
+        };
+        let spec = DeviceSpec {
+            private_key: [1; 32],
+            listen_port: 51820,
+            peers: (0..10_000).map(peer).collect(),
+        };
+        let messages = set_device_messages("wg0", &spec, &[]);
+        assert_eq!(messages.len(), 10_000usize.div_ceil(PEERS_PER_MESSAGE));
+        let mut sent = Vec::new();
+        for (i, msg) in messages.iter().enumerate() {
+            // Well inside the default netlink send buffer (208 KiB).
+            assert!(msg.buffer_len() < 32 * 1024, "{}", msg.buffer_len());
+            let has_key = msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, WireguardAttribute::PrivateKey(_)));
+            assert_eq!(has_key, i == 0, "only the first message sets the key");
+            for attr in &msg.attributes {
+                if let WireguardAttribute::Peers(peers) = attr {
+                    sent.extend(peers.iter().map(|p| p.0.clone()));
+                }
+            }
+        }
+        assert_eq!(sent.len(), 10_000);
+        for (i, attrs) in sent.iter().enumerate() {
+            assert!(attrs.contains(&WireguardPeerAttribute::PublicKey(
+                [(i as u32 % 251) as u8; 32]
+            )));
+        }
     }
 }
