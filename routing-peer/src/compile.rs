@@ -30,7 +30,7 @@ use routing_peer_common::{
 
 use crate::{
     config::{parse_resource_address, Action, Config, PolicyKind, Protocol, ResourceAddress},
-    datapath::tables::{addr_key, DestPrefix, PolicyPrefix, Tables},
+    datapath::tables::{addr_key, DestPrefix, FastMap, PolicyPrefix, Tables},
 };
 
 /// Ids the kernel stores, with the names the CLI shows for them.
@@ -63,15 +63,26 @@ pub struct Compiled {
     pub dest_classes: usize,
 }
 
+/// A set of rule ids, sorted and without duplicates. A sorted vector, not
+/// a BTreeSet: at 100k resources the sets (mostly of one rule) dominate
+/// the compiler's memory, and so its time.
+type RuleSet = Vec<u32>;
+
+fn rule_set(mut rules: Vec<u32>) -> RuleSet {
+    rules.sort_unstable();
+    rules.dedup();
+    rules
+}
+
 /// Interns sets of rule ids as class ids (from 1).
 #[derive(Default)]
 struct Classes {
-    ids: HashMap<BTreeSet<u32>, u32>,
-    members: Vec<BTreeSet<u32>>,
+    ids: FastMap<RuleSet, u32>,
+    members: Vec<RuleSet>,
 }
 
 impl Classes {
-    fn intern(&mut self, rules: BTreeSet<u32>) -> u32 {
+    fn intern(&mut self, rules: RuleSet) -> u32 {
         if let Some(id) = self.ids.get(&rules) {
             return *id;
         }
@@ -174,12 +185,24 @@ struct Rule {
 
 /// Entries for one class pair, drop precedence applied.
 fn resolve(rules: &[&Rule]) -> Vec<(Block, PolicyValue)> {
+    // Most pairs have one rule: nothing to take precedence over.
+    if let [rule] = rules {
+        let action = match rule.action {
+            Action::Accept => ACTION_ACCEPT,
+            Action::Drop => ACTION_DROP,
+        };
+        let value = PolicyValue {
+            action,
+            rule_id: rule.id,
+        };
+        return rule.blocks.iter().map(|b| (*b, value)).collect();
+    }
     let drops: Vec<(Block, u32)> = rules
         .iter()
         .filter(|r| r.action == Action::Drop)
         .flat_map(|r| r.blocks.iter().map(move |b| (*b, r.id)))
         .collect();
-    let mut out: HashMap<Block, PolicyValue> = HashMap::new();
+    let mut out: FastMap<Block, PolicyValue> = FastMap::default();
     for (block, id) in &drops {
         out.entry(*block).or_insert(PolicyValue {
             action: ACTION_DROP,
@@ -245,9 +268,9 @@ pub fn compile(
     };
 
     // Indexes from groups and names to rules, so nothing below is quadratic.
-    let mut by_source: HashMap<&str, Vec<u32>> = HashMap::new();
-    let mut by_dest_group: HashMap<&str, Vec<u32>> = HashMap::new();
-    let mut by_dest_resource: HashMap<&str, Vec<u32>> = HashMap::new();
+    let mut by_source: FastMap<&str, Vec<u32>> = FastMap::default();
+    let mut by_dest_group: FastMap<&str, Vec<u32>> = FastMap::default();
+    let mut by_dest_resource: FastMap<&str, Vec<u32>> = FastMap::default();
     for (p, r) in &rules {
         for g in &p.sources {
             by_source.entry(g).or_default().push(r.id);
@@ -261,19 +284,21 @@ pub fn compile(
             }
         }
     }
-    let collect = |index: &HashMap<&str, Vec<u32>>, keys: &mut dyn Iterator<Item = &str>| {
-        keys.filter_map(|k| index.get(k))
-            .flatten()
-            .copied()
-            .collect::<BTreeSet<u32>>()
+    let collect = |index: &FastMap<&str, Vec<u32>>, keys: &mut dyn Iterator<Item = &str>| {
+        rule_set(
+            keys.filter_map(|k| index.get(k))
+                .flatten()
+                .copied()
+                .collect(),
+        )
     };
 
     // Source classes.
     let mut src_classes = Classes::default();
-    let mut peers = HashMap::new();
+    let mut peers = FastMap::default();
     // Peers with the same groups share a class: compute each group set once
     // (10k peers in one group must not mean 10k copies of its rule set).
-    let mut class_of_groups: HashMap<Vec<&str>, u32> = HashMap::new();
+    let mut class_of_groups: FastMap<Vec<&str>, u32> = FastMap::default();
     for peer in &config.peers {
         names.peers.push(peer.name.clone());
         let peer_id = names.peers.len() as u32 - 1;
@@ -282,8 +307,8 @@ pub fn compile(
         groups.dedup();
         let src_class = *class_of_groups.entry(groups).or_insert_with_key(|groups| {
             let mut member = collect(&by_source, &mut groups.iter().copied());
-            member.insert(dns_rule.id);
-            src_classes.intern(member)
+            member.push(dns_rule.id);
+            src_classes.intern(rule_set(member))
         });
         for addr in &peer.addresses {
             peers.insert(addr_key(*addr), PeerValue { peer_id, src_class });
@@ -295,11 +320,11 @@ pub fn compile(
         net: IpNet,
         resource_id: u32,
         flags: u32,
-        rules: BTreeSet<u32>,
+        rules: RuleSet,
     }
     let mut dests: Vec<Dest> = Vec::new();
     let mut domains = Vec::new();
-    let mut domain_rules: Vec<(u32, u32, BTreeSet<u32>)> = Vec::new();
+    let mut domain_rules: Vec<(u32, u32, RuleSet)> = Vec::new();
     for network in &config.networks {
         for res in &network.resources {
             names.resources.push(res.name.clone());
@@ -311,12 +336,10 @@ pub fn compile(
                 continue;
             }
             let mut direct = collect(&by_dest_group, &mut res.groups.iter().map(String::as_str));
-            direct.extend(
-                by_dest_resource
-                    .get(res.name.as_str())
-                    .into_iter()
-                    .flatten(),
-            );
+            if let Some(named) = by_dest_resource.get(res.name.as_str()) {
+                direct.extend(named);
+                direct = rule_set(direct);
+            }
             let flags = if network.masquerade {
                 DEST_MASQUERADE
             } else {
@@ -352,16 +375,19 @@ pub fn compile(
     }
 
     // Nesting: a prefix inherits the rules of every prefix that contains it.
-    let by_net: HashMap<IpNet, BTreeSet<u32>> = dests.iter().fold(HashMap::new(), |mut m, d| {
-        m.entry(d.net).or_default().extend(d.rules.iter().copied());
-        m
-    });
+    let mut by_net: FastMap<IpNet, RuleSet> = FastMap::default();
+    for d in &dests {
+        by_net.entry(d.net).or_default().extend(&d.rules);
+    }
+    for rules in by_net.values_mut() {
+        *rules = rule_set(std::mem::take(rules));
+    }
     // Only prefix lengths that some resource has can hold a parent.
     let lengths: BTreeSet<(bool, u8)> = by_net
         .keys()
         .map(|n| (n.addr().is_ipv4(), n.prefix_len()))
         .collect();
-    let inherited: Vec<BTreeSet<u32>> = dests
+    let inherited: Vec<RuleSet> = dests
         .iter()
         .map(|d| {
             let mut all = d.rules.clone();
@@ -378,8 +404,8 @@ pub fn compile(
                 }
             }
             // Two resources with the same prefix: both grant.
-            all.extend(by_net[&d.net].iter().copied());
-            all
+            all.extend(&by_net[&d.net]);
+            rule_set(all)
         })
         .collect();
 
@@ -388,6 +414,8 @@ pub fn compile(
         peers,
         ..Default::default()
     };
+    // Sized up front: growing a 100k-entry map rehashes it into fresh pages.
+    tables.dests.reserve(dests.len() + self_addrs.len());
     for (d, rules_of) in dests.iter().zip(inherited) {
         let dst_class = dst_classes.intern(rules_of);
         tables.dests.insert(
@@ -413,7 +441,7 @@ pub fn compile(
             )
         })
         .collect();
-    let self_rules: BTreeSet<u32> = rules
+    let self_rules: RuleSet = rules
         .iter()
         .filter(|(p, _)| {
             p.kind == PolicyKind::Peer
@@ -424,8 +452,8 @@ pub fn compile(
         .map(|(_, r)| r.id)
         .collect();
     let mut overlay_rules = self_rules.clone();
-    overlay_rules.insert(dns_rule.id);
-    let overlay_class = dst_classes.intern(overlay_rules);
+    overlay_rules.push(dns_rule.id);
+    let overlay_class = dst_classes.intern(rule_set(overlay_rules));
     let lan_class = dst_classes.intern(self_rules);
     for addr in self_addrs {
         let overlay = config
@@ -445,10 +473,10 @@ pub fn compile(
 
     // Policy entries for every class pair some rule connects.
     let all_rules: Vec<&Rule> = rules.iter().map(|(_, r)| r).chain([&dns_rule]).collect();
-    let rule_by_id: HashMap<u32, &Rule> = all_rules.iter().map(|r| (r.id, *r)).collect();
+    let rule_by_id: FastMap<u32, &Rule> = all_rules.iter().map(|r| (r.id, *r)).collect();
     // Pairs come from each rule's classes, never from all class pairs.
     let by_rule = |classes: &Classes| {
-        let mut m: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut m: FastMap<u32, Vec<u32>> = FastMap::default();
         for (idx, members) in classes.members.iter().enumerate() {
             for rule in members {
                 m.entry(*rule).or_default().push(idx as u32 + 1);
@@ -457,7 +485,7 @@ pub fn compile(
         m
     };
     let (src_by_rule, dst_by_rule) = (by_rule(&src_classes), by_rule(&dst_classes));
-    let mut pairs: HashMap<(u32, u32), Vec<u32>> = HashMap::new();
+    let mut pairs: FastMap<(u32, u32), Vec<u32>> = FastMap::default();
     for rule in &all_rules {
         let (Some(srcs), Some(dsts)) = (src_by_rule.get(&rule.id), dst_by_rule.get(&rule.id))
         else {
@@ -469,6 +497,7 @@ pub fn compile(
             }
         }
     }
+    tables.policy.reserve(pairs.len());
     for ((s, d), ids) in pairs {
         let pair_rules: Vec<&Rule> = ids.iter().map(|id| rule_by_id[id]).collect();
         for (block, value) in resolve(&pair_rules) {

@@ -81,6 +81,10 @@ fn mac(s: &str) -> Result<[u8; 6]> {
     v.try_into().map_err(|_| anyhow::anyhow!("bad MAC {s}"))
 }
 
+/// As in the daemon, so the compile and install figures are the daemon's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Gen {
