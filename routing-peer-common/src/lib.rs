@@ -131,6 +131,9 @@ pub struct PeerValue {
     pub src_class: u32,
 }
 
+/// Resource ids index the per-resource counters: ids stay below this.
+pub const MAX_RESOURCES: u32 = 131_072;
+
 pub const DEST_MASQUERADE: u32 = 1 << 0;
 /// One of the routing peer's own addresses: the input chain.
 pub const DEST_SELF: u32 = 1 << 1;

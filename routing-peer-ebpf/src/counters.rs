@@ -1,10 +1,7 @@
 //! Per-CPU counters: lock-free on the hot path, summed by user space.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use routing_peer_common::{DropReason, Hook, PacketCounter, ResourceCounters};
-
-/// Resource ids index this array; user space sizes it to the configuration.
-const MAX_RESOURCES: u32 = 131072;
+use routing_peer_common::{DropReason, Hook, PacketCounter, ResourceCounters, MAX_RESOURCES};
 
 #[map]
 static HOOK_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(Hook::COUNT, 0);
@@ -12,6 +9,7 @@ static HOOK_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(Ho
 #[map]
 static DROP_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
 
+/// Indexed by resource id; ids stay below `MAX_RESOURCES` (the compiler).
 #[map]
 static RESOURCE_STATS: PerCpuArray<ResourceCounters> =
     PerCpuArray::with_max_entries(MAX_RESOURCES, 0);

@@ -316,7 +316,9 @@ pub fn read_stats(pins: &PinDir, names: &Names) -> Result<StatsReport> {
     let data = open_pinned(pins, map_names::RESOURCE_STATS)?;
     let arr = PerCpuArray::<_, ResourceCounters>::try_from(Map::PerCpuArray(data))?;
     let mut resources = Vec::new();
-    for (id, name) in names.resources.iter().enumerate().skip(1) {
+    // An empty name is a removed resource's id, held so that ids stay stable.
+    let live = names.resources.iter().enumerate().skip(1);
+    for (id, name) in live.filter(|(_, n)| !n.is_empty()) {
         let mut total = ResourceCounters::default();
         if let Ok(per_cpu) = arr.get(&(id as u32), 0) {
             per_cpu.iter().for_each(|c| total.add(c));

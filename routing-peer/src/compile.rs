@@ -24,8 +24,8 @@ use std::{
 use ipnet::IpNet;
 use routing_peer_common::{
     DestValue, PeerValue, PolicyKey, PolicyValue, ACTION_ACCEPT, ACTION_DROP, DEST_MASQUERADE,
-    DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, POLICY_PREFIX_ANY_PORT,
-    POLICY_PREFIX_ANY_PROTO,
+    DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_RESOURCES,
+    POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO,
 };
 
 use crate::{
@@ -61,6 +61,8 @@ pub struct Compiled {
     pub domain_dests: HashMap<u32, DestValue>,
     pub peer_classes: usize,
     pub dest_classes: usize,
+    pub src_class_ids: ClassIds,
+    pub dst_class_ids: ClassIds,
 }
 
 /// A set of rule ids, sorted and without duplicates. A sorted vector, not
@@ -74,22 +76,125 @@ fn rule_set(mut rules: Vec<u32>) -> RuleSet {
     rules
 }
 
-/// Interns sets of rule ids as class ids (from 1).
-#[derive(Default)]
-struct Classes {
+/// Class ids by rule set, as one compile hands them to the next.
+#[derive(Clone, Debug, Default)]
+pub struct ClassIds {
     ids: FastMap<RuleSet, u32>,
-    members: Vec<RuleSet>,
+    /// The class of each member (peer id; resource id or a self key).
+    by_member: FastMap<u32, u32>,
+    /// The highest id handed out so far.
+    last: u32,
 }
 
-impl Classes {
-    fn intern(&mut self, rules: RuleSet) -> u32 {
-        if let Some(id) = self.ids.get(&rules) {
-            return *id;
+/// Member keys of the routing peer's own addresses among destinations.
+const SELF_OVERLAY_MEMBER: u32 = u32::MAX;
+const SELF_LAN_MEMBER: u32 = u32::MAX - 1;
+
+/// Collects every member's rule set, then hands out class ids in one go,
+/// so that ids stay where they were: a set the previous compile knew keeps
+/// its id; a changed set keeps its members' previous id if no unchanged
+/// set holds it (one rule more for a group moves none of its peers and
+/// rewrites only that rule's entries); anything else gets a new id.
+struct ClassBuilder<'p> {
+    previous: Option<&'p ClassIds>,
+    sets: Vec<RuleSet>,
+    slot_of: FastMap<RuleSet, usize>,
+    members: Vec<(u32, usize)>,
+}
+
+impl<'p> ClassBuilder<'p> {
+    fn after(previous: Option<&'p ClassIds>) -> Self {
+        Self {
+            previous,
+            sets: Vec::new(),
+            slot_of: FastMap::default(),
+            members: Vec::new(),
         }
-        self.members.push(rules.clone());
-        let id = self.members.len() as u32;
-        self.ids.insert(rules, id);
-        id
+    }
+
+    /// Files `member` under `rules`; returns the set's slot for `finish`.
+    fn add(&mut self, member: u32, rules: RuleSet) -> usize {
+        let slot = match self.slot_of.get(&rules) {
+            Some(slot) => *slot,
+            None => {
+                self.sets.push(rules.clone());
+                self.slot_of.insert(rules, self.sets.len() - 1);
+                self.sets.len() - 1
+            }
+        };
+        self.add_to_slot(member, slot);
+        slot
+    }
+
+    fn add_to_slot(&mut self, member: u32, slot: usize) {
+        self.members.push((member, slot));
+    }
+
+    /// The class id of every slot, and the ids to hand to the next compile.
+    fn finish(self) -> (Vec<u32>, ClassIds) {
+        let empty = ClassIds::default();
+        let previous = self.previous.unwrap_or(&empty);
+        let mut ids = vec![0u32; self.sets.len()];
+        let mut claimed: FastMap<u32, ()> = FastMap::default();
+        for (slot, set) in self.sets.iter().enumerate() {
+            if let Some(id) = previous.ids.get(set) {
+                ids[slot] = *id;
+                claimed.insert(*id, ());
+            }
+        }
+        for (member, slot) in &self.members {
+            if ids[*slot] != 0 {
+                continue;
+            }
+            if let Some(id) = previous.by_member.get(member) {
+                if claimed.insert(*id, ()).is_none() {
+                    ids[*slot] = *id;
+                }
+            }
+        }
+        let mut last = previous.last;
+        for id in ids.iter_mut().filter(|id| **id == 0) {
+            last += 1;
+            *id = last;
+        }
+        let by_member = self
+            .members
+            .iter()
+            .map(|(member, slot)| (*member, ids[*slot]))
+            .collect();
+        let classes = ClassIds {
+            ids: self.sets.into_iter().zip(ids.iter().copied()).collect(),
+            by_member,
+            last,
+        };
+        (ids, classes)
+    }
+}
+
+/// What a compile keeps from the one before it: ids by name and classes
+/// by rule set, so that a small change is a small diff.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Previous<'a> {
+    pub names: Option<&'a Names>,
+    pub classes: Option<(&'a ClassIds, &'a ClassIds)>,
+}
+
+impl<'a> From<&'a Names> for Previous<'a> {
+    /// After a restart only the names are known (from the state file).
+    fn from(names: &'a Names) -> Self {
+        Self {
+            names: Some(names),
+            classes: None,
+        }
+    }
+}
+
+impl Compiled {
+    pub fn as_previous(&self) -> Previous<'_> {
+        Previous {
+            names: Some(&self.names),
+            classes: Some((&self.src_class_ids, &self.dst_class_ids)),
+        }
     }
 }
 
@@ -223,29 +328,110 @@ fn resolve(rules: &[&Rule]) -> Vec<(Block, PolicyValue)> {
     out.into_iter().collect()
 }
 
+/// Name of the built-in rule that opens the DNS forwarder.
+const DNS_RULE: &str = "built-in: DNS forwarder";
+
+/// Ids that stay with their names from one compile to the next. Removing
+/// the rule in the middle must not renumber the 50k after it: each would
+/// be a map write, and live flows would show under another rule's name.
+/// A freed id (an empty name) is handed out again only once `limit` fresh
+/// ids are used up, so a new resource does not inherit a removed one's
+/// counters. Returns the names by id (0 is "none") and the ids by name.
+fn stable_ids<'a>(
+    previous: Option<&[String]>,
+    wanted: &[&'a str],
+    limit: usize,
+) -> (Vec<String>, FastMap<&'a str, u32>) {
+    let previous = previous.unwrap_or_default();
+    let known: FastMap<&str, u32> = previous
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(_, n)| !n.is_empty())
+        .map(|(id, n)| (n.as_str(), id as u32))
+        .collect();
+    let mut names = vec![String::new(); previous.len().max(1)];
+    let mut ids: FastMap<&'a str, u32> = FastMap::default();
+    ids.reserve(wanted.len());
+    for name in wanted {
+        if let Some(&id) = known.get(name) {
+            names[id as usize] = (*name).to_string();
+            ids.insert(name, id);
+        }
+    }
+    let mut free = (1..names.len())
+        .filter(|&i| names[i].is_empty())
+        .collect::<Vec<_>>();
+    free.reverse();
+    for name in wanted {
+        if ids.contains_key(name) {
+            continue;
+        }
+        let id = match free.pop() {
+            Some(id) if names.len() >= limit => id,
+            _ => {
+                names.push(String::new());
+                names.len() - 1
+            }
+        };
+        names[id] = (*name).to_string();
+        ids.insert(name, id as u32);
+    }
+    (names, ids)
+}
+
 /// Compiles `config`. `self_addrs` are the routing peer's own addresses
 /// (overlay and LAN); `resolved` maps domain resource names to the addresses
-/// the DNS forwarder currently holds for them.
+/// the DNS forwarder currently holds for them; `previous` are the ids of the
+/// configuration installed now, kept for names that stay.
 pub fn compile(
     config: &Config,
     self_addrs: &[IpAddr],
     resolved: &HashMap<String, Vec<IpAddr>>,
+    previous: Previous<'_>,
 ) -> Compiled {
-    let mut names = Names {
-        peers: vec![String::new()],
-        resources: vec![String::new()],
-        rules: vec![String::new()],
+    let rule_names: Vec<&str> = config
+        .policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .chain([DNS_RULE])
+        .collect();
+    let peer_names: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
+    let resource_names: Vec<&str> = config
+        .networks
+        .iter()
+        .flat_map(|n| &n.resources)
+        .map(|r| r.name.as_str())
+        .collect();
+    let (rule_slots, rule_ids) = stable_ids(
+        previous.names.map(|p| p.rules.as_slice()),
+        &rule_names,
+        usize::MAX,
+    );
+    let (peer_slots, peer_ids) = stable_ids(
+        previous.names.map(|p| p.peers.as_slice()),
+        &peer_names,
+        usize::MAX,
+    );
+    let (resource_slots, resource_ids) = stable_ids(
+        previous.names.map(|p| p.resources.as_slice()),
+        &resource_names,
+        MAX_RESOURCES as usize,
+    );
+    let names = Names {
+        peers: peer_slots,
+        resources: resource_slots,
+        rules: rule_slots,
     };
     let mut rules = Vec::new();
     for policy in &config.policies {
-        names.rules.push(policy.name.clone());
         if !policy.enabled {
             continue;
         }
         rules.push((
             policy,
             Rule {
-                id: names.rules.len() as u32 - 1,
+                id: rule_ids[policy.name.as_str()],
                 action: policy.action,
                 blocks: blocks_of(policy.protocol, &policy.port_ranges()),
             },
@@ -254,9 +440,8 @@ pub fn compile(
 
     // Every peer may query the DNS forwarder on the overlay addresses; the
     // forwarder does its own per-name access control.
-    names.rules.push("built-in: DNS forwarder".into());
     let dns_rule = Rule {
-        id: names.rules.len() as u32 - 1,
+        id: rule_ids[DNS_RULE],
         action: Action::Accept,
         blocks: [IPPROTO_UDP, IPPROTO_TCP]
             .iter()
@@ -294,23 +479,36 @@ pub fn compile(
     };
 
     // Source classes.
-    let mut src_classes = Classes::default();
-    let mut peers = FastMap::default();
+    let mut src_classes = ClassBuilder::after(previous.classes.map(|c| c.0));
     // Peers with the same groups share a class: compute each group set once
     // (10k peers in one group must not mean 10k copies of its rule set).
-    let mut class_of_groups: FastMap<Vec<&str>, u32> = FastMap::default();
+    let mut slot_of_groups: FastMap<Vec<&str>, usize> = FastMap::default();
+    let mut peer_slots = Vec::with_capacity(config.peers.len());
     for peer in &config.peers {
-        names.peers.push(peer.name.clone());
-        let peer_id = names.peers.len() as u32 - 1;
+        let peer_id = peer_ids[peer.name.as_str()];
         let mut groups: Vec<&str> = peer.groups.iter().map(String::as_str).collect();
         groups.sort_unstable();
         groups.dedup();
-        let src_class = *class_of_groups.entry(groups).or_insert_with_key(|groups| {
-            let mut member = collect(&by_source, &mut groups.iter().copied());
-            member.push(dns_rule.id);
-            src_classes.intern(rule_set(member))
-        });
+        let slot = match slot_of_groups.get(&groups) {
+            Some(slot) => {
+                src_classes.add_to_slot(peer_id, *slot);
+                *slot
+            }
+            None => {
+                let mut member = collect(&by_source, &mut groups.iter().copied());
+                member.push(dns_rule.id);
+                let slot = src_classes.add(peer_id, rule_set(member));
+                slot_of_groups.insert(groups, slot);
+                slot
+            }
+        };
+        peer_slots.push((peer, peer_id, slot));
+    }
+    let (src_ids, src_class_ids) = src_classes.finish();
+    let mut peers = FastMap::default();
+    for (peer, peer_id, slot) in peer_slots {
         for addr in &peer.addresses {
+            let src_class = src_ids[slot];
             peers.insert(addr_key(*addr), PeerValue { peer_id, src_class });
         }
     }
@@ -327,8 +525,7 @@ pub fn compile(
     let mut domain_rules: Vec<(u32, u32, RuleSet)> = Vec::new();
     for network in &config.networks {
         for res in &network.resources {
-            names.resources.push(res.name.clone());
-            let resource_id = names.resources.len() as u32 - 1;
+            let resource_id = resource_ids[res.name.as_str()];
             let Ok(address) = parse_resource_address(&res.address) else {
                 continue;
             };
@@ -409,37 +606,15 @@ pub fn compile(
         })
         .collect();
 
-    let mut dst_classes = Classes::default();
-    let mut tables = Tables {
-        peers,
-        ..Default::default()
-    };
-    // Sized up front: growing a 100k-entry map rehashes it into fresh pages.
-    tables.dests.reserve(dests.len() + self_addrs.len());
-    for (d, rules_of) in dests.iter().zip(inherited) {
-        let dst_class = dst_classes.intern(rules_of);
-        tables.dests.insert(
-            DestPrefix::new(d.net),
-            DestValue {
-                resource_id: d.resource_id,
-                dst_class,
-                flags: d.flags,
-            },
-        );
-    }
-    let domain_dests: HashMap<u32, DestValue> = domain_rules
-        .into_iter()
-        .map(|(resource_id, flags, rules_of)| {
-            let dst_class = dst_classes.intern(rules_of);
-            (
-                resource_id,
-                DestValue {
-                    resource_id,
-                    dst_class,
-                    flags,
-                },
-            )
-        })
+    let mut dst_classes = ClassBuilder::after(previous.classes.map(|c| c.1));
+    let dest_slots: Vec<usize> = dests
+        .iter()
+        .zip(inherited)
+        .map(|(d, rules_of)| dst_classes.add(d.resource_id, rules_of))
+        .collect();
+    let domain_slots: Vec<usize> = domain_rules
+        .iter()
+        .map(|(resource_id, _, rules_of)| dst_classes.add(*resource_id, rules_of.clone()))
         .collect();
     let self_rules: RuleSet = rules
         .iter()
@@ -453,19 +628,52 @@ pub fn compile(
         .collect();
     let mut overlay_rules = self_rules.clone();
     overlay_rules.push(dns_rule.id);
-    let overlay_class = dst_classes.intern(rule_set(overlay_rules));
-    let lan_class = dst_classes.intern(self_rules);
+    let overlay_slot = dst_classes.add(SELF_OVERLAY_MEMBER, rule_set(overlay_rules));
+    let lan_slot = dst_classes.add(SELF_LAN_MEMBER, self_rules);
+    let (dst_ids, dst_class_ids) = dst_classes.finish();
+
+    let mut tables = Tables {
+        peers,
+        ..Default::default()
+    };
+    // Sized up front: growing a 100k-entry map rehashes it into fresh pages.
+    tables.dests.reserve(dests.len() + self_addrs.len());
+    for (d, slot) in dests.iter().zip(dest_slots) {
+        tables.dests.insert(
+            DestPrefix::new(d.net),
+            DestValue {
+                resource_id: d.resource_id,
+                dst_class: dst_ids[slot],
+                flags: d.flags,
+            },
+        );
+    }
+    let domain_dests: HashMap<u32, DestValue> = domain_rules
+        .iter()
+        .zip(domain_slots)
+        .map(|((resource_id, flags, _), slot)| {
+            (
+                *resource_id,
+                DestValue {
+                    resource_id: *resource_id,
+                    dst_class: dst_ids[slot],
+                    flags: *flags,
+                },
+            )
+        })
+        .collect();
     for addr in self_addrs {
         let overlay = config
             .routing_peer
             .overlay_addresses
             .iter()
             .any(|n| n.addr() == *addr);
+        let slot = if overlay { overlay_slot } else { lan_slot };
         tables.dests.insert(
             DestPrefix::new(IpNet::from(*addr)),
             DestValue {
                 resource_id: 0,
-                dst_class: if overlay { overlay_class } else { lan_class },
+                dst_class: dst_ids[slot],
                 flags: DEST_SELF,
             },
         );
@@ -475,16 +683,16 @@ pub fn compile(
     let all_rules: Vec<&Rule> = rules.iter().map(|(_, r)| r).chain([&dns_rule]).collect();
     let rule_by_id: FastMap<u32, &Rule> = all_rules.iter().map(|r| (r.id, *r)).collect();
     // Pairs come from each rule's classes, never from all class pairs.
-    let by_rule = |classes: &Classes| {
+    let by_rule = |classes: &ClassIds| {
         let mut m: FastMap<u32, Vec<u32>> = FastMap::default();
-        for (idx, members) in classes.members.iter().enumerate() {
+        for (members, id) in &classes.ids {
             for rule in members {
-                m.entry(*rule).or_default().push(idx as u32 + 1);
+                m.entry(*rule).or_default().push(*id);
             }
         }
         m
     };
-    let (src_by_rule, dst_by_rule) = (by_rule(&src_classes), by_rule(&dst_classes));
+    let (src_by_rule, dst_by_rule) = (by_rule(&src_class_ids), by_rule(&dst_class_ids));
     let mut pairs: FastMap<(u32, u32), Vec<u32>> = FastMap::default();
     for rule in &all_rules {
         let (Some(srcs), Some(dsts)) = (src_by_rule.get(&rule.id), dst_by_rule.get(&rule.id))
@@ -510,8 +718,10 @@ pub fn compile(
         names,
         domains,
         domain_dests,
-        peer_classes: src_classes.members.len(),
-        dest_classes: dst_classes.members.len(),
+        peer_classes: src_class_ids.ids.len(),
+        dest_classes: dst_class_ids.ids.len(),
+        src_class_ids,
+        dst_class_ids,
     }
 }
 
@@ -590,11 +800,133 @@ groups = ["Development"]
             .config;
         let lan: IpAddr = "198.51.100.1".parse().unwrap();
         let overlay: IpAddr = "100.64.0.1".parse().unwrap();
-        let compiled = compile(&config, &[overlay, lan], &HashMap::new());
+        let compiled = compile(
+            &config,
+            &[overlay, lan],
+            &HashMap::new(),
+            Previous::default(),
+        );
         let alice: IpAddr = "100.64.0.2".parse().unwrap();
         assert!(check::check(&compiled, alice, overlay, IPPROTO_UDP, 53).allowed);
         assert!(check::check(&compiled, alice, overlay, IPPROTO_TCP, 53).allowed);
         assert!(!check::check(&compiled, alice, overlay, IPPROTO_UDP, 54).allowed);
         assert!(!check::check(&compiled, alice, lan, IPPROTO_UDP, 53).allowed);
+    }
+}
+
+#[cfg(test)]
+mod stable_id_tests {
+    use super::*;
+    use crate::datapath::tables::TablesDiff;
+
+    fn config(rules: &[u32]) -> Config {
+        let mut text = String::from(
+            r#"
+[routing_peer]
+name = "gw"
+overlay_interface = "wg0"
+overlay_addresses = ["100.64.0.1/10"]
+private_key_file = "/dev/null"
+lan_interfaces = ["lan0"]
+
+[[peers]]
+name = "alice"
+public_key = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28="
+addresses = ["100.64.0.2"]
+groups = ["Dev"]
+
+[[networks]]
+name = "lan"
+"#,
+        );
+        for i in rules {
+            text += &format!(
+                "[[networks.resources]]\nname = \"r{i}\"\naddress = \"198.51.100.{i}/32\"\ngroups = [\"g{i}\"]\n"
+            );
+        }
+        for i in rules {
+            text += &format!(
+                "[[policies]]\nname = \"p{i}\"\nsources = [\"Dev\"]\ndestinations = [\"g{i}\"]\nprotocol = \"tcp\"\nports = [{}]\n",
+                1000 + i
+            );
+        }
+        crate::config::parse(std::path::Path::new("t.toml"), &text)
+            .unwrap()
+            .config
+    }
+
+    fn ids(names: &[String]) -> HashMap<String, usize> {
+        names
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| !n.is_empty())
+            .map(|(i, n)| (n.clone(), i))
+            .collect()
+    }
+
+    #[test]
+    fn removing_a_rule_in_the_middle_renumbers_nothing_else() {
+        let own: [IpAddr; 1] = ["100.64.0.1".parse().unwrap()];
+        let all: Vec<u32> = (1..=50).collect();
+        let before = compile(&config(&all), &own, &HashMap::new(), Previous::default());
+        let without_25: Vec<u32> = all.iter().copied().filter(|i| *i != 25).collect();
+        let after = compile(
+            &config(&without_25),
+            &own,
+            &HashMap::new(),
+            before.as_previous(),
+        );
+        let (old_rules, new_rules) = (ids(&before.names.rules), ids(&after.names.rules));
+        for (name, id) in &new_rules {
+            assert_eq!(old_rules[name], *id, "{name} was renumbered");
+        }
+        assert!(!new_rules.contains_key("p25"));
+        let (old_res, new_res) = (ids(&before.names.resources), ids(&after.names.resources));
+        for (name, id) in &new_res {
+            assert_eq!(old_res[name], *id, "{name} was renumbered");
+        }
+        // Only the removed rule's entries and its resource's prefix change.
+        let diff = TablesDiff::between(&before.tables, &after.tables).stats();
+        assert!(
+            diff.written + diff.removed <= 4,
+            "a one-rule removal rewrote {diff:?}"
+        );
+        // A rule added later gets a fresh id, not the removed rule's.
+        let mut with_51 = without_25.clone();
+        with_51.push(51);
+        let again = compile(
+            &config(&with_51),
+            &own,
+            &HashMap::new(),
+            after.as_previous(),
+        );
+        let again_ids = ids(&again.names.rules);
+        assert_ne!(again_ids["p51"], old_rules["p25"]);
+        assert_eq!(again_ids["p26"], old_rules["p26"]);
+        // Adding a rule for the same group keeps the group's class too.
+        let diff = TablesDiff::between(&after.tables, &again.tables).stats();
+        assert!(
+            diff.written + diff.removed <= 4,
+            "a one-rule addition rewrote {diff:?}"
+        );
+        assert_eq!(
+            after.tables.peer("100.64.0.2".parse().unwrap()),
+            again.tables.peer("100.64.0.2".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn freed_ids_are_reused_only_past_the_limit() {
+        let previous: Vec<String> = ["", "a", "", "c"].iter().map(|s| s.to_string()).collect();
+        let (names, ids) = stable_ids(Some(&previous), &["c", "d"], 10);
+        assert_eq!(ids["c"], 3);
+        assert_eq!(ids["d"], 4, "a fresh id while fresh ids remain");
+        assert_eq!(names[1], "", "a's id stays free");
+        let (_, ids) = stable_ids(Some(&previous), &["c", "d", "e"], 4);
+        assert_eq!(
+            (ids["d"], ids["e"]),
+            (1, 2),
+            "freed ids, lowest first, at the limit"
+        );
     }
 }

@@ -168,7 +168,20 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         PolicyState::init(&mut ebpf, datapath_config(&config))?
     };
     policy.set_config(&mut ebpf, datapath_config(&config))?;
-    let compiled = compile::compile(&config, &self_addresses(&config), &HashMap::new());
+    // An adopted data path keeps its ids: live flows and counters refer to them.
+    let previous = adopting
+        .then(|| control::read_state(&opts.instance))
+        .flatten()
+        .map(|s| s.names);
+    let compiled = compile::compile(
+        &config,
+        &self_addresses(&config),
+        &HashMap::new(),
+        previous
+            .as_ref()
+            .map(compile::Previous::from)
+            .unwrap_or_default(),
+    );
     let diff = policy.install(&mut ebpf, &compiled.tables)?;
     info!(
         written = diff.written,
@@ -389,7 +402,12 @@ impl Daemon {
             .collect();
         self.resolved.retain(|name, _| live.contains(name));
         let own = self_addresses(&config);
-        let compiled = compile::compile(&config, &own, &self.resolved_addrs());
+        let compiled = compile::compile(
+            &config,
+            &own,
+            &self.resolved_addrs(),
+            self.compiled.as_previous(),
+        );
         self.status.lock().unwrap().self_addresses = own;
         let started = std::time::Instant::now();
         match self.policy.install(&mut self.ebpf, &compiled.tables) {

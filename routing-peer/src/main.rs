@@ -338,7 +338,12 @@ fn compiled_for(status: &control::Status) -> Result<(config::Config, compile::Co
         })
         .collect();
     // The daemon's own view of its addresses, so the answer matches the data path.
-    let compiled = compile::compile(&config, &status.self_addresses, &resolved);
+    let compiled = compile::compile(
+        &config,
+        &status.self_addresses,
+        &resolved,
+        compile::Previous::from(&status.names),
+    );
     Ok((config, compiled))
 }
 

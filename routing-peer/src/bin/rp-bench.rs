@@ -220,17 +220,31 @@ fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
     let rules = loaded.config.policies.len();
     let self_addrs: Vec<IpAddr> = vec!["100.64.0.1".parse()?, "198.51.100.1".parse()?];
     let started = Instant::now();
-    let compiled = compile::compile(&loaded.config, &self_addrs, &HashMap::new());
+    let compiled = compile::compile(
+        &loaded.config,
+        &self_addrs,
+        &HashMap::new(),
+        Default::default(),
+    );
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut state = datapath::tables::PolicyState::init(&mut ebpf, DatapathConfig::default())?;
     let started = Instant::now();
     state.install(&mut ebpf, &compiled.tables)?;
     let install_ms = started.elapsed().as_secs_f64() * 1e3;
     // A one-rule change, as a reload applies it: recompile, then a diff.
+    // The rule in the middle goes: the hardest one-rule change, since
+    // every later rule would be renumbered if ids were positions, and the
+    // peers' group loses a rule.
     let mut changed = loaded.config.clone();
-    changed.policies.pop();
+    let middle = changed.policies.len() / 2;
+    changed.policies.remove(middle);
     let started = Instant::now();
-    let recompiled = compile::compile(&changed, &self_addrs, &HashMap::new());
+    let recompiled = compile::compile(
+        &changed,
+        &self_addrs,
+        &HashMap::new(),
+        compiled.as_previous(),
+    );
     let diff = state.install(&mut ebpf, &recompiled.tables)?;
     let one_rule_change_ms = started.elapsed().as_secs_f64() * 1e3;
     state.install(&mut ebpf, &compiled.tables)?;

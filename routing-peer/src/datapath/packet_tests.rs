@@ -136,7 +136,12 @@ impl Dp {
     fn install(&mut self, config_text: &str) {
         let loaded = config::parse(Path::new("test.toml"), config_text).expect("valid config");
         let self_addrs: Vec<IpAddr> = vec![RP_OVERLAY.into(), RP_LAN.into()];
-        let compiled = compile::compile(&loaded.config, &self_addrs, &HashMap::new());
+        let compiled = compile::compile(
+            &loaded.config,
+            &self_addrs,
+            &HashMap::new(),
+            Default::default(),
+        );
         self.state
             .install(&mut self.ebpf, &compiled.tables)
             .unwrap();
