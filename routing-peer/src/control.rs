@@ -65,7 +65,11 @@ pub struct Status {
     pub dns: crate::dns::CounterSnapshot,
     /// The routing peer's own addresses (overlay and LAN): the input chain.
     pub self_addresses: Vec<std::net::IpAddr>,
-    pub names: Names,
+    /// Names by id, for the CLI's tables. Not in the status document: at
+    /// 100k rules they are megabytes, and every `status` would carry them.
+    /// They live in `names.json` beside the state file.
+    #[serde(skip)]
+    pub names: Arc<Names>,
 }
 
 pub type SharedStatus = Arc<Mutex<Status>>;
@@ -87,6 +91,25 @@ pub fn write_state(instance: &str, status: &Status) -> Result<()> {
     std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)?;
     std::fs::rename(&tmp, state_file(instance))?;
     Ok(())
+}
+
+pub fn names_file(instance: &str) -> PathBuf {
+    run_dir(instance).join("names.json")
+}
+
+/// Writes the names of the installed configuration, atomically.
+pub fn write_names(instance: &str, names: &Names) -> Result<()> {
+    let dir = run_dir(instance);
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join("names.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(names)?)?;
+    std::fs::rename(&tmp, names_file(instance))?;
+    Ok(())
+}
+
+pub fn read_names(instance: &str) -> Option<Names> {
+    let text = std::fs::read(names_file(instance)).ok()?;
+    serde_json::from_slice(&text).ok()
 }
 
 pub fn read_state(instance: &str) -> Option<Status> {

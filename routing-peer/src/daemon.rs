@@ -170,9 +170,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     policy.set_config(&mut ebpf, datapath_config(&config))?;
     // An adopted data path keeps its ids: live flows and counters refer to them.
     let previous = adopting
-        .then(|| control::read_state(&opts.instance))
-        .flatten()
-        .map(|s| s.names);
+        .then(|| control::read_names(&opts.instance))
+        .flatten();
     let compiled = compile::compile(
         &config,
         &self_addresses(&config),
@@ -259,8 +258,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         resolved: Vec::new(),
         dns: dns::CounterSnapshot::default(),
         self_addresses: self_addresses(&config),
-        names: compiled.names.clone(),
+        names: Arc::new(compiled.names.clone()),
     }));
+    control::write_names(&opts.instance, &compiled.names)?;
     let dns_view = Arc::new(RwLock::new(dns::View::new(&config, &compiled)));
     let dns_counters = Arc::new(dns::Counters::default());
     let (install_tx, dns_installs) = mpsc::channel(64);
@@ -364,6 +364,7 @@ impl Daemon {
     /// Applies a changed file. An invalid one is rejected with all its
     /// problems and the running configuration stays.
     fn reload(&mut self, why: &str) {
+        let started = std::time::Instant::now();
         let loaded = match config::load(&self.opts.config_path) {
             Ok(l) => l,
             Err(e) => {
@@ -378,6 +379,7 @@ impl Daemon {
             warn!(field = %w.field, "{}", w.message);
         }
         let config = loaded.config;
+        let read_ms = started.elapsed().as_millis() as u64;
         let wg_result = match self.wg.mode() {
             wireguard::Mode::External => Ok(()),
             _ => DeviceSpec::from_config(&config).and_then(|spec| self.wg.configure(&spec)),
@@ -402,6 +404,7 @@ impl Daemon {
             .collect();
         self.resolved.retain(|name, _| live.contains(name));
         let own = self_addresses(&config);
+        let compile_started = std::time::Instant::now();
         let compiled = compile::compile(
             &config,
             &own,
@@ -409,14 +412,19 @@ impl Daemon {
             self.compiled.as_previous(),
         );
         self.status.lock().unwrap().self_addresses = own;
-        let started = std::time::Instant::now();
+        let compile_ms = compile_started.elapsed().as_millis() as u64;
+        let install_started = std::time::Instant::now();
         match self.policy.install(&mut self.ebpf, &compiled.tables) {
+            // Where a reload's time goes: reading (and validating) the
+            // file, compiling, writing the maps.
             Ok(diff) => info!(
                 trigger = why,
                 written = diff.written,
                 removed = diff.removed,
                 generation = self.policy.config.policy_gen,
-                micros = started.elapsed().as_micros() as u64,
+                read_ms,
+                compile_ms,
+                install_ms = install_started.elapsed().as_millis() as u64,
                 "configuration reloaded"
             ),
             Err(e) => {
@@ -430,7 +438,10 @@ impl Daemon {
         let mut status = self.status.lock().unwrap();
         status.generation = self.policy.config.policy_gen;
         status.last_reload_unix = unix_now();
-        status.names = self.compiled.names.clone();
+        status.names = Arc::new(self.compiled.names.clone());
+        if let Err(e) = control::write_names(&self.opts.instance, &self.compiled.names) {
+            warn!("writing names for the CLI: {e}");
+        }
     }
 
     fn refresh_peers(&mut self) {

@@ -247,10 +247,7 @@ fn status(instance: &str, pins: &PinDir, json: bool) -> Result<()> {
 }
 
 fn names_for(instance: &str) -> compile::Names {
-    cli::context(instance)
-        .status
-        .map(|s| s.names)
-        .unwrap_or_default()
+    control::read_names(instance).unwrap_or_default()
 }
 
 fn flows(instance: &str, pins: &PinDir, args: FlowsArgs) -> Result<()> {
@@ -342,7 +339,7 @@ fn compiled_for(status: &control::Status) -> Result<(config::Config, compile::Co
         &config,
         &status.self_addresses,
         &resolved,
-        compile::Previous::from(&status.names),
+        compile::Previous::from(&control::read_names(&status.instance).unwrap_or_default()),
     );
     Ok((config, compiled))
 }
