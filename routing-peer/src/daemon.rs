@@ -337,7 +337,11 @@ impl Daemon {
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
-                _ = sighup.recv() => self.reload("SIGHUP"),
+                _ = sighup.recv() => {
+                    // The file watch must not load the same file again.
+                    stamp = file_stamp(&self.opts.config_path);
+                    self.reload("SIGHUP");
+                }
                 Some(install) = self.dns_installs.recv() => self.install_resolved(install),
                 _ = sigterm.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
