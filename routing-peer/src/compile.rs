@@ -779,9 +779,10 @@ mod dns_access_tests {
     use super::*;
     use crate::check;
 
-    #[test]
-    fn every_peer_may_query_the_dns_forwarder_on_the_overlay_address_only() {
-        let text = r#"
+    /// A routing peer with one peer, alice (100.64.0.2), in `group`.
+    pub(super) fn gateway_with_alice(group: &str) -> String {
+        format!(
+            r#"
 [routing_peer]
 name = "gw"
 overlay_interface = "wg0"
@@ -793,9 +794,15 @@ lan_interfaces = ["lan0"]
 name = "alice"
 public_key = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28="
 addresses = ["100.64.0.2"]
-groups = ["Development"]
-"#;
-        let config = crate::config::parse(std::path::Path::new("t.toml"), text)
+groups = ["{group}"]
+"#
+        )
+    }
+
+    #[test]
+    fn every_peer_may_query_the_dns_forwarder_on_the_overlay_address_only() {
+        let text = gateway_with_alice("Development");
+        let config = crate::config::parse(std::path::Path::new("t.toml"), &text)
             .unwrap()
             .config;
         let lan: IpAddr = "198.51.100.1".parse().unwrap();
@@ -820,25 +827,8 @@ mod stable_id_tests {
     use crate::datapath::tables::TablesDiff;
 
     fn config(rules: &[u32]) -> Config {
-        let mut text = String::from(
-            r#"
-[routing_peer]
-name = "gw"
-overlay_interface = "wg0"
-overlay_addresses = ["100.64.0.1/10"]
-private_key_file = "/dev/null"
-lan_interfaces = ["lan0"]
-
-[[peers]]
-name = "alice"
-public_key = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28="
-addresses = ["100.64.0.2"]
-groups = ["Dev"]
-
-[[networks]]
-name = "lan"
-"#,
-        );
+        let mut text = super::dns_access_tests::gateway_with_alice("Dev");
+        text += "\n[[networks]]\nname = \"lan\"\n";
         for i in rules {
             text += &format!(
                 "[[networks.resources]]\nname = \"r{i}\"\naddress = \"198.51.100.{i}/32\"\ngroups = [\"g{i}\"]\n"
