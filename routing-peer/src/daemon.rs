@@ -408,37 +408,66 @@ impl Daemon {
             .collect();
         self.resolved.retain(|name, _| live.contains(name));
         let own = self_addresses(&config);
+        let same_addresses = self.status.lock().unwrap().self_addresses == own;
         let compile_started = std::time::Instant::now();
-        let compiled = compile::compile(
-            &config,
-            &own,
-            &self.resolved_addrs(),
-            self.compiled.as_previous(),
-        );
-        self.status.lock().unwrap().self_addresses = own;
-        let compile_ms = compile_started.elapsed().as_millis() as u64;
-        let install_started = std::time::Instant::now();
-        match self.policy.install(&mut self.ebpf, &compiled.tables) {
-            // Where a reload's time goes: reading (and validating) the
-            // file, compiling, writing the maps.
-            Ok(diff) => info!(
-                trigger = why,
-                written = diff.written,
-                removed = diff.removed,
-                generation = self.policy.config.policy_gen,
-                read_ms,
-                compile_ms,
-                install_ms = install_started.elapsed().as_millis() as u64,
-                "configuration reloaded"
-            ),
-            Err(e) => {
-                error!("reload: installing policy: {e}");
-                return;
+        // Only policies changed: update the compiled tables in place.
+        let mut applied = None;
+        if same_addresses {
+            if let Some(diff) =
+                compile::apply_policy_change(&mut self.compiled, &self.config, &config)
+            {
+                let compile_ms = compile_started.elapsed().as_millis() as u64;
+                let install_started = std::time::Instant::now();
+                match self.policy.install_diff(&mut self.ebpf, &diff) {
+                    Ok(stats) => {
+                        applied = Some((stats, "in place", compile_ms, install_started.elapsed()))
+                    }
+                    // The maps are still the installed copy's: a full
+                    // compile below diffs against that.
+                    Err(e) => error!("reload: installing in place: {e}; compiling in full"),
+                }
             }
         }
-        *self.dns_view.write().unwrap() = dns::View::new(&config, &compiled);
+        let (diff, how, compile_ms, install_time) = match applied {
+            Some(done) => done,
+            None => {
+                let compile_started = std::time::Instant::now();
+                let compiled = compile::compile(
+                    &config,
+                    &own,
+                    &self.resolved_addrs(),
+                    self.compiled.as_previous(),
+                );
+                let compile_ms = compile_started.elapsed().as_millis() as u64;
+                let install_started = std::time::Instant::now();
+                match self.policy.install(&mut self.ebpf, &compiled.tables) {
+                    Ok(stats) => {
+                        self.compiled = compiled;
+                        (stats, "full", compile_ms, install_started.elapsed())
+                    }
+                    Err(e) => {
+                        error!("reload: installing policy: {e}");
+                        return;
+                    }
+                }
+            }
+        };
+        self.status.lock().unwrap().self_addresses = own;
+        // Where a reload's time goes: reading (and validating) the file,
+        // compiling, writing the maps.
+        info!(
+            trigger = why,
+            compile = how,
+            written = diff.written,
+            removed = diff.removed,
+            generation = self.policy.config.policy_gen,
+            read_ms,
+            compile_ms,
+            install_ms = install_time.as_millis() as u64,
+            "configuration reloaded"
+        );
+        *self.dns_view.write().unwrap() = dns::View::new(&config, &self.compiled);
         self.config = config;
-        self.compiled = compiled;
         let mut status = self.status.lock().unwrap();
         status.generation = self.policy.config.policy_gen;
         status.last_reload_unix = unix_now();

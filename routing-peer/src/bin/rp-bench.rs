@@ -231,13 +231,20 @@ fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
     let started = Instant::now();
     state.install(&mut ebpf, &compiled.tables)?;
     let install_ms = started.elapsed().as_secs_f64() * 1e3;
-    // A one-rule change, as a reload applies it: recompile, then a diff.
-    // The rule in the middle goes: the hardest one-rule change, since
-    // every later rule would be renumbered if ids were positions, and the
-    // peers' group loses a rule.
+    // A one-rule change, as a reload applies it: in place (the daemon's
+    // path when only policies changed), and by a full recompile for
+    // comparison. The rule in the middle goes: with ids by position every
+    // later rule would be renumbered, and the peers' group loses a rule.
     let mut changed = loaded.config.clone();
     let middle = changed.policies.len() / 2;
     changed.policies.remove(middle);
+    let mut updated = compiled.clone();
+    let started = Instant::now();
+    let in_place = compile::apply_policy_change(&mut updated, &loaded.config, &changed)
+        .context("a one-rule change was not applied in place")?;
+    let diff = state.install_diff(&mut ebpf, &in_place)?;
+    let one_rule_change_ms = started.elapsed().as_secs_f64() * 1e3;
+    state.install(&mut ebpf, &compiled.tables)?;
     let started = Instant::now();
     let recompiled = compile::compile(
         &changed,
@@ -245,8 +252,12 @@ fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
         &HashMap::new(),
         compiled.as_previous(),
     );
-    let diff = state.install(&mut ebpf, &recompiled.tables)?;
-    let one_rule_change_ms = started.elapsed().as_secs_f64() * 1e3;
+    let full_diff = state.install(&mut ebpf, &recompiled.tables)?;
+    let one_rule_full_ms = started.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(
+        full_diff == diff,
+        "in place and full recompile wrote different diffs"
+    );
     state.install(&mut ebpf, &compiled.tables)?;
 
     let frame = |sport: u16, dport: u16| -> Result<Vec<u8>> {
@@ -292,6 +303,7 @@ fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
             "peers": loaded.config.peers.len(),
             "policy_entries": compiled.tables.policy.len(),
             "one_rule_change_ms": one_rule_change_ms,
+            "one_rule_full_recompile_ms": one_rule_full_ms,
             "one_rule_change_entries": diff.written + diff.removed,
             "compile_ms": compile_ms,
             "install_ms": install_ms,

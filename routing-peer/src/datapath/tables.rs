@@ -163,10 +163,45 @@ impl TablesDiff {
         stats
     }
 
-    fn apply_to(&self, tables: &mut Tables) {
+    pub(crate) fn apply_to(&self, tables: &mut Tables) {
         self.peers.apply_to(&mut tables.peers);
         self.dests.apply_to(&mut tables.dests);
         self.policy.apply_to(&mut tables.policy);
+    }
+}
+
+/// The final value of every key a change touched (`None`: removed), as an
+/// in-place update of the compiled tables records them.
+#[derive(Debug, Default)]
+pub struct TableChanges {
+    pub peers: FastMap<AddrKey, Option<PeerValue>>,
+    pub dests: FastMap<DestPrefix, Option<DestValue>>,
+    pub policy: FastMap<PolicyPrefix, Option<PolicyValue>>,
+}
+
+impl<K: Copy + Eq + Hash, V: Copy + PartialEq> MapDiff<K, V> {
+    fn from_changes(changes: FastMap<K, Option<V>>) -> Self {
+        let mut diff = Self {
+            upserts: Vec::new(),
+            removals: Vec::new(),
+        };
+        for (k, v) in changes {
+            match v {
+                Some(v) => diff.upserts.push((k, v)),
+                None => diff.removals.push(k),
+            }
+        }
+        diff
+    }
+}
+
+impl From<TableChanges> for TablesDiff {
+    fn from(changes: TableChanges) -> Self {
+        Self {
+            peers: MapDiff::from_changes(changes.peers),
+            dests: MapDiff::from_changes(changes.dests),
+            policy: MapDiff::from_changes(changes.policy),
+        }
     }
 }
 
@@ -262,15 +297,23 @@ impl PolicyState {
 
     /// Installs `new` atomically from the packets' point of view.
     pub fn install(&mut self, ebpf: &mut Ebpf, new: &Tables) -> Result<DiffStats, MapError> {
+        self.install_diff(ebpf, &TablesDiff::between(&self.installed, new))
+    }
+
+    /// As `install`, with the diff already known (an in-place recompile).
+    pub fn install_diff(
+        &mut self,
+        ebpf: &mut Ebpf,
+        diff: &TablesDiff,
+    ) -> Result<DiffStats, MapError> {
         let live = self.config.active_slot as usize;
         let standby = 1 - live;
-        let diff = TablesDiff::between(&self.installed, new);
-        write_slot(ebpf, standby, &diff)?;
+        write_slot(ebpf, standby, diff)?;
         self.config.active_slot = standby as u32;
         self.config.policy_gen = self.config.policy_gen.wrapping_add(1).max(1);
         write_config(ebpf, &self.config)?;
         // The old copy catches up, so the next update is again a small diff.
-        write_slot(ebpf, live, &diff)?;
+        write_slot(ebpf, live, diff)?;
         // Apply the diff rather than copy `new`: a small change stays small.
         diff.apply_to(&mut self.installed);
         Ok(diff.stats())

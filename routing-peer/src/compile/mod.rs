@@ -16,6 +16,10 @@
 //! the rules of both. The routing peer's own addresses get only peer
 //! (input-chain) rules: a resource policy never opens the routing peer.
 
+mod delta;
+
+pub use delta::apply_policy_change;
+
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
@@ -23,9 +27,9 @@ use std::{
 
 use ipnet::IpNet;
 use routing_peer_common::{
-    DestValue, PeerValue, PolicyKey, PolicyValue, ACTION_ACCEPT, ACTION_DROP, DEST_MASQUERADE,
-    DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_RESOURCES,
-    POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO,
+    AddrKey, DestValue, PeerValue, PolicyKey, PolicyValue, ACTION_ACCEPT, ACTION_DROP,
+    DEST_MASQUERADE, DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    MAX_RESOURCES, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO,
 };
 
 use crate::{
@@ -63,6 +67,53 @@ pub struct Compiled {
     pub dest_classes: usize,
     pub src_class_ids: ClassIds,
     pub dst_class_ids: ClassIds,
+    /// What `apply_policy_change` needs to update this in place.
+    delta: DeltaState,
+}
+
+/// The compiler's intermediate results, kept so that a change of policies
+/// can be applied to a compiled configuration without a full pass.
+#[derive(Clone, Debug, Default)]
+struct DeltaState {
+    /// Enabled rules (and the built-in DNS rule) by id.
+    rules: FastMap<u32, Rule>,
+    rule_ids: FastMap<String, u32>,
+    src: ClassSide,
+    dst: ClassSide,
+    /// The policy entries of each (source class, destination class) pair.
+    pair_entries: FastMap<(u32, u32), Vec<PolicyPrefix>>,
+    /// Peers by group, resources by group and by name (enabled ones).
+    group_peers: FastMap<String, Vec<u32>>,
+    group_resources: FastMap<String, Vec<u32>>,
+    resource_ids: FastMap<String, u32>,
+    /// Map keys of each source member (peer) and destination member.
+    peer_keys: FastMap<u32, Vec<AddrKey>>,
+    member_prefixes: FastMap<u32, Vec<DestPrefix>>,
+    /// Resources whose prefix contains, lies in or equals another's: their
+    /// rule sets depend on each other, so changes there take a full pass.
+    nested: FastMap<u32, ()>,
+}
+
+/// One side's classes, from class id.
+#[derive(Clone, Debug, Default)]
+struct ClassSide {
+    sets: FastMap<u32, RuleSet>,
+    counts: FastMap<u32, u32>,
+    by_rule: FastMap<u32, Vec<u32>>,
+}
+
+impl ClassSide {
+    fn new(ids: &ClassIds, by_rule: FastMap<u32, Vec<u32>>) -> Self {
+        let mut counts: FastMap<u32, u32> = FastMap::default();
+        for class in ids.by_member.values() {
+            *counts.entry(*class).or_default() += 1;
+        }
+        Self {
+            sets: ids.ids.iter().map(|(set, id)| (*id, set.clone())).collect(),
+            counts,
+            by_rule,
+        }
+    }
 }
 
 /// A set of rule ids, sorted and without duplicates. A sorted vector, not
@@ -282,6 +333,7 @@ fn blocks_of(protocol: Protocol, ranges: &[(u16, u16)]) -> Vec<Block> {
 }
 
 /// The compiled form of one enabled policy.
+#[derive(Clone, Debug)]
 struct Rule {
     id: u32,
     action: Action,
@@ -506,11 +558,23 @@ pub fn compile(
     }
     let (src_ids, src_class_ids) = src_classes.finish();
     let mut peers = FastMap::default();
+    let mut delta = DeltaState::default();
     for (peer, peer_id, slot) in peer_slots {
         for addr in &peer.addresses {
             let src_class = src_ids[slot];
             peers.insert(addr_key(*addr), PeerValue { peer_id, src_class });
         }
+        for group in &peer.groups {
+            delta
+                .group_peers
+                .entry(group.clone())
+                .or_default()
+                .push(peer_id);
+        }
+        delta.peer_keys.insert(
+            peer_id,
+            peer.addresses.iter().map(|a| addr_key(*a)).collect(),
+        );
     }
 
     // Destination prefixes with their direct rule sets.
@@ -542,9 +606,19 @@ pub fn compile(
             } else {
                 0
             };
+            for group in &res.groups {
+                delta
+                    .group_resources
+                    .entry(group.clone())
+                    .or_default()
+                    .push(resource_id);
+            }
+            delta.resource_ids.insert(res.name.clone(), resource_id);
             let nets: Vec<IpNet> = match &address {
                 ResourceAddress::Host(n) | ResourceAddress::Subnet(n) => vec![*n],
                 ResourceAddress::Domain(_) | ResourceAddress::Wildcard(_) => {
+                    // Resolved addresses come and go between compiles.
+                    delta.nested.insert(resource_id, ());
                     domain_rules.push((resource_id, flags, direct.clone()));
                     domains.push(DomainResource {
                         resource_id,
@@ -584,6 +658,7 @@ pub fn compile(
         .keys()
         .map(|n| (n.addr().is_ipv4(), n.prefix_len()))
         .collect();
+    let mut nested_nets: FastMap<IpNet, ()> = FastMap::default();
     let inherited: Vec<RuleSet> = dests
         .iter()
         .map(|d| {
@@ -597,6 +672,8 @@ pub fn compile(
                 if let Ok(parent) = IpNet::new(d.net.addr(), len) {
                     if let Some(r) = by_net.get(&parent.trunc()) {
                         all.extend(r.iter().copied());
+                        nested_nets.insert(parent.trunc(), ());
+                        nested_nets.insert(d.net, ());
                     }
                 }
             }
@@ -606,6 +683,20 @@ pub fn compile(
         })
         .collect();
 
+    let mut prefixes_per_net: FastMap<IpNet, u32> = FastMap::default();
+    for d in &dests {
+        *prefixes_per_net.entry(d.net).or_default() += 1;
+    }
+    for d in &dests {
+        if nested_nets.contains_key(&d.net) || prefixes_per_net[&d.net] > 1 {
+            delta.nested.insert(d.resource_id, ());
+        }
+        delta
+            .member_prefixes
+            .entry(d.resource_id)
+            .or_default()
+            .push(DestPrefix::new(d.net));
+    }
     let mut dst_classes = ClassBuilder::after(previous.classes.map(|c| c.1));
     let dest_slots: Vec<usize> = dests
         .iter()
@@ -616,16 +707,19 @@ pub fn compile(
         .iter()
         .map(|(resource_id, _, rules_of)| dst_classes.add(*resource_id, rules_of.clone()))
         .collect();
-    let self_rules: RuleSet = rules
-        .iter()
-        .filter(|(p, _)| {
-            p.kind == PolicyKind::Peer
-                && p.destinations
-                    .iter()
-                    .any(|g| config.routing_peer.groups.contains(g))
-        })
-        .map(|(_, r)| r.id)
-        .collect();
+    // Ids follow names, not positions: sort.
+    let self_rules: RuleSet = rule_set(
+        rules
+            .iter()
+            .filter(|(p, _)| {
+                p.kind == PolicyKind::Peer
+                    && p.destinations
+                        .iter()
+                        .any(|g| config.routing_peer.groups.contains(g))
+            })
+            .map(|(_, r)| r.id)
+            .collect(),
+    );
     let mut overlay_rules = self_rules.clone();
     overlay_rules.push(dns_rule.id);
     let overlay_slot = dst_classes.add(SELF_OVERLAY_MEMBER, rule_set(overlay_rules));
@@ -669,6 +763,16 @@ pub fn compile(
             .iter()
             .any(|n| n.addr() == *addr);
         let slot = if overlay { overlay_slot } else { lan_slot };
+        let member = if overlay {
+            SELF_OVERLAY_MEMBER
+        } else {
+            SELF_LAN_MEMBER
+        };
+        delta
+            .member_prefixes
+            .entry(member)
+            .or_default()
+            .push(DestPrefix::new(IpNet::from(*addr)));
         tables.dests.insert(
             DestPrefix::new(IpNet::from(*addr)),
             DestValue {
@@ -706,12 +810,31 @@ pub fn compile(
         }
     }
     tables.policy.reserve(pairs.len());
+    delta.pair_entries.reserve(pairs.len());
     for ((s, d), ids) in pairs {
         let pair_rules: Vec<&Rule> = ids.iter().map(|id| rule_by_id[id]).collect();
+        let mut entries = Vec::new();
         for (block, value) in resolve(&pair_rules) {
-            tables.policy.insert(block.prefix(s, d), value);
+            let prefix = block.prefix(s, d);
+            tables.policy.insert(prefix, value);
+            entries.push(prefix);
         }
+        delta.pair_entries.insert((s, d), entries);
     }
+    delta.src = ClassSide::new(&src_class_ids, src_by_rule);
+    delta.dst = ClassSide::new(&dst_class_ids, dst_by_rule);
+    delta.rule_ids = names
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| !n.is_empty())
+        .map(|(id, n)| (n.clone(), id as u32))
+        .collect();
+    delta.rules = rules
+        .into_iter()
+        .map(|(_, r)| (r.id, r))
+        .chain([(dns_rule.id, dns_rule)])
+        .collect();
 
     Compiled {
         tables,
@@ -722,6 +845,7 @@ pub fn compile(
         dest_classes: dst_class_ids.ids.len(),
         src_class_ids,
         dst_class_ids,
+        delta,
     }
 }
 
