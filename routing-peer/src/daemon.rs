@@ -412,10 +412,14 @@ impl Daemon {
         let compile_started = std::time::Instant::now();
         // Only policies changed: update the compiled tables in place.
         let mut applied = None;
-        if same_addresses {
-            if let Some(diff) =
-                compile::apply_policy_change(&mut self.compiled, &self.config, &config)
-            {
+        let in_place = if same_addresses {
+            compile::apply_policy_change(&mut self.compiled, &self.config, &config)
+        } else {
+            Err(compile::NeedsFullCompile::NotOnlyPolicies)
+        };
+        match in_place {
+            Err(why_full) => info!(reason = %why_full, "reload: compiling in full"),
+            Ok(diff) => {
                 let compile_ms = compile_started.elapsed().as_millis() as u64;
                 let install_started = std::time::Instant::now();
                 match self.policy.install_diff(&mut self.ebpf, &diff) {

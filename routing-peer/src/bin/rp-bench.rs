@@ -241,7 +241,7 @@ fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
     let mut updated = compiled.clone();
     let started = Instant::now();
     let in_place = compile::apply_policy_change(&mut updated, &loaded.config, &changed)
-        .context("a one-rule change was not applied in place")?;
+        .map_err(|e| anyhow::anyhow!("a one-rule change was not applied in place: {e}"))?;
     let diff = state.install_diff(&mut ebpf, &in_place)?;
     let one_rule_change_ms = started.elapsed().as_secs_f64() * 1e3;
     state.install(&mut ebpf, &compiled.tables)?;

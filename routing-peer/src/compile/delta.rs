@@ -11,7 +11,7 @@
 //!
 //! Anything else (peers, networks, the routing peer itself, the order of
 //! policies, nested or domain resources among the members, many changes at
-//! once) returns `None` and the caller compiles in full. The result is the
+//! once) returns why, and the caller compiles in full. The result is the
 //! same as a full compile's up to the numbering of new classes; the tests
 //! below check that on random changes.
 
@@ -41,20 +41,35 @@ struct Membership {
     dests: Vec<u32>,
 }
 
+/// Why a change takes the full compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NeedsFullCompile {
+    #[error("more than policies changed")]
+    NotOnlyPolicies,
+    #[error("policies were reordered")]
+    Reordered,
+    #[error("more than {MAX_CHANGES} policies changed")]
+    TooManyChanges,
+    #[error("a changed policy reaches a nested or domain resource")]
+    NestedOrDomain,
+}
+
 /// Applies `new`'s policies to `compiled` (built from `old`) and returns
-/// the map changes, or `None` (nothing touched) when a full compile is needed.
+/// the map changes; when a full compile is needed, says why and touches
+/// nothing.
 pub fn apply_policy_change(
     compiled: &mut Compiled,
     old: &Config,
     new: &Config,
-) -> Option<TablesDiff> {
+) -> Result<TablesDiff, NeedsFullCompile> {
+    use NeedsFullCompile::*;
     if old.routing_peer != new.routing_peer
         || old.peers != new.peers
         || old.networks != new.networks
         || old.dns != new.dns
         || compiled.delta.rules.is_empty()
     {
-        return None;
+        return Err(NotOnlyPolicies);
     }
     let old_index: FastMap<&str, usize> = old
         .policies
@@ -76,7 +91,7 @@ pub fn apply_policy_change(
         match old_index.get(p.name.as_str()) {
             Some(&i) => {
                 if last_old.is_some_and(|l| i < l) {
-                    return None;
+                    return Err(Reordered);
                 }
                 last_old = Some(i);
                 if old.policies[i] != *p {
@@ -86,7 +101,7 @@ pub fn apply_policy_change(
             None => changed.push((None, Some(p))),
         }
         if changed.len() > MAX_CHANGES {
-            return None;
+            return Err(TooManyChanges);
         }
     }
     for p in &old.policies {
@@ -95,7 +110,7 @@ pub fn apply_policy_change(
         }
     }
     if changed.len() > MAX_CHANGES {
-        return None;
+        return Err(TooManyChanges);
     }
 
     // Ids for new names (as the full compile's stable ids would give them,
@@ -135,7 +150,7 @@ pub fn apply_policy_change(
         .chain(assert.iter().map(|(m, _)| m))
         .any(|m| m.dests.iter().any(|d| nested.contains_key(d)))
     {
-        return None;
+        return Err(NestedOrDomain);
     }
 
     // From here on `compiled` changes.
@@ -191,7 +206,7 @@ pub fn apply_policy_change(
     } = update;
     compiled.peer_classes = compiled.src_class_ids.ids.len();
     compiled.dest_classes = compiled.dst_class_ids.ids.len();
-    Some(changes.into())
+    Ok(changes.into())
 }
 
 /// The peers and destination members `policy` applies to, as the full
@@ -698,7 +713,7 @@ mod tests {
                 let full = compile(&next, &own, &none, current.as_previous());
                 let before: Tables = current.tables.clone();
                 match apply_policy_change(&mut current, &config, &next) {
-                    Some(diff) => {
+                    Ok(diff) => {
                         applied += 1;
                         let differences = differences(&canonical(&current), &canonical(&full));
                         assert!(
@@ -711,7 +726,7 @@ mod tests {
                         diff.apply_to(&mut patched);
                         assert_eq!(patched, current.tables, "seed {seed} step {step}: diff");
                     }
-                    None => {
+                    Err(_) => {
                         declined += 1;
                         current = full;
                     }

@@ -18,7 +18,7 @@
 
 mod delta;
 
-pub use delta::apply_policy_change;
+pub use delta::{apply_policy_change, NeedsFullCompile};
 
 use std::{
     collections::{BTreeSet, HashMap},
