@@ -396,6 +396,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
             }],
         }
     })?;
+    validated(path, config)
+}
+
+/// `config`, read from `path`, if it passes validation.
+pub fn validated(path: &Path, config: Config) -> Result<Loaded, ConfigError> {
     let (problems, warnings) = validate(&config);
     if problems.is_empty() {
         Ok(Loaded { config, warnings })

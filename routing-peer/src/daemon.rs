@@ -29,7 +29,8 @@ use tracing::{error, info, warn};
 
 use crate::{
     compile::{self, Compiled},
-    config::{self, Config, WireguardMode},
+    config::{Config, WireguardMode},
+    config_cache::ParseCache,
     control::{self, PeerReport, ProgramReport, SharedStatus, Status},
     datapath::{
         self, gc,
@@ -124,10 +125,13 @@ struct Daemon {
     dns_view: Arc<RwLock<dns::View>>,
     dns_counters: Arc<dns::Counters>,
     dns_installs: mpsc::Receiver<dns::Install>,
+    /// Parsed entries of the file, so a reload reparses only what changed.
+    parse_cache: ParseCache,
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
-    let loaded = config::load(&opts.config_path)?;
+    let mut parse_cache = ParseCache::default();
+    let (loaded, _) = parse_cache.load(&opts.config_path)?;
     for w in &loaded.warnings {
         warn!(file = %opts.config_path.display(), field = %w.field, "{}", w.message);
     }
@@ -293,6 +297,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         dns_view,
         dns_counters,
         dns_installs,
+        parse_cache,
     };
     if let Some(addr) = daemon.opts.metrics_listen {
         let listener = crate::metrics::bind(addr).await?;
@@ -369,7 +374,7 @@ impl Daemon {
     /// problems and the running configuration stays.
     fn reload(&mut self, why: &str) {
         let started = std::time::Instant::now();
-        let loaded = match config::load(&self.opts.config_path) {
+        let (loaded, parsed) = match self.parse_cache.load(&self.opts.config_path) {
             Ok(l) => l,
             Err(e) => {
                 error!(
@@ -466,6 +471,9 @@ impl Daemon {
             removed = diff.removed,
             generation = self.policy.config.policy_gen,
             read_ms,
+            entries_reused = parsed.reused,
+            entries_parsed = parsed.parsed,
+            full_parse = parsed.full_parse,
             compile_ms,
             install_ms = install_time.as_millis() as u64,
             "configuration reloaded"
