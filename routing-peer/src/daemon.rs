@@ -131,7 +131,9 @@ struct Daemon {
 
 pub async fn run(opts: RunOptions) -> Result<()> {
     let mut parse_cache = ParseCache::default();
+    let read_started = std::time::Instant::now();
     let (loaded, _) = parse_cache.load(&opts.config_path)?;
+    let read_ms = read_started.elapsed().as_millis() as u64;
     for w in &loaded.warnings {
         warn!(file = %opts.config_path.display(), field = %w.field, "{}", w.message);
     }
@@ -176,6 +178,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let previous = adopting
         .then(|| control::read_names(&opts.instance))
         .flatten();
+    let compile_started = std::time::Instant::now();
     let compiled = compile::compile(
         &config,
         &self_addresses(&config),
@@ -185,8 +188,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             .map(compile::Previous::from)
             .unwrap_or_default(),
     );
+    let compile_ms = compile_started.elapsed().as_millis() as u64;
+    let install_started = std::time::Instant::now();
     let diff = policy.install(&mut ebpf, &compiled.tables)?;
     info!(
+        read_ms,
+        compile_ms,
+        install_ms = install_started.elapsed().as_millis() as u64,
         written = diff.written,
         removed = diff.removed,
         peer_classes = compiled.peer_classes,
