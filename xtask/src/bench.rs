@@ -349,19 +349,29 @@ impl Bench {
         let changed = &config[..config.rfind("[[policies]]").unwrap_or(config.len())];
         std::fs::write(&path, changed)?;
         let first_gen = generation()?;
-        let reload_at = Instant::now();
+        // Watch for the new generation while the sink is sampled: the
+        // reload time must not wait for the sampling.
+        let instance = daemon.instance.clone();
+        let watch = std::thread::spawn(move || -> Option<f64> {
+            let started = Instant::now();
+            let deadline = started + std::time::Duration::from_secs(10);
+            while Instant::now() < deadline {
+                let out = std::process::Command::new(routing_peer_e2e::routing_peer_bin())
+                    .args(["--instance", &instance, "status", "--json"])
+                    .output()
+                    .ok()?;
+                let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                if doc["status"]["generation"].as_u64().unwrap_or(0) > first_gen {
+                    return Some(started.elapsed().as_secs_f64() * 1e3);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            None
+        });
         daemon.reload();
         let sampler_until = Instant::now() + std::time::Duration::from_millis(1800);
         let during = self.sink_windows(sampler_until, std::time::Duration::from_millis(50))?;
-        let mut reload_ms = None;
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if generation()? > first_gen {
-                reload_ms = Some(reload_at.elapsed().as_secs_f64() * 1e3);
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let reload_ms = watch.join().unwrap_or(None);
         let _ = gen.wait();
         drop(daemon);
         self.attach(&self.dut, "ov0", "rp_bench_pass", "ov0")?;
