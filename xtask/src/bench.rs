@@ -526,11 +526,30 @@ fn markdown(doc: &Value) -> String {
     );
     let g = &doc["goodput"];
     s += &format!(
-        "\nTCP goodput end to end through userspace WireGuard (wireguard-go on both ends, iperf3, {} s runs, interleaved, medians): routing-peer {:.2} Gbit/s, the nftables path {:.2} Gbit/s ({:.2}×). Both modes share the same wireguard-go, so the small gap bounds what the forwarding path costs there; no CPU profile was taken.\n\n",
+        "\nTCP goodput end to end through userspace WireGuard (wireguard-go on both ends, iperf3, {} s runs, interleaved, medians): routing-peer {:.2} Gbit/s, the nftables path {:.2} Gbit/s ({:.2}×). Both modes share the same wireguard-go, so the small gap bounds what the forwarding path costs there.\n\n",
         g["seconds"],
         g["routing_peer_gbps"].as_f64().unwrap_or(0.0),
         g["nftables_gbps"].as_f64().unwrap_or(0.0),
         g["ratio"].as_f64().unwrap_or(0.0),
+    );
+    let p = &g["profile"];
+    let pct = |k: &str| p[k].as_f64().unwrap_or(0.0);
+    s += &format!(
+        "Where the time goes (`perf record -a`, cpu-clock, one more routing-peer run at {:.2} Gbit/s; percent of all CPU time on both vCPUs): wireguard-go's own code (ChaCha20-Poly1305 and the Go runtime; the binary has no symbols) {:.1}%, the kernel on wireguard-go's behalf (TUN, UDP, veth) {:.1}%, iperf3 {:.1}%, routing-peer's BPF programs {:.1}%, idle {:.1}%. Top symbols: {}.\n",
+        pct("gbps"),
+        pct("wireguard_go_user_percent"),
+        pct("wireguard_go_kernel_percent"),
+        pct("iperf3_percent"),
+        pct("bpf_programs_percent"),
+        pct("idle_percent"),
+        p["top_symbols"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .take(6)
+            .map(|t| format!("{} {:.1}%", t["symbol"].as_str().unwrap_or("?"), t["percent"].as_f64().unwrap_or(0.0)))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     s += "\nPer-packet cost of the overlay program (BPF_PROG_TEST_RUN, mean over the repeats), and the policy compiler:\n\n";
     s += "| rules + resources | peers | established | new flow | denied | policy entries | compile | install (both slots) | one-rule change, in place | the same, full recompile |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";

@@ -31,19 +31,72 @@ pub fn measure(repeats: usize, seconds: u32) -> Result<Value> {
     let mut rp = Vec::new();
     let mut nft = Vec::new();
     for _ in 0..repeats {
-        rp.push(run_once(true, seconds)?);
-        nft.push(run_once(false, seconds)?);
+        rp.push(run_once(true, seconds, None)?);
+        nft.push(run_once(false, seconds, None)?);
     }
     let (m_rp, m_nft) = (median(&rp), median(&nft));
+    // One more routing-peer run under `perf record`: where the time goes.
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("perf.data");
+    let profiled_gbps = run_once(true, seconds, Some(&data))?;
     Ok(json!({
         "seconds": seconds,
         "routing_peer_gbps": m_rp, "routing_peer_samples": rp,
         "nftables_gbps": m_nft, "nftables_samples": nft,
         "ratio": m_rp / m_nft,
+        "profile": profile_summary(&data, profiled_gbps)?,
     }))
 }
 
-fn run_once(with_routing_peer: bool, seconds: u32) -> Result<f64> {
+/// CPU samples of every CPU (perf, cpu-clock) by process and by code: user
+/// space, kernel, our BPF programs, idle. wireguard-go has no symbol table,
+/// so its own code is one figure (ChaCha20-Poly1305 and the Go runtime).
+fn profile_summary(data: &std::path::Path, gbps: f64) -> Result<Value> {
+    let report = |sort: &str| -> Result<Vec<(f64, String)>> {
+        let out = output(
+            std::process::Command::new("perf")
+                .args(["report", "--stdio", "-q", "--sort", sort, "-i"])
+                .arg(data),
+        )?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim();
+                let (pct, rest) = l.split_once('%')?;
+                Some((
+                    pct.trim().parse().ok()?,
+                    rest.split_whitespace().collect::<Vec<_>>().join(" "),
+                ))
+            })
+            .collect())
+    };
+    let by_process = report("comm,dso")?;
+    let by_symbol = report("sym")?;
+    let share = |pred: &dyn Fn(&str) -> bool, rows: &[(f64, String)]| -> f64 {
+        rows.iter().filter(|(_, n)| pred(n)).map(|(p, _)| p).sum()
+    };
+    let idle = share(&|n| n.starts_with("swapper"), &by_process);
+    let wg_user = share(&|n| n == "wireguard-go wireguard-go", &by_process);
+    let wg_kernel = share(&|n| n == "wireguard-go [kernel.kallsyms]", &by_process);
+    let iperf = share(&|n| n.starts_with("iperf3"), &by_process);
+    let bpf = share(&|n| n.contains("bpf_prog_"), &by_symbol);
+    Ok(json!({
+        "gbps": gbps,
+        "idle_percent": idle,
+        "wireguard_go_user_percent": wg_user,
+        "wireguard_go_kernel_percent": wg_kernel,
+        "iperf3_percent": iperf,
+        "bpf_programs_percent": bpf,
+        "top_processes": by_process.iter().take(10).map(|(p, n)| json!({"percent": p, "process_and_object": n})).collect::<Vec<_>>(),
+        "top_symbols": by_symbol.iter().take(12).map(|(p, n)| json!({"percent": p, "symbol": n})).collect::<Vec<_>>(),
+    }))
+}
+
+fn run_once(
+    with_routing_peer: bool,
+    seconds: u32,
+    profile: Option<&std::path::Path>,
+) -> Result<f64> {
     let mut office = Office::new()?;
     let config = office.write_config(IPERF_POLICY)?;
     let iperf_server = office
@@ -85,6 +138,20 @@ fn run_once(with_routing_peer: bool, seconds: u32) -> Result<f64> {
             .tcp(&format!("{WIKI}:443"), Duration::from_millis(1500))
             .ok())
     })?;
+    // Every CPU, sampled at 999 Hz while iperf3 runs.
+    let perf = match profile {
+        Some(data) => Some(
+            std::process::Command::new("perf")
+                .args(["record", "-a", "-F", "999", "-o"])
+                .arg(data)
+                .args(["--", "sleep", &seconds.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("perf (cargo xtask setup installs linux-perf)")?,
+        ),
+        None => None,
+    };
     let out = output(office.laptop.ns.cmd("iperf3").args([
         "-c",
         WIKI,
@@ -92,6 +159,9 @@ fn run_once(with_routing_peer: bool, seconds: u32) -> Result<f64> {
         &seconds.to_string(),
         "-J",
     ]))?;
+    if let Some(mut perf) = perf {
+        perf.wait()?;
+    }
     drop(iperf_server);
     let v: Value = serde_json::from_str(&out)?;
     let bps = v["end"]["sum_received"]["bits_per_second"]

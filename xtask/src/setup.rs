@@ -27,6 +27,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iperf3",
     "ethtool",
     "kmod",
+    // CPU profiles in the benchmark.
+    "linux-perf",
     // cargo xtask vm-test: Debian's kernels under QEMU.
     "qemu-system-x86",
     "busybox-static",
