@@ -178,10 +178,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let previous = adopting
         .then(|| control::read_names(&opts.instance))
         .flatten();
+    let own = self_addresses(&config);
     let compile_started = std::time::Instant::now();
     let compiled = compile::compile(
         &config,
-        &self_addresses(&config),
+        &own,
         &HashMap::new(),
         previous
             .as_ref()
@@ -269,10 +270,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         programs,
         resolved: Vec::new(),
         dns: dns::CounterSnapshot::default(),
-        self_addresses: self_addresses(&config),
-        names: Arc::new(compiled.names.clone()),
+        self_addresses: own,
+        names: Arc::default(),
     }));
-    control::write_names(&opts.instance, &compiled.names)?;
+    share_names(&status, &opts.instance, &compiled.names)?;
     let dns_view = Arc::new(RwLock::new(dns::View::new(&config, &compiled)));
     let dns_counters = Arc::new(dns::Counters::default());
     let (install_tx, dns_installs) = mpsc::channel(64);
@@ -323,6 +324,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         daemon.status.clone(),
     ));
     daemon.serve_until_stopped().await
+}
+
+/// Hands the names of the installed configuration to the metrics (status)
+/// and the CLI (`names.json`), when they changed: at 100k rules the file is
+/// megabytes, and most reloads change no name.
+fn share_names(status: &SharedStatus, instance: &str, names: &compile::Names) -> Result<()> {
+    if status.lock().unwrap().names.as_ref() == names {
+        return Ok(());
+    }
+    control::write_names(instance, names)?;
+    status.lock().unwrap().names = Arc::new(names.clone());
+    Ok(())
 }
 
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
@@ -421,31 +434,7 @@ impl Daemon {
             .collect();
         self.resolved.retain(|name, _| live.contains(name));
         let own = self_addresses(&config);
-        let same_addresses = self.status.lock().unwrap().self_addresses == own;
-        let compile_started = std::time::Instant::now();
-        // Only policies changed: update the compiled tables in place.
-        let mut applied = None;
-        let in_place = if same_addresses {
-            compile::apply_policy_change(&mut self.compiled, &self.config, &config)
-        } else {
-            Err(compile::NeedsFullCompile::NotOnlyPolicies)
-        };
-        match in_place {
-            Err(why_full) => info!(reason = %why_full, "reload: compiling in full"),
-            Ok(diff) => {
-                let compile_ms = compile_started.elapsed().as_millis() as u64;
-                let install_started = std::time::Instant::now();
-                match self.policy.install_diff(&mut self.ebpf, &diff) {
-                    Ok(stats) => {
-                        applied = Some((stats, "in place", compile_ms, install_started.elapsed()))
-                    }
-                    // The maps are still the installed copy's: a full
-                    // compile below diffs against that.
-                    Err(e) => error!("reload: installing in place: {e}; compiling in full"),
-                }
-            }
-        }
-        let (diff, how, compile_ms, install_time) = match applied {
+        let (diff, how, compile_ms, install_time) = match self.apply_in_place(&config, &own) {
             Some(done) => done,
             None => {
                 let compile_started = std::time::Instant::now();
@@ -491,9 +480,42 @@ impl Daemon {
         let mut status = self.status.lock().unwrap();
         status.generation = self.policy.config.policy_gen;
         status.last_reload_unix = unix_now();
-        status.names = Arc::new(self.compiled.names.clone());
-        if let Err(e) = control::write_names(&self.opts.instance, &self.compiled.names) {
+        drop(status);
+        if let Err(e) = share_names(&self.status, &self.opts.instance, &self.compiled.names) {
             warn!("writing names for the CLI: {e}");
+        }
+    }
+
+    /// Applies a change of policies alone to the compiled tables and the
+    /// maps: (diff, "in place", compile ms, install time). `None` when it
+    /// takes a full compile, or when writing the maps failed (they are then
+    /// still the installed copy's, which a full compile diffs against).
+    fn apply_in_place(
+        &mut self,
+        config: &Config,
+        own: &[IpAddr],
+    ) -> Option<(datapath::tables::DiffStats, &'static str, u64, Duration)> {
+        let started = std::time::Instant::now();
+        let in_place = if self.status.lock().unwrap().self_addresses == own {
+            compile::apply_policy_change(&mut self.compiled, &self.config, config)
+        } else {
+            Err(compile::NeedsFullCompile::NotOnlyPolicies)
+        };
+        let diff = match in_place {
+            Ok(diff) => diff,
+            Err(why_full) => {
+                info!(reason = %why_full, "reload: compiling in full");
+                return None;
+            }
+        };
+        let compile_ms = started.elapsed().as_millis() as u64;
+        let install_started = std::time::Instant::now();
+        match self.policy.install_diff(&mut self.ebpf, &diff) {
+            Ok(stats) => Some((stats, "in place", compile_ms, install_started.elapsed())),
+            Err(e) => {
+                error!("reload: installing in place: {e}; compiling in full");
+                None
+            }
         }
     }
 
