@@ -193,14 +193,7 @@ pub fn apply_policy_change(
     for m in &retract {
         update.dirty_pairs_of_rule(m.id);
     }
-    let rule_names = update.compiled.names.rules.clone();
-    let position = |id: u32| -> usize {
-        new_index
-            .get(rule_names[id as usize].as_str())
-            .copied()
-            .unwrap_or(usize::MAX)
-    };
-    update.resolve_dirty(position);
+    update.resolve_dirty(&new_index);
     let Update {
         compiled, changes, ..
     } = update;
@@ -422,11 +415,19 @@ impl Update<'_> {
     }
 
     /// Resolves every dirty pair again from its classes' current sets and
-    /// records the entries that differ. `position` orders rules as the
-    /// configuration does (it decides which rule an entry names).
-    fn resolve_dirty(&mut self, position: impl Fn(u32) -> usize) {
+    /// records the entries that differ. Rules go in the order of
+    /// `position_by_name` (the configuration's, with the built-in DNS rule
+    /// last): it decides which rule an entry names.
+    fn resolve_dirty(&mut self, position_by_name: &FastMap<&str, usize>) {
         let dirty: Vec<(u32, u32)> = self.dirty.drain().map(|(p, _)| p).collect();
         let c = &mut *self.compiled;
+        let names = &c.names.rules;
+        let position = |id: u32| {
+            position_by_name
+                .get(names[id as usize].as_str())
+                .copied()
+                .unwrap_or(usize::MAX)
+        };
         for (s, d) in dirty {
             let mut rules: Vec<&Rule> = match (c.delta.src.sets.get(&s), c.delta.dst.sets.get(&d)) {
                 (Some(a), Some(b)) => intersect(a, b)
