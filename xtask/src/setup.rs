@@ -27,6 +27,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iperf3",
     "ethtool",
     "kmod",
+    // The VM suite copies the host's sysctl and strips binaries with objcopy.
+    "procps",
+    "binutils",
     // CPU profiles in the benchmark.
     "linux-perf",
     // cargo xtask vm-test: Debian's kernels under QEMU.

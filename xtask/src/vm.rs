@@ -455,14 +455,14 @@ fn build_initramfs(
             .and_then(|n| n.to_str())
             .context("module name")?
             .to_string();
-        let raw = fs::read(&module)?;
         // busybox insmod reads plain ELF only.
         let (name, data) = if let Some(stem) = name.strip_suffix(".xz") {
             (stem.to_string(), decompress("xz", &module)?)
         } else if let Some(stem) = name.strip_suffix(".zst") {
             (stem.to_string(), decompress("zstd", &module)?)
         } else {
-            (name, raw)
+            let data = fs::read(&module)?;
+            (name, data)
         };
         let path = format!("/modules/{name}");
         fs.file(&path, data, 0o644);

@@ -124,15 +124,9 @@ impl PinDir {
     /// interface this namespace does not see goes with its interface.
     pub fn remove(&self) -> Result<()> {
         for iface in self.netlink_filters() {
-            let removed = SchedClassifierLink::attached(
-                &iface,
-                TcAttachType::Ingress,
-                NETLINK_TC_PRIORITY,
-                NETLINK_TC_HANDLE,
-                None,
-            )
-            .map_err(|e| e.to_string())
-            .and_then(|link| link.detach().map_err(|e| e.to_string()));
+            let removed = our_netlink_filter(&iface)
+                .map_err(|e| e.to_string())
+                .and_then(|link| link.detach().map_err(|e| e.to_string()));
             if let Err(e) = removed {
                 debug!(iface, error = %e, "netlink TC filter not removed");
             }
@@ -153,6 +147,17 @@ const NETLINK_TC_PRIORITY: u16 = 0x5250;
 const NETLINK_TC_HANDLE: TcHandle = TcHandle::new(0, 1);
 // bpffs refuses names with a dot.
 const NETLINK_MARKER: &str = "=netlink";
+
+/// Our cls_bpf filter on `iface`'s ingress (it may not exist yet).
+fn our_netlink_filter(iface: &str) -> io::Result<SchedClassifierLink> {
+    SchedClassifierLink::attached(
+        iface,
+        TcAttachType::Ingress,
+        NETLINK_TC_PRIORITY,
+        NETLINK_TC_HANDLE,
+        None,
+    )
+}
 
 /// TCX (bpf_mprog, Linux 6.6) gives TC programs real, pinnable bpf links.
 fn kernel_has_tcx() -> bool {
@@ -343,14 +348,7 @@ fn attach_tc_netlink(
     let prog_err = |source| DatapathError::Program { name, source };
     // Harmless when the qdisc is there already.
     let _ = tc::qdisc_add_clsact(iface);
-    let ours = SchedClassifierLink::attached(
-        iface,
-        TcAttachType::Ingress,
-        NETLINK_TC_PRIORITY,
-        NETLINK_TC_HANDLE,
-        None,
-    )
-    .map_err(|e| DatapathError::Interface {
+    let ours = our_netlink_filter(iface).map_err(|e| DatapathError::Interface {
         iface: iface.into(),
         detail: e.to_string(),
     })?;

@@ -99,7 +99,6 @@ impl std::ops::AddAssign for DiffStats {
     }
 }
 
-/// Entries of `new` that differ from `old`, and keys of `old` gone from `new`.
 /// What one map needs to reach its new contents.
 #[derive(Debug)]
 struct MapDiff<K, V> {
@@ -108,6 +107,7 @@ struct MapDiff<K, V> {
 }
 
 impl<K: Copy + Eq + Hash, V: Copy + PartialEq> MapDiff<K, V> {
+    /// Entries of `new` that differ from `old`, and keys of `old` gone from `new`.
     fn between(old: &FastMap<K, V>, new: &FastMap<K, V>) -> Self {
         Self {
             upserts: new
@@ -135,6 +135,21 @@ impl<K: Copy + Eq + Hash, V: Copy + PartialEq> MapDiff<K, V> {
             written: self.upserts.len(),
             removed: self.removals.len(),
         }
+    }
+
+    /// From the final value of each changed key (`None`: removed).
+    fn from_changes(changes: FastMap<K, Option<V>>) -> Self {
+        let mut diff = Self {
+            upserts: Vec::new(),
+            removals: Vec::new(),
+        };
+        for (k, v) in changes {
+            match v {
+                Some(v) => diff.upserts.push((k, v)),
+                None => diff.removals.push(k),
+            }
+        }
+        diff
     }
 }
 
@@ -177,22 +192,6 @@ pub struct TableChanges {
     pub peers: FastMap<AddrKey, Option<PeerValue>>,
     pub dests: FastMap<DestPrefix, Option<DestValue>>,
     pub policy: FastMap<PolicyPrefix, Option<PolicyValue>>,
-}
-
-impl<K: Copy + Eq + Hash, V: Copy + PartialEq> MapDiff<K, V> {
-    fn from_changes(changes: FastMap<K, Option<V>>) -> Self {
-        let mut diff = Self {
-            upserts: Vec::new(),
-            removals: Vec::new(),
-        };
-        for (k, v) in changes {
-            match v {
-                Some(v) => diff.upserts.push((k, v)),
-                None => diff.removals.push(k),
-            }
-        }
-        diff
-    }
 }
 
 impl From<TableChanges> for TablesDiff {

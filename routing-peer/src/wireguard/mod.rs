@@ -100,6 +100,24 @@ impl DeviceSpec {
     }
 }
 
+#[cfg(test)]
+impl DeviceSpec {
+    /// The device the encoding tests use: key 1…, one peer (key 2…) with an
+    /// endpoint, keepalive 25 and 100.64.0.2/32.
+    pub(crate) fn example() -> Self {
+        Self {
+            private_key: [1; 32],
+            listen_port: 51820,
+            peers: vec![PeerSpec {
+                public_key: [2; 32],
+                endpoint: Some("203.0.113.2:51820".parse().unwrap()),
+                persistent_keepalive: Some(25),
+                allowed_ips: vec!["100.64.0.2/32".parse().unwrap()],
+            }],
+        }
+    }
+}
+
 /// What WireGuard reports about one peer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStatus {

@@ -351,16 +351,7 @@ mod tests {
 
     #[test]
     fn set_device_encodes_as_the_kernel_schema_says() {
-        let spec = DeviceSpec {
-            private_key: [1; 32],
-            listen_port: 51820,
-            peers: vec![PeerSpec {
-                public_key: [2; 32],
-                endpoint: Some("203.0.113.2:51820".parse().unwrap()),
-                persistent_keepalive: Some(25),
-                allowed_ips: vec!["100.64.0.2/32".parse().unwrap()],
-            }],
-        };
+        let spec = DeviceSpec::example();
         let mut messages = set_device_messages("wg0", &spec, &[[2; 32], [3; 32]]);
         assert_eq!(messages.len(), 1);
         let msg = messages.remove(0);

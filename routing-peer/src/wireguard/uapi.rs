@@ -160,20 +160,10 @@ pub fn parse_peers(reply: &[(String, String)]) -> Vec<PeerStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wireguard::PeerSpec;
 
     #[test]
     fn set_adds_updates_and_removes_in_place() {
-        let spec = DeviceSpec {
-            private_key: [1; 32],
-            listen_port: 51820,
-            peers: vec![PeerSpec {
-                public_key: [2; 32],
-                endpoint: Some("203.0.113.2:51820".parse().unwrap()),
-                persistent_keepalive: Some(25),
-                allowed_ips: vec!["100.64.0.2/32".parse().unwrap()],
-            }],
-        };
+        let spec = DeviceSpec::example();
         let req = set_request(&spec, &[[2; 32], [3; 32]]);
         let expected = format!(
             "set=1\nprivate_key={}\nlisten_port=51820\npublic_key={}\nendpoint=203.0.113.2:51820\n\
