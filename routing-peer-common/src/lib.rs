@@ -77,12 +77,21 @@ pub enum DropReason {
     LanUnsolicited = 6,
     /// The conntrack table refused a new entry.
     CtFull = 7,
-    /// No free SNAT port within the configured range and retries.
+    /// No free SNAT port left in the configured range.
     NatExhausted = 8,
+    /// Allowed, but the FIB has no route to forward it on.
+    NoRoute = 9,
+    /// A TCP RST outside the receiver's window (RFC 5961): a blind reset.
+    RstOutOfWindow = 10,
+    /// A reply whose TTL would expire on the way to the peer.
+    TtlExpired = 11,
+    /// A reply too big for the overlay that must not be fragmented, after
+    /// the routing peer answered the sender with an ICMP error.
+    ReplyTooBig = 12,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 13;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Malformed,
         DropReason::Fragment,
@@ -93,6 +102,10 @@ impl DropReason {
         DropReason::LanUnsolicited,
         DropReason::CtFull,
         DropReason::NatExhausted,
+        DropReason::NoRoute,
+        DropReason::RstOutOfWindow,
+        DropReason::TtlExpired,
+        DropReason::ReplyTooBig,
     ];
 
     pub fn name(self) -> &'static str {
@@ -106,9 +119,66 @@ impl DropReason {
             DropReason::LanUnsolicited => "lan-unsolicited",
             DropReason::CtFull => "conntrack-full",
             DropReason::NatExhausted => "nat-ports-exhausted",
+            DropReason::NoRoute => "no-route",
+            DropReason::RstOutOfWindow => "rst-out-of-window",
+            DropReason::TtlExpired => "ttl-expired",
+            DropReason::ReplyTooBig => "reply-too-big",
         }
     }
 }
+
+/// Why a program handed a packet to the kernel instead of forwarding or
+/// dropping it; indexes the `HANDOFF_STATS` per-CPU array. Every hand-off
+/// comes after policy (and, where the kernel forwards, translation).
+/// The numbering is ABI with pinned maps: append, never renumber.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handoff {
+    /// To one of the routing peer's own addresses, allowed by the input chain.
+    Local = 0,
+    /// An allowed packet whose TTL expires here: the kernel answers
+    /// time-exceeded and forwards nothing.
+    TtlExpired = 1,
+    /// An allowed packet over the egress MTU that may not be fragmented:
+    /// the kernel answers fragmentation-needed / packet-too-big.
+    FragNeeded = 2,
+    /// An allowed, translated IPv4 packet over the egress MTU without DF:
+    /// marked, and forwarded by the kernel, which fragments it.
+    Fragmenting = 3,
+    /// Not IP (ARP, LLDP, …): the kernel's own business.
+    NonIp = 4,
+    /// From the LAN, neither a reply nor toward the overlay: traffic to
+    /// the routing peer itself or routed elsewhere, outside our policy.
+    LanOther = 5,
+}
+
+impl Handoff {
+    pub const COUNT: u32 = 6;
+    pub const ALL: [Handoff; Self::COUNT as usize] = [
+        Handoff::Local,
+        Handoff::TtlExpired,
+        Handoff::FragNeeded,
+        Handoff::Fragmenting,
+        Handoff::NonIp,
+        Handoff::LanOther,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Handoff::Local => "local",
+            Handoff::TtlExpired => "ttl-expired",
+            Handoff::FragNeeded => "frag-needed",
+            Handoff::Fragmenting => "fragmenting",
+            Handoff::NonIp => "non-ip",
+            Handoff::LanOther => "lan-other",
+        }
+    }
+}
+
+/// The skb mark our programs put on packets they hand to the kernel to
+/// forward (`Handoff::Fragmenting`). The safety-net nftables table drops
+/// every packet the kernel forwards from the overlay without it.
+pub const FORWARD_MARK: u32 = 0x5250_0001;
 
 /// An address with its family, as an exact-match key (peers, NAT).
 #[repr(C)]
@@ -117,6 +187,16 @@ pub struct AddrKey {
     pub family: u32,
     pub addr: [u32; 4],
 }
+
+/// The family of the destination entry that holds the input chain's class
+/// for any local address the compiler did not list (an address added
+/// later, one on `lo`): `SELF_KEY` with prefix length 32, the family bits
+/// only. No packet has family 0, so no packet matches it by address.
+pub const SELF_FAMILY: u32 = 0;
+pub const SELF_KEY: AddrKey = AddrKey {
+    family: SELF_FAMILY,
+    addr: [0; 4],
+};
 
 /// LPM data for destination lookups: family (32 bits, always matched) then
 /// the address, so the prefix length is 32 + the address prefix length.
@@ -241,6 +321,16 @@ pub struct CtEntry {
     pub rule_id: u32,
     /// The policy generation this flow was last checked against.
     pub policy_gen: u32,
+    /// TCP, per direction: the last acknowledgement number sent, and the
+    /// sequence number after the last segment sent (for the RST check).
+    pub ack_fwd: u32,
+    pub ack_rev: u32,
+    pub seq_end_fwd: u32,
+    pub seq_end_rev: u32,
+    /// TCP, per direction: the last advertised window (unscaled).
+    pub win_fwd: u16,
+    pub win_rev: u16,
+    pub _pad2: u32,
 }
 
 /// Endpoint-independent SNAT mapping (RFC 4787): one external port per
@@ -306,6 +396,8 @@ pub struct DatapathConfig {
     pub udp_ns: u64,
     pub udp_unreplied_ns: u64,
     pub icmp_ns: u64,
+    /// How long a reset TCP flow lingers.
+    pub tcp_reset_ns: u64,
 }
 
 const SECOND: u64 = 1_000_000_000;
@@ -326,6 +418,7 @@ impl Default for DatapathConfig {
             udp_ns: 120 * SECOND,
             udp_unreplied_ns: 30 * SECOND,
             icmp_ns: 30 * SECOND,
+            tcp_reset_ns: 10 * SECOND,
         }
     }
 }
@@ -336,7 +429,7 @@ impl DatapathConfig {
         match state {
             CT_TCP_ESTABLISHED => self.tcp_established_ns,
             CT_TCP_SYN_SENT | CT_TCP_CLOSING => self.tcp_transitory_ns,
-            CT_TCP_RESET => 10 * SECOND,
+            CT_TCP_RESET => self.tcp_reset_ns,
             CT_UDP_REPLIED | CT_OTHER => self.udp_ns,
             CT_UDP_UNREPLIED => self.udp_unreplied_ns,
             _ => self.icmp_ns,
@@ -362,9 +455,12 @@ pub mod map_names {
     pub const CT_EVENTS: &str = "CT_EVENTS";
     /// Entries the daemon's GC deleted (one slot, written by user space).
     pub const CT_GC: &str = "CT_GC";
+    /// Per-CPU hand-off counters, indexed by `Handoff`.
+    pub const HANDOFF_STATS: &str = "HANDOFF_STATS";
 
     /// Every map that holds state worth keeping across a daemon restart.
-    pub const PERSISTENT: [&str; 17] = [
+    pub const PERSISTENT: [&str; 18] = [
+        HANDOFF_STATS,
         HOOK_STATS,
         DROP_STATS,
         RESOURCE_STATS,
@@ -427,9 +523,9 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<PolicyKey>(), 12);
         assert_eq!(size_of::<CtKey>(), 40);
-        assert_eq!(size_of::<CtEntry>(), 88);
+        assert_eq!(size_of::<CtEntry>(), 112);
         assert_eq!(size_of::<NatEndpoint>(), 20);
-        assert_eq!(size_of::<DatapathConfig>(), 56);
+        assert_eq!(size_of::<DatapathConfig>(), 64);
         assert_eq!(size_of::<ResourceCounters>(), 64);
     }
 

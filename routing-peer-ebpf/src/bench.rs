@@ -101,10 +101,12 @@ pub fn rp_bench_redirect(ctx: XdpContext) -> u32 {
     }
     // SAFETY: reading the frame's ingress ifindex.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let Some(route) = forward::lookup(&ctx, &pkt, ifindex, false) else {
+    let forward::Fib::Forward(route) =
+        forward::lookup_xdp(&ctx, pkt, &forward::To::dst_of(pkt), ifindex)
+    else {
         return xdp_action::XDP_PASS;
     };
-    if forward::decrement_ttl(&ctx, &pkt).is_err() {
+    if forward::decrement_ttl(&ctx, pkt).is_err() {
         return xdp_action::XDP_PASS;
     }
     forward::xdp_redirect(&ctx, &route).unwrap_or(xdp_action::XDP_PASS)

@@ -2,6 +2,7 @@
 //! direction (peer → remote), holding state, per-direction counters, the NAT
 //! mapping and the rule that allowed it.
 
+use crate::parse::Packet;
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
@@ -37,6 +38,10 @@ fn count_event(event: CtEvent) {
 #[map]
 static CT_SCRATCH: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
 
+const CT_ENTRY_WORDS: usize = core::mem::size_of::<CtEntry>() / 8;
+// The scratch is zeroed word by word: the entry must be whole words.
+const _: () = assert!(core::mem::size_of::<CtEntry>() == CT_ENTRY_WORDS * 8);
+
 /// This CPU's scratch entry, zeroed.
 #[inline(always)]
 pub fn scratch() -> Option<&'static mut CtEntry> {
@@ -44,8 +49,8 @@ pub fn scratch() -> Option<&'static mut CtEntry> {
     // SAFETY: per-CPU slot, used only within one program run. Zeroed as
     // words: a memset would become single-byte stores.
     unsafe {
-        let words = entry as *mut [u64; 11];
-        for i in 0..11 {
+        let words = entry as *mut [u64; CT_ENTRY_WORDS];
+        for i in 0..CT_ENTRY_WORDS {
             (*words)[i] = 0;
         }
         Some(&mut *entry)
@@ -82,6 +87,22 @@ pub fn create(key: &CtKey, entry: &CtEntry) -> Option<*mut CtEntry> {
         count_event(CtEvent::Inserts);
     }
     CONNTRACK.get_ptr_mut(key)
+}
+
+/// This CPU's scratch entry as `new_flow` left it.
+#[inline(always)]
+pub fn scratch_entry() -> Option<&'static mut CtEntry> {
+    let entry = CT_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, used only within one program run.
+    Some(unsafe { &mut *entry })
+}
+
+/// `create` with the entry `new_flow` left in this CPU's scratch.
+#[inline(always)]
+pub fn create_from_scratch(key: &CtKey) -> Option<*mut CtEntry> {
+    let entry = CT_SCRATCH.get_ptr(0)?;
+    // SAFETY: this CPU's slot, filled earlier in this program run.
+    create(key, unsafe { &*entry })
 }
 
 #[inline(always)]
@@ -140,9 +161,71 @@ fn atomic_add(target: &mut u64, value: u64) {
     }
 }
 
-/// Accounts one packet of `len` bytes and advances the state.
+/// RFC 5961's idea, as Linux conntrack does it: a RST counts only inside
+/// the receiver's window. From direction `dir`, its sequence number must lie
+/// between what the receiver last acknowledged and the further of the
+/// receiver's window and what the sender has sent; a RST answering a SYN
+/// must acknowledge it exactly. A blind RST lands there with a probability
+/// of about window / 2^32. Where the receiver has sent nothing (a flow
+/// picked up mid-stream), there is nothing to check against.
 #[inline(always)]
-pub fn update(entry: *mut CtEntry, dir: Direction, len: u64, tcp_flags: u8, now: u64) {
+pub fn rst_acceptable(entry: *const CtEntry, dir: Direction, pkt: &Packet) -> bool {
+    if pkt.proto != IPPROTO_TCP || pkt.tcp_flags & TCP_RST == 0 {
+        return true;
+    }
+    // SAFETY: map value pointer, valid for this program run.
+    let (other_flags, other_ack, other_win, other_seq_end, own_seq_end) = unsafe {
+        match dir {
+            Direction::Forward => (
+                (*entry).tcp_flags_rev,
+                (*entry).ack_rev,
+                (*entry).win_rev,
+                (*entry).seq_end_rev,
+                (*entry).seq_end_fwd,
+            ),
+            Direction::Reply => (
+                (*entry).tcp_flags_fwd,
+                (*entry).ack_fwd,
+                (*entry).win_fwd,
+                (*entry).seq_end_fwd,
+                (*entry).seq_end_rev,
+            ),
+        }
+    };
+    if other_flags & TCP_ACK != 0 {
+        let offset = pkt.tcp_seq.wrapping_sub(other_ack);
+        let in_flight = own_seq_end.wrapping_sub(other_ack);
+        let window = if in_flight > other_win as u32 && in_flight < (1 << 30) {
+            in_flight
+        } else {
+            other_win as u32
+        };
+        return offset <= window;
+    }
+    if other_flags & TCP_SYN != 0 {
+        return pkt.tcp_flags & TCP_ACK != 0 && pkt.tcp_ack == other_seq_end;
+    }
+    true
+}
+
+/// The sequence number after a segment: SYN and FIN count one each.
+#[inline(always)]
+fn seq_end(pkt: &Packet) -> u32 {
+    let mut len = pkt.l4_payload as u32;
+    if pkt.tcp_flags & TCP_SYN != 0 {
+        len += 1;
+    }
+    if pkt.tcp_flags & TCP_FIN != 0 {
+        len += 1;
+    }
+    pkt.tcp_seq.wrapping_add(len)
+}
+
+/// Accounts one packet and advances the state.
+#[inline(always)]
+pub fn update(entry: *mut CtEntry, dir: Direction, pkt: &Packet, now: u64) {
+    let len = pkt.l3_len as u64;
+    let tcp_flags = pkt.tcp_flags;
     // SAFETY: map value pointer; counters are shared between CPUs, so they
     // are added atomically. State races are benign: both CPUs write a
     // legal state and the next packet corrects it.
@@ -154,6 +237,25 @@ pub fn update(entry: *mut CtEntry, dir: Direction, len: u64, tcp_flags: u8, now:
         atomic_add(&mut counter.packets, 1);
         atomic_add(&mut counter.bytes, len);
         (*entry).last_seen_ns = now;
+        if pkt.proto == IPPROTO_TCP && tcp_flags & TCP_RST == 0 {
+            let end = seq_end(pkt);
+            match dir {
+                Direction::Forward => {
+                    (*entry).seq_end_fwd = end;
+                    if tcp_flags & TCP_ACK != 0 {
+                        (*entry).ack_fwd = pkt.tcp_ack;
+                        (*entry).win_fwd = pkt.tcp_win;
+                    }
+                }
+                Direction::Reply => {
+                    (*entry).seq_end_rev = end;
+                    if tcp_flags & TCP_ACK != 0 {
+                        (*entry).ack_rev = pkt.tcp_ack;
+                        (*entry).win_rev = pkt.tcp_win;
+                    }
+                }
+            }
+        }
         match dir {
             Direction::Forward => (*entry).tcp_flags_fwd |= tcp_flags,
             Direction::Reply => (*entry).tcp_flags_rev |= tcp_flags,

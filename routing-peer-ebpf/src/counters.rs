@@ -1,13 +1,19 @@
 //! Per-CPU counters: lock-free on the hot path, summed by user space.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use routing_peer_common::{DropReason, Hook, PacketCounter, ResourceCounters, MAX_RESOURCES};
+use routing_peer_common::{
+    DropReason, Handoff, Hook, PacketCounter, ResourceCounters, MAX_RESOURCES,
+};
 
 #[map]
 static HOOK_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(Hook::COUNT, 0);
 
 #[map]
 static DROP_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+
+/// Packets handed to the kernel, by reason: never without a counted reason.
+#[map]
+static HANDOFF_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(Handoff::COUNT, 0);
 
 /// Indexed by resource id; ids stay below `MAX_RESOURCES` (the compiler).
 #[map]
@@ -31,6 +37,14 @@ pub fn count_hook(hook: Hook, bytes: usize) {
 #[inline(always)]
 pub fn count_drop(reason: DropReason, bytes: usize) {
     if let Some(c) = DROP_STATS.get_ptr_mut(reason as u32) {
+        // SAFETY: as above.
+        bump(unsafe { &mut *c }, bytes);
+    }
+}
+
+#[inline(always)]
+pub fn count_handoff(reason: Handoff, bytes: usize) {
+    if let Some(c) = HANDOFF_STATS.get_ptr_mut(reason as u32) {
         // SAFETY: as above.
         bump(unsafe { &mut *c }, bytes);
     }

@@ -79,9 +79,14 @@ impl Mangle for TcContext {
     }
 }
 
+/// Offsets come from the per-CPU packet slot, where the verifier sees no
+/// bounds: masking gives it one (parse refuses transport headers past
+/// `MAX_L4_OFFSET`, so no real offset reaches the mask).
+const XDP_OFFSET_MASK: usize = 0x3ff;
+
 #[inline(always)]
 fn xdp_ptr<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
-    let at = ctx.data() + offset;
+    let at = ctx.data() + (offset & XDP_OFFSET_MASK);
     if at + core::mem::size_of::<T>() > ctx.data_end() {
         return Err(());
     }

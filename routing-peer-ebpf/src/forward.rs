@@ -7,15 +7,16 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
-        BPF_FIB_LOOKUP_SRC,
+        bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC,
     },
     helpers::{bpf_redirect, bpf_redirect_neigh},
     macros::map,
     maps::{HashMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
     EbpfContext,
 };
-use routing_peer_common::{AF_INET, AF_INET6};
+use routing_peer_common::{AF_INET, AF_INET6, FORWARD_MARK};
 
 use crate::{ctx::Mangle, parse::Packet};
 
@@ -78,11 +79,48 @@ impl Route {
     }
 }
 
+/// What the FIB says about a packet's destination.
+pub enum Fib {
+    /// Forward along this route.
+    Forward(Route),
+    /// Forward along this route, but the packet is over its MTU.
+    TooBig(Route),
+    /// One of this host's own addresses (or a broadcast): the input chain.
+    Local,
+    /// No route, or a blackhole, unreachable or prohibit route.
+    Unroutable,
+}
+
+/// Where a packet goes: its own destination, or a reply's once translated.
+pub struct To {
+    pub addr: [u32; 4],
+    pub port: u16,
+}
+
+impl To {
+    #[inline(always)]
+    pub fn dst_of(pkt: &Packet) -> Self {
+        Self {
+            addr: pkt.dst,
+            port: pkt.dport,
+        }
+    }
+}
+
 /// Looks the destination up in the FIB as the kernel would forward it.
-/// `None` sends the packet to the kernel.
 #[inline(always)]
-pub fn lookup<C: EbpfContext>(ctx: &C, pkt: &Packet, in_ifindex: u32, skb: bool) -> Option<Route> {
-    let params = FIB_SCRATCH.get_ptr_mut(0)?;
+fn fib_lookup<C: EbpfContext>(
+    ctx: &C,
+    pkt: &Packet,
+    to: &To,
+    in_ifindex: u32,
+    skb: bool,
+) -> (i64, Option<Route>) {
+    // tot_len 0 leaves the MTU check to the skb helper (see `lookup_tc`).
+    let tot_len = if skb { 0 } else { pkt.l3_len as u16 };
+    let Some(params) = FIB_SCRATCH.get_ptr_mut(0) else {
+        return (-1, None);
+    };
     // SAFETY: per-CPU slot; all-zero is a valid bpf_fib_lookup. Zeroed as
     // eight words: a memset would become 64 single-byte stores.
     let p = unsafe {
@@ -99,15 +137,15 @@ pub fn lookup<C: EbpfContext>(ctx: &C, pkt: &Packet, in_ifindex: u32, skb: bool)
     };
     p.l4_protocol = pkt.proto;
     p.sport = pkt.sport.to_be();
-    p.dport = pkt.dport.to_be();
-    p.__bindgen_anon_1.tot_len = pkt.l3_len as u16;
+    p.dport = to.port.to_be();
+    p.__bindgen_anon_1.tot_len = tot_len;
     p.ifindex = in_ifindex;
     if pkt.ipv6 {
         p.__bindgen_anon_3.ipv6_src = pkt.src;
-        p.__bindgen_anon_4.ipv6_dst = pkt.dst;
+        p.__bindgen_anon_4.ipv6_dst = to.addr;
     } else {
         p.__bindgen_anon_3.ipv4_src = pkt.src[0];
-        p.__bindgen_anon_4.ipv4_dst = pkt.dst[0];
+        p.__bindgen_anon_4.ipv4_dst = to.addr[0];
     }
     // TC resolves neighbours in bpf_redirect_neigh; XDP needs them now.
     // The source is the masquerade address.
@@ -125,10 +163,56 @@ pub fn lookup<C: EbpfContext>(ctx: &C, pkt: &Packet, in_ifindex: u32, skb: bool)
             flags,
         )
     };
-    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64).then_some(Route {
-        params,
-        ipv6: pkt.ipv6,
-    })
+    (
+        rc,
+        Some(Route {
+            params,
+            ipv6: pkt.ipv6,
+        }),
+    )
+}
+
+#[inline(always)]
+fn classify(rc: i64, route: Option<Route>) -> Fib {
+    match (rc as u32, route) {
+        (BPF_FIB_LKUP_RET_SUCCESS, Some(r)) => Fib::Forward(r),
+        (BPF_FIB_LKUP_RET_FRAG_NEEDED, Some(r)) => Fib::TooBig(r),
+        (BPF_FIB_LKUP_RET_NOT_FWDED, _) => Fib::Local,
+        _ => Fib::Unroutable,
+    }
+}
+
+/// XDP: the lookup with the MTU checked against the IP length.
+#[inline(always)]
+pub fn lookup_xdp(ctx: &XdpContext, pkt: &Packet, to: &To, in_ifindex: u32) -> Fib {
+    let (rc, route) = fib_lookup(ctx, pkt, to, in_ifindex, false);
+    classify(rc, route)
+}
+
+/// TC: the lookup, then the MTU check on the skb: a GSO skb is segmented
+/// later and fits; any other packet must fit the egress MTU (the helper
+/// alone allows a VLAN header's worth more).
+#[inline(always)]
+pub fn lookup_tc(ctx: &TcContext, pkt: &Packet, to: &To, in_ifindex: u32) -> Fib {
+    let (rc, route) = fib_lookup(ctx, pkt, to, in_ifindex, true);
+    match classify(rc, route) {
+        Fib::Forward(r) => {
+            // SAFETY: reading the skb's GSO size; the route's MTU is in
+            // the union member the helper filled on success.
+            let (gso_size, mtu) = unsafe {
+                (
+                    (*ctx.skb.skb).gso_size,
+                    (*r.params).__bindgen_anon_1.mtu_result,
+                )
+            };
+            if gso_size == 0 && pkt.l3_len > mtu as usize {
+                Fib::TooBig(r)
+            } else {
+                Fib::Forward(r)
+            }
+        }
+        other => other,
+    }
 }
 
 /// L3 devices (WireGuard, TUN) among the redirect targets: they take the
@@ -167,7 +251,7 @@ pub fn decrement_ttl<C: Mangle>(ctx: &C, pkt: &Packet) -> Result<(), ()> {
 /// Ethernet header. bpf_redirect_neigh drops packets without one; it
 /// replaces it with the real addresses from the neighbour table.
 #[inline(always)]
-pub fn push_l2_header(ctx: &aya_ebpf::programs::TcContext, ipv6: bool) -> Result<(), ()> {
+pub fn push_l2_header(ctx: &TcContext, ipv6: bool) -> Result<(), ()> {
     // SAFETY: plain helper call on our skb.
     let rc = unsafe { aya_ebpf::helpers::generated::bpf_skb_change_head(ctx.skb.skb, 14, 0) };
     if rc != 0 {
@@ -209,6 +293,13 @@ pub fn redirect_neigh(route: &Route, ipv6: bool) -> i32 {
 pub fn xdp_redirect_allowed(ifindex: u32) -> bool {
     // SAFETY: lookup in a map of plain integers.
     unsafe { XDP_REDIRECT_IFACES.get(ifindex).is_some() }
+}
+
+/// TC: hands a translated packet to the kernel to forward (it fragments
+/// what we cannot), marked so the safety-net table lets it through.
+#[inline(always)]
+pub fn mark_for_kernel(ctx: &TcContext) {
+    ctx.set_mark(FORWARD_MARK);
 }
 
 /// XDP: rewrite the Ethernet header and redirect. `None` means: let the

@@ -29,16 +29,16 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use routing_peer_common::{
-    AddrKey, CtEntry, CtKey, DatapathConfig, DropReason, Hook, NatEndpoint, PeerValue,
+    AddrKey, CtEntry, CtKey, DatapathConfig, DropReason, Handoff, Hook, NatEndpoint, PeerValue,
     CT_FLAG_MASQUERADE, DEST_MASQUERADE, DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP, TCP_SYN,
+    IPPROTO_UDP, SELF_KEY, TCP_RST, TCP_SYN,
 };
 
 use crate::{
     conntrack::Direction,
     counters::ResourceEvent,
     ctx::Mangle,
-    forward::Route,
+    forward::{Fib, To},
     nat::Side,
     parse::{parse_packet, Frame, Packet},
     policy::Verdict,
@@ -113,46 +113,83 @@ fn revalidate(
         if let Verdict::Accept(rule_id) =
             policy::decide(slot, src_class, dest.dst_class, key.proto, port)
         {
-            // SAFETY: as above.
-            unsafe {
-                (*entry).rule_id = rule_id;
-                (*entry).resource_id = dest.resource_id;
-                (*entry).policy_gen = cfg.policy_gen;
+            if dest.flags & DEST_SELF == 0 {
+                // SAFETY: as above.
+                unsafe {
+                    (*entry).rule_id = rule_id;
+                    (*entry).resource_id = dest.resource_id;
+                    (*entry).policy_gen = cfg.policy_gen;
+                }
+                return Ok(());
             }
-            return Ok(());
         }
     }
     conntrack::remove(key);
     Err(DropReason::PolicyRevoked)
 }
 
-enum NewFlow {
-    Tracked(*mut CtEntry),
-    /// The input chain allowed it: the kernel delivers it locally.
-    ToSelf,
-    /// Allowed, but no route here to masquerade on: the kernel decides.
-    ToKernel,
+/// The input chain: a packet to one of the routing peer's own addresses
+/// (the FIB says local, whatever the address and interface) is decided by
+/// peer policies only. An address the compiler listed carries its own
+/// class (the overlay address also allows DNS); any other local address
+/// gets the class of the routing peer's LAN addresses (`SELF_KEY`).
+#[inline(always)]
+fn input_chain(pkt: &Packet, peer: &PeerValue, cfg: &DatapathConfig) -> Result<(), DropReason> {
+    let slot = cfg.active_slot;
+    let listed = policy::dest(
+        slot,
+        &AddrKey {
+            family: forward::family(pkt.ipv6),
+            addr: pkt.dst,
+        },
+    );
+    let dst_class = match listed {
+        Some(d) if d.flags & DEST_SELF != 0 => d.dst_class,
+        _ => {
+            policy::dest(slot, &SELF_KEY)
+                .ok_or(DropReason::NoPolicy)?
+                .dst_class
+        }
+    };
+    let port = policy_port(pkt.proto, pkt.dport);
+    match policy::decide(slot, peer.src_class, dst_class, pkt.proto, port) {
+        Verdict::Accept(_) => Ok(()),
+        Verdict::Drop => Err(DropReason::PolicyDrop),
+        Verdict::NoMatch => Err(DropReason::NoPolicy),
+    }
 }
 
-/// Policy for a packet no flow covers; on accept, the flow is tracked.
-#[inline(always)]
+/// Policy for a packet no flow covers; on accept, the new flow's entry is
+/// left in this CPU's conntrack scratch for the caller to insert.
+/// `nat_src` is the masquerade address of the route; with none, an allowed
+/// packet has nowhere to go. Not inlined: its own stack frame keeps the
+/// fast path (established flows) inside the 512-byte stack; hence also at
+/// most five arguments, and no pointer returned (the verifier would not
+/// know it as a map value any more).
+#[inline(never)]
 fn new_flow(
     pkt: &Packet,
-    key: &CtKey,
     peer: &PeerValue,
-    route: Option<&Route>,
+    nat_src: Option<&[u32; 4]>,
     cfg: &DatapathConfig,
-    now: u64,
-) -> Result<NewFlow, DropReason> {
+) -> Result<(), DropReason> {
+    let family = forward::family(pkt.ipv6);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
     let slot = cfg.active_slot;
     let dest = policy::dest(
         slot,
         &AddrKey {
-            family: key.family as u32,
+            family,
             addr: pkt.dst,
         },
     )
     .ok_or(DropReason::NoPolicy)?;
+    // An address the compiler knew as ours that the FIB no longer calls
+    // local: never forwarded.
+    if dest.flags & DEST_SELF != 0 {
+        return Err(DropReason::NoPolicy);
+    }
     let port = policy_port(pkt.proto, pkt.dport);
     let rule_id = match policy::decide(slot, peer.src_class, dest.dst_class, pkt.proto, port) {
         Verdict::Accept(rule_id) => rule_id,
@@ -165,8 +202,10 @@ fn new_flow(
             return Err(DropReason::NoPolicy);
         }
     };
-    if dest.flags & DEST_SELF != 0 {
-        return Ok(NewFlow::ToSelf);
+    let nat_src = *nat_src.ok_or(DropReason::NoRoute)?;
+    // A lone RST opens nothing: there is no connection to reset.
+    if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
+        return Err(DropReason::RstOutOfWindow);
     }
     let entry = conntrack::scratch().ok_or(DropReason::CtFull)?;
     entry.first_seen_ns = now;
@@ -178,75 +217,84 @@ fn new_flow(
     entry.policy_gen = cfg.policy_gen;
     entry.nat_port = pkt.sport;
     if dest.flags & DEST_MASQUERADE != 0 {
-        let Some(route) = route else {
-            return Ok(NewFlow::ToKernel);
-        };
-        let peer_endpoint = NatEndpoint {
-            addr: pkt.src,
-            port: pkt.sport,
-            proto: pkt.proto,
-            family: key.family,
-        };
-        let external = nat::snat_mapping(&peer_endpoint, route.src(), cfg)?;
-        entry.nat_addr = external.addr;
-        entry.nat_port = external.port;
+        // The caller maps a port: called from here, the port scan's frame
+        // would stack on this one.
+        entry.nat_addr = nat_src;
         entry.flags |= CT_FLAG_MASQUERADE;
     }
-    let tracked = conntrack::create(key, entry).ok_or(DropReason::CtFull)?;
-    counters::count_resource(dest.resource_id, ResourceEvent::NewFlow, 0);
-    Ok(NewFlow::Tracked(tracked))
+    Ok(())
 }
 
-/// Overlay → LAN, shared by both overlay hooks: the source peer, conntrack
-/// or policy, accounting, masquerade. Returns `true` when the packet is a
-/// tracked flow, translated and ready to forward along `route`; `false`
-/// when it belongs to the kernel (the input chain, or no route here).
+/// Gives a new masqueraded flow (in the conntrack scratch) its external
+/// endpoint on the masquerade address `new_flow` left there.
 #[inline(always)]
-fn overlay_process<C: Mangle>(
-    ctx: &C,
+fn map_new_flow(pkt: &Packet, cfg: &DatapathConfig) -> Result<(), DropReason> {
+    let entry = conntrack::scratch_entry().ok_or(DropReason::CtFull)?;
+    if entry.flags & CT_FLAG_MASQUERADE == 0 {
+        return Ok(());
+    }
+    let peer_endpoint = NatEndpoint {
+        addr: pkt.src,
+        port: pkt.sport,
+        proto: pkt.proto,
+        family: forward::family(pkt.ipv6) as u8,
+    };
+    let external = nat::snat_mapping(&peer_endpoint, &entry.nat_addr, cfg)?;
+    entry.nat_addr = external.addr;
+    entry.nat_port = external.port;
+    Ok(())
+}
+
+/// Overlay → LAN, shared by both overlay hooks: conntrack or policy, the
+/// RST check, accounting. Returns the flow, allowed and accounted.
+#[inline(always)]
+fn overlay_flow(
     pkt: &Packet,
-    route: Option<&Route>,
+    peer: &PeerValue,
+    nat_src: Option<[u32; 4]>,
     cfg: &DatapathConfig,
-) -> Result<bool, DropReason> {
-    let family = forward::family(pkt.ipv6);
-    let peer = policy::peer(
-        cfg.active_slot,
-        &AddrKey {
-            family,
-            addr: pkt.src,
-        },
-    )
-    .ok_or(DropReason::UnknownSource)?;
+    now: u64,
+) -> Result<*mut CtEntry, DropReason> {
     let key = forward_key(pkt);
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
     let entry = match conntrack::lookup(&key, now, cfg) {
         Some(entry) => {
             revalidate(entry, &key, Some(peer.src_class), cfg)?;
+            if nat_src.is_none() {
+                return Err(DropReason::NoRoute);
+            }
             entry
         }
-        None => match new_flow(pkt, &key, &peer, route, cfg, now)? {
-            NewFlow::Tracked(entry) => entry,
-            NewFlow::ToSelf | NewFlow::ToKernel => return Ok(false),
-        },
+        None => {
+            new_flow(pkt, peer, nat_src.as_ref(), cfg)?;
+            map_new_flow(pkt, cfg)?;
+            let tracked = conntrack::create_from_scratch(&key).ok_or(DropReason::CtFull)?;
+            // SAFETY: map value pointer, valid for this run.
+            let resource_id = unsafe { (*tracked).resource_id };
+            counters::count_resource(resource_id, ResourceEvent::NewFlow, 0);
+            tracked
+        }
     };
-    conntrack::update(
-        entry,
-        Direction::Forward,
-        pkt.l3_len as u64,
-        pkt.tcp_flags,
-        now,
-    );
+    if !conntrack::rst_acceptable(entry, Direction::Forward, pkt) {
+        return Err(DropReason::RstOutOfWindow);
+    }
+    conntrack::update(entry, Direction::Forward, pkt, now);
     // SAFETY: map value pointer, valid for this run.
-    let (resource_id, flags, nat_addr, nat_port) = unsafe {
-        (
-            (*entry).resource_id,
-            (*entry).flags,
-            (*entry).nat_addr,
-            (*entry).nat_port,
-        )
-    };
+    let resource_id = unsafe { (*entry).resource_id };
     counters::count_resource(resource_id, ResourceEvent::Forward, pkt.l3_len);
+    Ok(entry)
+}
+
+/// Masquerade and MSS clamping for a packet of a tracked flow.
+#[inline(always)]
+fn overlay_translate<C: Mangle>(
+    ctx: &C,
+    pkt: &Packet,
+    entry: *mut CtEntry,
+    cfg: &DatapathConfig,
+) -> Result<(), DropReason> {
+    // SAFETY: map value pointer, valid for this run.
+    let (flags, nat_addr, nat_port) =
+        unsafe { ((*entry).flags, (*entry).nat_addr, (*entry).nat_port) };
     if flags & CT_FLAG_MASQUERADE != 0 {
         nat::rewrite(ctx, pkt, Side::Source, nat_addr, nat_port)
             .map_err(|_| DropReason::Malformed)?;
@@ -260,27 +308,65 @@ fn overlay_process<C: Mangle>(
         };
         nat::clamp_mss(ctx, pkt, clamp).map_err(|_| DropReason::Malformed)?;
     }
-    Ok(true)
+    Ok(())
+}
+
+#[inline(always)]
+fn source_peer(pkt: &Packet, cfg: &DatapathConfig) -> Result<PeerValue, DropReason> {
+    policy::peer(
+        cfg.active_slot,
+        &AddrKey {
+            family: forward::family(pkt.ipv6),
+            addr: pkt.src,
+        },
+    )
+    .ok_or(DropReason::UnknownSource)
 }
 
 /// TC on the overlay: everything, for any overlay (WireGuard is L3).
+/// Every packet ends forwarded, delivered under the input chain, handed
+/// to the kernel for a counted reason after policy, or dropped.
 #[inline(always)]
 fn overlay_tc(ctx: &TcContext, pkt: &Packet, l2: bool) -> Result<i32, DropReason> {
     let cfg = config::current().ok_or(DropReason::NoPolicy)?;
-    // An expiring TTL goes to the kernel, which answers time-exceeded.
-    let route = if pkt.ttl > 1 {
-        // SAFETY: reading the skb's ingress ifindex.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        forward::lookup(ctx, pkt, ifindex, true)
-    } else {
-        None
+    let peer = source_peer(pkt, &cfg)?;
+    // SAFETY: reading the skb's ingress ifindex.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let (route, too_big) = match forward::lookup_tc(ctx, pkt, &To::dst_of(pkt), ifindex) {
+        Fib::Local => {
+            input_chain(pkt, &peer, &cfg)?;
+            counters::count_handoff(Handoff::Local, pkt.l3_len);
+            return Ok(TC_ACT_OK);
+        }
+        Fib::Unroutable => {
+            // SAFETY: plain helper call.
+            let now = unsafe { bpf_ktime_get_ns() };
+            overlay_flow(pkt, &peer, None, &cfg, now)?;
+            return Err(DropReason::NoRoute);
+        }
+        Fib::Forward(route) => (route, false),
+        Fib::TooBig(route) => (route, true),
     };
-    if !overlay_process(ctx, pkt, route.as_ref(), &cfg)? {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let entry = overlay_flow(pkt, &peer, Some(route.src()), &cfg, now)?;
+    // The kernel answers these with an ICMP error quoting the packet as
+    // the peer sent it, so they go untranslated, and are not forwarded.
+    if pkt.ttl <= 1 {
+        counters::count_handoff(Handoff::TtlExpired, pkt.l3_len);
         return Ok(TC_ACT_OK);
     }
-    let Some(route) = route else {
+    if too_big && pkt.df {
+        counters::count_handoff(Handoff::FragNeeded, pkt.l3_len);
         return Ok(TC_ACT_OK);
-    };
+    }
+    overlay_translate(ctx, pkt, entry, &cfg)?;
+    if too_big {
+        // IPv4 without DF: translated, and fragmented by the kernel.
+        forward::mark_for_kernel(ctx);
+        counters::count_handoff(Handoff::Fragmenting, pkt.l3_len);
+        return Ok(TC_ACT_OK);
+    }
     forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
     if !l2 {
         forward::push_l2_header(ctx, pkt.ipv6).map_err(|_| DropReason::Malformed)?;
@@ -289,7 +375,8 @@ fn overlay_tc(ctx: &TcContext, pkt: &Packet, l2: bool) -> Result<i32, DropReason
 }
 
 /// XDP on an L2 overlay: the whole forward path without an skb, where the
-/// egress takes XDP redirects. Anything else passes untouched to TC.
+/// egress takes XDP redirects and the frame is one XDP can translate.
+/// Anything else passes untouched to TC, which decides it.
 #[inline(always)]
 fn overlay_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
     let Some(cfg) = config::current() else {
@@ -300,15 +387,17 @@ fn overlay_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
     }
     // SAFETY: reading the frame's ingress ifindex.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let Some(route) = forward::lookup(ctx, pkt, ifindex, false) else {
+    let Fib::Forward(route) = forward::lookup_xdp(ctx, pkt, &To::dst_of(pkt), ifindex) else {
         return Ok(xdp_action::XDP_PASS);
     };
-    if !forward::xdp_redirect_allowed(route.ifindex()) {
+    if !forward::xdp_redirect_allowed(route.ifindex()) || nat::checksum_is_partial(ctx, pkt) {
         return Ok(xdp_action::XDP_PASS);
     }
-    if !overlay_process(ctx, pkt, Some(&route), &cfg)? {
-        return Ok(xdp_action::XDP_PASS);
-    }
+    let peer = source_peer(pkt, &cfg)?;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let entry = overlay_flow(pkt, &peer, Some(route.src()), &cfg, now)?;
+    overlay_translate(ctx, pkt, entry, &cfg)?;
     forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
     Ok(forward::xdp_redirect(ctx, &route).unwrap_or(xdp_action::XDP_PASS))
 }
@@ -342,20 +431,29 @@ fn lan_classify(pkt: &Packet, cfg: &DatapathConfig, now: u64) -> Result<Option<R
         _pad: [0; 2],
     };
     let Some(entry) = conntrack::lookup(&key, now, cfg) else {
-        let to_overlay = policy::peer(
-            cfg.active_slot,
-            &AddrKey {
-                family,
-                addr: pkt.dst,
-            },
-        );
-        return match to_overlay {
-            Some(_) => Err(DropReason::LanUnsolicited),
-            None => Ok(None),
-        };
+        if to_peer(pkt, cfg) {
+            return Err(DropReason::LanUnsolicited);
+        }
+        return Ok(None);
     };
     revalidate(entry, &key, None, cfg)?;
+    if !conntrack::rst_acceptable(entry, Direction::Reply, pkt) {
+        return Err(DropReason::RstOutOfWindow);
+    }
     Ok(Some(Reply { key, entry }))
+}
+
+/// Whether a LAN packet is addressed to an overlay peer.
+#[inline(always)]
+fn to_peer(pkt: &Packet, cfg: &DatapathConfig) -> bool {
+    policy::peer(
+        cfg.active_slot,
+        &AddrKey {
+            family: forward::family(pkt.ipv6),
+            addr: pkt.dst,
+        },
+    )
+    .is_some()
 }
 
 /// Accounts a reply and translates it back to the peer's endpoint.
@@ -365,15 +463,9 @@ fn lan_translate<C: Mangle>(
     pkt: &Packet,
     reply: &Reply,
     now: u64,
-) -> Result<Packet, DropReason> {
+) -> Result<(), DropReason> {
     // Flow and resource bytes are IP bytes, the same on L2 and L3 hooks.
-    conntrack::update(
-        reply.entry,
-        Direction::Reply,
-        pkt.l3_len as u64,
-        pkt.tcp_flags,
-        now,
-    );
+    conntrack::update(reply.entry, Direction::Reply, pkt, now);
     // SAFETY: map value pointer, valid for this run.
     let (resource_id, flags) = unsafe { ((*reply.entry).resource_id, (*reply.entry).flags) };
     counters::count_resource(resource_id, ResourceEvent::Reply, pkt.l3_len);
@@ -387,11 +479,16 @@ fn lan_translate<C: Mangle>(
         )
         .map_err(|_| DropReason::Malformed)?;
     }
-    Ok(Packet {
-        dst: reply.key.peer,
-        dport: reply.key.peer_port,
-        ..*pkt
-    })
+    Ok(())
+}
+
+/// Where the reply goes once translated: what the FIB is asked about.
+#[inline(always)]
+fn reply_to(reply: &Reply) -> To {
+    To {
+        addr: reply.key.peer,
+        port: reply.key.peer_port,
+    }
 }
 
 /// XDP on the LAN: early drops, and the whole reply path where XDP can
@@ -415,17 +512,12 @@ fn lan_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
     if pkt.ttl <= 1 {
         return Ok(xdp_action::XDP_PASS);
     }
-    let translated = Packet {
-        dst: reply.key.peer,
-        dport: reply.key.peer_port,
-        ..*pkt
-    };
     // SAFETY: reading the frame's ingress ifindex.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let Some(route) = forward::lookup(ctx, &translated, ifindex, false) else {
+    let Fib::Forward(route) = forward::lookup_xdp(ctx, pkt, &reply_to(&reply), ifindex) else {
         return Ok(xdp_action::XDP_PASS);
     };
-    if !forward::xdp_redirect_allowed(route.ifindex()) {
+    if !forward::xdp_redirect_allowed(route.ifindex()) || nat::checksum_is_partial(ctx, pkt) {
         return Ok(xdp_action::XDP_PASS);
     }
     lan_translate(ctx, pkt, &reply, now)?;
@@ -438,6 +530,7 @@ fn lan_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
 #[inline(always)]
 fn lan_tc(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
     let Some(cfg) = config::current() else {
+        counters::count_handoff(Handoff::LanOther, pkt.l3_len);
         return Ok(TC_ACT_OK);
     };
     // SAFETY: plain helper call.
@@ -446,36 +539,51 @@ fn lan_tc(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
         return lan_icmp_error(ctx, pkt, &cfg, now);
     }
     let Some(reply) = lan_classify(pkt, &cfg, now)? else {
+        counters::count_handoff(Handoff::LanOther, pkt.l3_len);
         return Ok(TC_ACT_OK);
     };
-    let translated = lan_translate(ctx, pkt, &reply, now)?;
-    tc_send_to_overlay(ctx, pkt, &translated)
-}
-
-/// TC on the LAN: hands a translated reply to the overlay without the IP
-/// stack; an expiring TTL or an unknown route goes to the kernel.
-#[inline(always)]
-fn tc_send_to_overlay(
-    ctx: &TcContext,
-    pkt: &Packet,
-    translated: &Packet,
-) -> Result<i32, DropReason> {
-    if pkt.ttl <= 1 {
+    let (route, too_big) = tc_route_to_overlay(ctx, pkt, &reply_to(&reply))?;
+    if too_big {
+        if pkt.df {
+            return Err(DropReason::ReplyTooBig);
+        }
+        lan_translate(ctx, pkt, &reply, now)?;
+        forward::mark_for_kernel(ctx);
+        counters::count_handoff(Handoff::Fragmenting, pkt.l3_len);
         return Ok(TC_ACT_OK);
     }
-    // SAFETY: reading the skb's ingress ifindex.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(route) = forward::lookup(ctx, translated, ifindex, true) else {
-        return Ok(TC_ACT_OK);
-    };
+    lan_translate(ctx, pkt, &reply, now)?;
     forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
     Ok(forward::redirect_to(&route, pkt.ipv6))
 }
 
-/// An ICMP error about one of our masqueraded flows (fragmentation needed or
-/// packet too big, for path-MTU discovery through the tunnel; unreachable;
-/// time exceeded) goes back to the peer, translated (RFC 5508). Others are
-/// the kernel's, unless they head for the overlay quoting no tracked flow.
+/// TC on the LAN: the route of a translated reply (to `to`) toward the
+/// overlay, and whether the packet is over its MTU. An expiring TTL or no
+/// route is a drop: the kernel would answer with the peer's address, or
+/// deliver a packet addressed to our LAN address to ourselves.
+#[inline(always)]
+fn tc_route_to_overlay(
+    ctx: &TcContext,
+    pkt: &Packet,
+    to: &To,
+) -> Result<(forward::Route, bool), DropReason> {
+    if pkt.ttl <= 1 {
+        return Err(DropReason::TtlExpired);
+    }
+    // SAFETY: reading the skb's ingress ifindex.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match forward::lookup_tc(ctx, pkt, to, ifindex) {
+        Fib::Forward(route) => Ok((route, false)),
+        Fib::TooBig(route) => Ok((route, true)),
+        Fib::Local | Fib::Unroutable => Err(DropReason::NoRoute),
+    }
+}
+
+/// An ICMP error about one of our flows (fragmentation needed or packet
+/// too big, for path-MTU discovery through the tunnel; unreachable; time
+/// exceeded) goes back to the peer, translated if masqueraded (RFC 5508).
+/// One toward the overlay that quotes no tracked flow is dropped; others
+/// (about the routing peer's own traffic) are the kernel's.
 #[inline(always)]
 fn lan_icmp_error(
     ctx: &TcContext,
@@ -483,7 +591,12 @@ fn lan_icmp_error(
     cfg: &DatapathConfig,
     now: u64,
 ) -> Result<i32, DropReason> {
+    let addressed_to_peer = to_peer(pkt, cfg);
     let Some(q) = nat::quoted(ctx, pkt) else {
+        if addressed_to_peer {
+            return Err(DropReason::LanUnsolicited);
+        }
+        counters::count_handoff(Handoff::LanOther, pkt.l3_len);
         return Ok(TC_ACT_OK);
     };
     let family = forward::family(pkt.ipv6);
@@ -495,7 +608,11 @@ fn lan_icmp_error(
     };
     let Some(peer) = nat::reverse(&external) else {
         // Not masqueraded: it must quote a tracked flow of the peer it is
-        // addressed to, or it is LAN-initiated traffic toward the overlay.
+        // addressed to, and goes to the peer as it is.
+        if !addressed_to_peer {
+            counters::count_handoff(Handoff::LanOther, pkt.l3_len);
+            return Ok(TC_ACT_OK);
+        }
         let quoted_flow = CtKey {
             peer: q.src,
             remote: q.dst,
@@ -505,18 +622,14 @@ fn lan_icmp_error(
             family: family as u8,
             _pad: [0; 2],
         };
-        let to_peer = policy::peer(
-            cfg.active_slot,
-            &AddrKey {
-                family,
-                addr: pkt.dst,
-            },
-        )
-        .is_some();
-        if to_peer && conntrack::lookup(&quoted_flow, now, cfg).is_none() {
+        let Some(entry) = conntrack::lookup(&quoted_flow, now, cfg) else {
+            return Err(DropReason::LanUnsolicited);
+        };
+        // The error goes to the peer that sent the quoted packet.
+        if pkt.dst != q.src {
             return Err(DropReason::LanUnsolicited);
         }
-        return Ok(TC_ACT_OK);
+        return icmp_to_overlay(ctx, pkt, &To::dst_of(pkt), entry);
     };
     let key = CtKey {
         peer: peer.addr,
@@ -528,18 +641,36 @@ fn lan_icmp_error(
         _pad: [0; 2],
     };
     let Some(entry) = conntrack::lookup(&key, now, cfg) else {
+        // About a mapping no flow uses: addressed to our own LAN address.
+        counters::count_handoff(Handoff::LanOther, pkt.l3_len);
         return Ok(TC_ACT_OK);
     };
+    nat::translate_icmp_error(ctx, pkt, &q, peer.addr, peer.port)
+        .map_err(|_| DropReason::Malformed)?;
+    let to = To {
+        addr: peer.addr,
+        port: pkt.dport,
+    };
+    icmp_to_overlay(ctx, pkt, &to, entry)
+}
+
+/// Sends an ICMP error (already translated) to the peer at `to`.
+#[inline(always)]
+fn icmp_to_overlay(
+    ctx: &TcContext,
+    pkt: &Packet,
+    to: &To,
+    entry: *mut CtEntry,
+) -> Result<i32, DropReason> {
+    let (route, too_big) = tc_route_to_overlay(ctx, pkt, to)?;
+    if too_big {
+        return Err(DropReason::ReplyTooBig);
+    }
     // SAFETY: map value pointer, valid for this run.
     let resource_id = unsafe { (*entry).resource_id };
     counters::count_resource(resource_id, ResourceEvent::Reply, pkt.l3_len);
-    nat::translate_icmp_error(ctx, pkt, &q, peer.addr, peer.port)
-        .map_err(|_| DropReason::Malformed)?;
-    let translated = Packet {
-        dst: peer.addr,
-        ..*pkt
-    };
-    tc_send_to_overlay(ctx, pkt, &translated)
+    forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
+    Ok(forward::redirect_to(&route, pkt.ipv6))
 }
 
 #[inline(always)]
@@ -559,8 +690,11 @@ fn tc_overlay(ctx: &TcContext, l2: bool) -> i32 {
     counters::count_hook(Hook::OverlayIngress, len);
     let frame = Frame::new(ctx.data(), ctx.data_end(), len, l2);
     let verdict = match parse_packet(&frame) {
-        Ok(Some(pkt)) => overlay_tc(ctx, &pkt, l2),
-        Ok(None) => Ok(TC_ACT_OK),
+        Ok(Some(pkt)) => overlay_tc(ctx, pkt, l2),
+        Ok(None) => {
+            counters::count_handoff(Handoff::NonIp, len);
+            Ok(TC_ACT_OK)
+        }
         Err(reason) => Err(reason),
     };
     verdict.unwrap_or_else(|reason| {
@@ -588,7 +722,7 @@ pub fn rp_overlay_xdp(ctx: XdpContext) -> u32 {
     counters::count_hook(Hook::OverlayXdp, len);
     let frame = Frame::new(ctx.data(), ctx.data_end(), len, true);
     let verdict = match parse_packet(&frame) {
-        Ok(Some(pkt)) => overlay_xdp(&ctx, &pkt),
+        Ok(Some(pkt)) => overlay_xdp(&ctx, pkt),
         Ok(None) => Ok(xdp_action::XDP_PASS),
         Err(reason) => Err(reason),
     };
@@ -608,8 +742,11 @@ pub fn rp_lan_tc(ctx: TcContext) -> i32 {
     let frame = Frame::new(ctx.data(), ctx.data_end(), len, true);
     // XDP has already counted, and dropped what is malformed.
     let verdict = match parse_packet(&frame) {
-        Ok(Some(pkt)) => lan_tc(&ctx, &pkt),
-        Ok(None) => Ok(TC_ACT_OK),
+        Ok(Some(pkt)) => lan_tc(&ctx, pkt),
+        Ok(None) => {
+            counters::count_handoff(Handoff::NonIp, len);
+            Ok(TC_ACT_OK)
+        }
         Err(reason) => Err(reason),
     };
     verdict.unwrap_or_else(|reason| {
@@ -625,7 +762,7 @@ pub fn rp_lan_xdp(ctx: XdpContext) -> u32 {
     counters::count_hook(Hook::LanIngress, len);
     let frame = Frame::new(ctx.data(), ctx.data_end(), len, true);
     let verdict = match parse_packet(&frame) {
-        Ok(Some(pkt)) => lan_xdp(&ctx, &pkt),
+        Ok(Some(pkt)) => lan_xdp(&ctx, pkt),
         Ok(None) => Ok(xdp_action::XDP_PASS),
         Err(reason) => Err(reason),
     };

@@ -3,12 +3,19 @@
 //!
 //! A mapping is a pair of LRU entries, peer endpoint → external endpoint and
 //! back, both created with BPF_NOEXIST so CPUs racing for a port can't both
-//! win. The peer's own port is kept when free; otherwise random ports in the
-//! configured range are tried a bounded number of times. ICMP echo uses its
-//! identifier as the port.
+//! win. The configured range is the pool: the peer's own port is kept when
+//! it lies in the range and is free; otherwise the range is scanned from a
+//! random start until a free port turns up, so a port is found whenever one
+//! is free (`bpf_loop`: bounded by the range, not by a retry count). ICMP
+//! echo uses its identifier as the port.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, macros::map, maps::LruHashMap,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, generated::bpf_loop},
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
 };
 use routing_peer_common::{
     DatapathConfig, DropReason, NatEndpoint, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
@@ -17,8 +24,6 @@ use routing_peer_common::{
 use crate::{ctx::Mangle, parse::Packet};
 
 const MAX_MAPPINGS: u32 = 131072;
-/// Random ports tried after the preserved one; bounded for the verifier.
-const PORT_RETRIES: u32 = 16;
 
 #[map]
 static NAT_FWD: LruHashMap<NatEndpoint, NatEndpoint> =
@@ -46,39 +51,109 @@ fn claim(peer: &NatEndpoint, external: &NatEndpoint) -> bool {
     true
 }
 
+/// The state of one port scan. Per CPU, not on the stack: the fast path
+/// above leaves no room for it.
+#[repr(C)]
+struct Scan {
+    peer: NatEndpoint,
+    external: NatEndpoint,
+    min: u32,
+    span: u32,
+    start: u32,
+    found: u32,
+}
+
+#[map]
+static NAT_SCAN: PerCpuArray<Scan> = PerCpuArray::with_max_entries(1, 0);
+
+/// One step of the scan: tries the `index`-th port after the random start.
+/// Returns 1 (stop) once a port is claimed.
+extern "C" fn scan_step(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(scan) = NAT_SCAN.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot, used by one program run at a time.
+    let scan = unsafe { &mut *scan };
+    if scan.span == 0 {
+        return 1;
+    }
+    let offset = scan.start.wrapping_add(index as u32) % scan.span;
+    scan.external.port = (scan.min + offset) as u16;
+    if claim(&scan.peer, &scan.external) {
+        scan.found = 1;
+        return 1;
+    }
+    0
+}
+
+#[inline(always)]
+fn in_range(port: u16, cfg: &DatapathConfig) -> bool {
+    port >= cfg.snat_port_min && port <= cfg.snat_port_max
+}
+
 /// The external endpoint for `peer` on `nat_addr`, reusing its mapping.
 #[inline(always)]
 pub fn snat_mapping(
     peer: &NatEndpoint,
-    nat_addr: [u32; 4],
+    nat_addr: &[u32; 4],
     cfg: &DatapathConfig,
 ) -> Result<NatEndpoint, DropReason> {
-    // SAFETY: copied out at once.
-    if let Some(existing) = unsafe { NAT_FWD.get(peer).copied() } {
-        // LRU may have evicted the reverse half; re-claiming restores it.
-        if existing.addr == nat_addr && claim(peer, &existing) {
-            return Ok(existing);
-        }
+    let scan = NAT_SCAN.get_ptr_mut(0).ok_or(DropReason::NatExhausted)?;
+    // SAFETY: this CPU's slot, used by one program run at a time.
+    unsafe {
+        (*scan).peer = *peer;
+        (*scan).external = NatEndpoint {
+            addr: *nat_addr,
+            port: peer.port,
+            proto: peer.proto,
+            family: peer.family,
+        };
     }
-    let mut external = NatEndpoint {
-        addr: nat_addr,
-        port: peer.port,
-        proto: peer.proto,
-        family: peer.family,
+    if allocate(cfg) == 0 {
+        return Err(DropReason::NatExhausted);
+    }
+    // SAFETY: as above.
+    Ok(unsafe { (*scan).external })
+}
+
+/// Finds the external endpoint for the peer endpoint in `NAT_SCAN`, on
+/// the address already there; 1 when found (left in `NAT_SCAN`). Not
+/// inlined, so its frame does not add to the fast path's, with its state
+/// per CPU and one argument: LLVM would split a struct argument into more
+/// registers than a BPF call has.
+#[inline(never)]
+fn allocate(cfg: &DatapathConfig) -> u32 {
+    let Some(scan) = NAT_SCAN.get_ptr_mut(0) else {
+        return 0;
     };
-    if claim(peer, &external) {
-        return Ok(external);
-    }
-    let span = (cfg.snat_port_max as u32).saturating_sub(cfg.snat_port_min as u32) + 1;
-    for _ in 0..PORT_RETRIES {
-        // SAFETY: plain helper call.
-        let random = unsafe { bpf_get_prandom_u32() };
-        external.port = cfg.snat_port_min + (random % span) as u16;
-        if claim(peer, &external) {
-            return Ok(external);
+    // SAFETY: this CPU's slot, used by one program run at a time.
+    let scan = unsafe { &mut *scan };
+    // SAFETY: copied out at once.
+    if let Some(existing) = unsafe { NAT_FWD.get(&scan.peer).copied() } {
+        // LRU may have evicted the reverse half; re-claiming restores it.
+        if existing.addr == scan.external.addr
+            && in_range(existing.port, cfg)
+            && claim(&scan.peer, &existing)
+        {
+            scan.external = existing;
+            return 1;
         }
     }
-    Err(DropReason::NatExhausted)
+    if in_range(scan.peer.port, cfg) && claim(&scan.peer, &scan.external) {
+        return 1;
+    }
+    let span = (cfg.snat_port_max as u32 + 1).saturating_sub(cfg.snat_port_min as u32);
+    scan.min = cfg.snat_port_min as u32;
+    scan.span = span;
+    // SAFETY: plain helper call.
+    scan.start = unsafe { bpf_get_prandom_u32() };
+    scan.found = 0;
+    // SAFETY: bpf_loop calls `scan_step` at most `span` (≤ 65536) times;
+    // the step finds its state in NAT_SCAN.
+    unsafe {
+        bpf_loop(span, scan_step as *mut c_void, core::ptr::null_mut(), 0);
+    }
+    scan.found
 }
 
 /// The peer endpoint behind an external one, for a reply.
@@ -154,6 +229,49 @@ pub fn rewrite<C: Mangle>(
         }
     }
     Ok(())
+}
+
+/// Whether a TCP or UDP checksum is a partial one (CHECKSUM_PARTIAL: the
+/// pseudo-header sum only, the rest left to offload). A frame from a
+/// virtual device can carry one, and XDP, which has no skb to tell, would
+/// corrupt it by an incremental update: such frames go to TC. A full
+/// checksum equals the pseudo-header sum by chance once in 65536; that
+/// frame takes the TC path too, which handles both.
+#[inline(always)]
+pub fn checksum_is_partial<C: Mangle>(ctx: &C, pkt: &Packet) -> bool {
+    // (offset of 4 bytes inside the header that hold the checksum, which half)
+    let (at, high) = match pkt.proto {
+        IPPROTO_TCP => (pkt.l4_offset + 16, false),
+        IPPROTO_UDP => (pkt.l4_offset + 4, true),
+        _ => return false,
+    };
+    let Ok(word) = ctx.load_u32(at) else {
+        return false;
+    };
+    let b = word.to_ne_bytes();
+    let check = if high {
+        u16::from_ne_bytes([b[2], b[3]])
+    } else {
+        u16::from_ne_bytes([b[0], b[1]])
+    };
+    if pkt.proto == IPPROTO_UDP && check == 0 {
+        return false; // no checksum at all
+    }
+    let l4_len = (pkt.l3_len - (pkt.l4_offset - pkt.l3_offset)) as u16;
+    // One's-complement sum of the pseudo-header, in 16-bit words as stored.
+    let words = if pkt.ipv6 { 4 } else { 1 };
+    let mut sum: u32 = 0;
+    for i in 0..4 {
+        if i < words {
+            sum += (pkt.src[i] & 0xffff) + (pkt.src[i] >> 16);
+            sum += (pkt.dst[i] & 0xffff) + (pkt.dst[i] >> 16);
+        }
+    }
+    sum += u16::from_ne_bytes([0, pkt.proto]) as u32;
+    sum += u16::from_ne_bytes(l4_len.to_be_bytes()) as u32;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16 == check
 }
 
 /// Clamps the MSS of a TCP SYN so segments fit the overlay MTU. Every common

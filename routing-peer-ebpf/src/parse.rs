@@ -1,8 +1,15 @@
 //! Header parsing and validation. Anything that fails here is dropped with a
 //! counted reason; nothing malformed reaches policy, conntrack or NAT.
+//!
+//! Checked: what the kernel's `ip_rcv`/`ipv6_rcv` check (version, header
+//! length, header checksum, IPv4 options' lengths, total length against the
+//! frame) and what L4 needs (every header inside the IP datagram, the UDP
+//! length, the TCP data offset). Each check reads a bounded number of
+//! words, so the cost does not depend on the packet.
 
 use core::mem::size_of;
 
+use aya_ebpf::{macros::map, maps::PerCpuArray};
 use routing_peer_common::{DropReason, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 
 pub const ETH_P_IP: u16 = 0x0800;
@@ -17,6 +24,12 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DSTOPTS: u8 = 60;
 /// Extension headers walked before giving up; a bound the verifier can see.
 const IPV6_MAX_EXT_HEADERS: usize = 4;
+const IPV4_MAX_HEADER_WORDS: usize = 15;
+const IPV4_OPT_EOL: u8 = 0;
+const IPV4_OPT_NOP: u8 = 1;
+/// Option bytes an IPv4 header can hold (60 − 20).
+const IPV4_MAX_OPTION_BYTES: usize = 40;
+const IP_DF: u16 = 0x4000;
 
 #[repr(C)]
 pub struct EthHdr {
@@ -121,6 +134,15 @@ impl Frame {
     }
 }
 
+/// The packet being decided, per CPU: on the 512-byte stack it would
+/// crowd out the fast path (LLVM keeps several copies of it there).
+#[map]
+static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+
+/// The furthest the transport header may start: TC pulls 192 bytes, and
+/// a bound lets XDP writes mask offsets the verifier cannot otherwise see.
+pub const MAX_L4_OFFSET: usize = 256;
+
 /// What policy and conntrack need to know about a valid IP packet.
 /// Addresses are kept in network byte order; IPv4 uses `addr[0]` only.
 #[derive(Clone, Copy)]
@@ -143,19 +165,55 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// ICMP type (IPv4 and IPv6); 0 for other protocols.
     pub icmp_type: u8,
+    /// IPv4 Don't Fragment; IPv6 is never fragmented on the way.
+    pub df: bool,
+    /// TCP sequence and acknowledgement numbers (host order), window; 0 otherwise.
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
+    pub tcp_win: u16,
+    /// L4 payload bytes (TCP: after the options).
+    pub l4_payload: u16,
+}
+
+/// What the transport header tells.
+#[derive(Clone, Copy, Default)]
+struct L4 {
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+    icmp_type: u8,
+    tcp_seq: u32,
+    tcp_ack: u32,
+    tcp_win: u16,
+    payload: u16,
 }
 
 /// `Ok(None)` is a valid non-IP frame (ARP, LLDP, …) that the stack should see.
 #[inline(always)]
-pub fn parse_packet(frame: &Frame) -> Result<Option<Packet>, DropReason> {
+pub fn parse_packet(frame: &Frame) -> Result<Option<&'static Packet>, DropReason> {
+    let slot = PACKET.get_ptr_mut(0).ok_or(DropReason::Malformed)?;
+    // SAFETY: this CPU's slot, used by one program run at a time.
+    let pkt = unsafe { &mut *slot };
+    if parse_into(frame, pkt)? {
+        Ok(Some(pkt))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Fills `pkt`; `false` for a non-IP frame.
+#[inline(always)]
+fn parse_into(frame: &Frame, pkt: &mut Packet) -> Result<bool, DropReason> {
     let (ethertype, l3_offset) = if frame.l2 {
         let eth: *const EthHdr = frame.ptr_at(0)?;
+        // SAFETY: bounds checked by `ptr_at`.
         (u16::from_be(unsafe { (*eth).proto }), size_of::<EthHdr>())
     } else {
         // An L3 device carries the IP version in the first nibble. Both
         // versions' headers are at least an IPv4 header long; a one-byte
         // bound would be folded by LLVM into a form the verifier rejects.
         let first: *const Ipv4Hdr = frame.ptr_at(0)?;
+        // SAFETY: bounds checked by `ptr_at`.
         match unsafe { (*first).version_ihl } >> 4 {
             4 => (ETH_P_IP, 0),
             6 => (ETH_P_IPV6, 0),
@@ -163,15 +221,16 @@ pub fn parse_packet(frame: &Frame) -> Result<Option<Packet>, DropReason> {
         }
     };
     match ethertype {
-        ETH_P_IP => parse_ipv4(frame, l3_offset).map(Some),
-        ETH_P_IPV6 => parse_ipv6(frame, l3_offset).map(Some),
-        _ => Ok(None),
+        ETH_P_IP => parse_ipv4(frame, l3_offset, pkt).map(|_| true),
+        ETH_P_IPV6 => parse_ipv6(frame, l3_offset, pkt).map(|_| true),
+        _ => Ok(false),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(frame: &Frame, l3_offset: usize) -> Result<Packet, DropReason> {
+fn parse_ipv4(frame: &Frame, l3_offset: usize, pkt: &mut Packet) -> Result<(), DropReason> {
     let ip: *const Ipv4Hdr = frame.ptr_at(l3_offset)?;
+    // SAFETY: `ptr_at` checked the whole header is inside the frame.
     let (version_ihl, tot_len, frag_off, ttl, proto, src, dst) = unsafe {
         (
             (*ip).version_ihl,
@@ -191,13 +250,17 @@ fn parse_ipv4(frame: &Frame, l3_offset: usize) -> Result<Packet, DropReason> {
     {
         return Err(DropReason::Malformed);
     }
+    ipv4_checksum_ok(frame, l3_offset, header_len)?;
+    if header_len > size_of::<Ipv4Hdr>() {
+        ipv4_options_ok(frame, l3_offset, header_len)?;
+    }
     // MF set or a non-zero offset: a fragment.
     if frag_off & 0x3fff != 0 {
         return Err(DropReason::Fragment);
     }
     let l4_offset = l3_offset + header_len;
-    let (sport, dport, tcp_flags, icmp_type) = parse_l4(frame, l4_offset, proto)?;
-    Ok(Packet {
+    let l4 = parse_l4(frame, l4_offset, l3_offset + tot_len, proto)?;
+    *pkt = Packet {
         ipv6: false,
         l3_offset,
         l4_offset,
@@ -205,17 +268,91 @@ fn parse_ipv4(frame: &Frame, l3_offset: usize) -> Result<Packet, DropReason> {
         proto,
         src: [src, 0, 0, 0],
         dst: [dst, 0, 0, 0],
-        sport,
-        dport,
+        sport: l4.sport,
+        dport: l4.dport,
         ttl,
-        tcp_flags,
-        icmp_type,
-    })
+        tcp_flags: l4.tcp_flags,
+        icmp_type: l4.icmp_type,
+        df: frag_off & IP_DF != 0,
+        tcp_seq: l4.tcp_seq,
+        tcp_ack: l4.tcp_ack,
+        tcp_win: l4.tcp_win,
+        l4_payload: l4.payload,
+    };
+    Ok(())
+}
+
+/// The IPv4 header checksum, as `ip_rcv` verifies it: the one's-complement
+/// sum of the header's 16-bit words is all ones.
+#[inline(always)]
+fn ipv4_checksum_ok(frame: &Frame, l3_offset: usize, header_len: usize) -> Result<(), DropReason> {
+    let words = header_len / 4;
+    let mut sum: u64 = 0;
+    // Bounded by the largest IHL, so the verifier sees the loop end.
+    for i in 0..IPV4_MAX_HEADER_WORDS {
+        if i >= words {
+            break;
+        }
+        let w: *const u32 = frame.ptr_at(l3_offset + 4 * i)?;
+        // SAFETY: bounds checked by `ptr_at`; the header may be unaligned.
+        sum += unsafe { w.read_unaligned() } as u64;
+    }
+    // Folding the 32-bit sum of 32-bit words gives the 16-bit word sum.
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let mut s16 = (sum & 0xffff) + (sum >> 16);
+    s16 = (s16 & 0xffff) + (s16 >> 16);
+    if s16 as u16 != 0xffff {
+        return Err(DropReason::Malformed);
+    }
+    Ok(())
+}
+
+/// IPv4 options: each one's length inside the header, none shorter than 2.
+#[inline(always)]
+fn ipv4_options_ok(frame: &Frame, l3_offset: usize, header_len: usize) -> Result<(), DropReason> {
+    let end = header_len - size_of::<Ipv4Hdr>();
+    let base = l3_offset + size_of::<Ipv4Hdr>();
+    let mut at = 0usize;
+    // Every option is at least one byte: at most 40 steps.
+    for _ in 0..IPV4_MAX_OPTION_BYTES {
+        if at >= end {
+            return Ok(());
+        }
+        // Two bytes (kind, length) read at once; the length byte of a
+        // one-byte option is never used. Reading it stays inside the
+        // header unless the header ends there, where kind must be EOL/NOP.
+        let kind_len: *const [u8; 2] = if at + 1 < end {
+            frame.ptr_at(base + at)?
+        } else {
+            let kind: *const u8 = frame.ptr_at(base + at)?;
+            // SAFETY: bounds checked by `ptr_at`.
+            return match unsafe { *kind } {
+                IPV4_OPT_EOL | IPV4_OPT_NOP => Ok(()),
+                _ => Err(DropReason::Malformed),
+            };
+        };
+        // SAFETY: bounds checked by `ptr_at`.
+        let [kind, len] = unsafe { *kind_len };
+        match kind {
+            IPV4_OPT_EOL => return Ok(()),
+            IPV4_OPT_NOP => at += 1,
+            _ => {
+                let len = len as usize;
+                if len < 2 || at + len > end {
+                    return Err(DropReason::Malformed);
+                }
+                at += len;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[inline(always)]
-fn parse_ipv6(frame: &Frame, l3_offset: usize) -> Result<Packet, DropReason> {
+fn parse_ipv6(frame: &Frame, l3_offset: usize, pkt: &mut Packet) -> Result<(), DropReason> {
     let ip: *const Ipv6Hdr = frame.ptr_at(l3_offset)?;
+    // SAFETY: `ptr_at` checked the whole header is inside the frame.
     let (vtc_flow, payload_len, mut next_hdr, ttl, src, dst) = unsafe {
         (
             u32::from_be((*ip).vtc_flow),
@@ -226,7 +363,8 @@ fn parse_ipv6(frame: &Frame, l3_offset: usize) -> Result<Packet, DropReason> {
             (*ip).dst,
         )
     };
-    if vtc_flow >> 28 != 6 || l3_offset + size_of::<Ipv6Hdr>() + payload_len > frame.len() {
+    let l3_end = l3_offset + size_of::<Ipv6Hdr>() + payload_len;
+    if vtc_flow >> 28 != 6 || l3_end > frame.len() {
         return Err(DropReason::Malformed);
     }
     let mut l4_offset = l3_offset + size_of::<Ipv6Hdr>();
@@ -235,9 +373,14 @@ fn parse_ipv6(frame: &Frame, l3_offset: usize) -> Result<Packet, DropReason> {
             IPV6_FRAGMENT => return Err(DropReason::Fragment),
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
                 let ext: *const Ipv6ExtHdr = frame.ptr_at(l4_offset)?;
+                // SAFETY: bounds checked by `ptr_at`.
                 let (next, len) = unsafe { ((*ext).next_hdr, (*ext).len) };
                 next_hdr = next;
                 l4_offset += (len as usize + 1) * 8;
+                // Each extension header lies inside the payload.
+                if l4_offset > l3_end {
+                    return Err(DropReason::Malformed);
+                }
             }
             _ => break,
         }
@@ -249,8 +392,8 @@ fn parse_ipv6(frame: &Frame, l3_offset: usize) -> Result<Packet, DropReason> {
         // More extension headers than we walk: refuse rather than skip policy.
         return Err(DropReason::Malformed);
     }
-    let (sport, dport, tcp_flags, icmp_type) = parse_l4(frame, l4_offset, next_hdr)?;
-    Ok(Packet {
+    let l4 = parse_l4(frame, l4_offset, l3_end, next_hdr)?;
+    *pkt = Packet {
         ipv6: true,
         l3_offset,
         l4_offset,
@@ -258,40 +401,79 @@ fn parse_ipv6(frame: &Frame, l3_offset: usize) -> Result<Packet, DropReason> {
         proto: next_hdr,
         src,
         dst,
-        sport,
-        dport,
+        sport: l4.sport,
+        dport: l4.dport,
         ttl,
-        tcp_flags,
-        icmp_type,
-    })
+        tcp_flags: l4.tcp_flags,
+        icmp_type: l4.icmp_type,
+        df: true,
+        tcp_seq: l4.tcp_seq,
+        tcp_ack: l4.tcp_ack,
+        tcp_win: l4.tcp_win,
+        l4_payload: l4.payload,
+    };
+    Ok(())
 }
 
-/// (source port, destination port, TCP flags, ICMP type). Other protocols carry no
-/// ports and match port-less rules only.
+/// The transport header, which must lie inside the IP datagram
+/// (`l4_offset..l3_end`). Other protocols carry no ports and match
+/// port-less rules only.
 #[inline(always)]
-fn parse_l4(frame: &Frame, l4_offset: usize, proto: u8) -> Result<(u16, u16, u8, u8), DropReason> {
+fn parse_l4(frame: &Frame, l4_offset: usize, l3_end: usize, proto: u8) -> Result<L4, DropReason> {
+    if l4_offset > l3_end || l4_offset > MAX_L4_OFFSET {
+        return Err(DropReason::Malformed);
+    }
+    let segment = l3_end - l4_offset;
     match proto {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = frame.ptr_at(l4_offset)?;
-            let (source, dest, doff_flags) =
-                unsafe { ((*tcp).source, (*tcp).dest, u16::from_be((*tcp).doff_flags)) };
-            if ((doff_flags >> 12) as usize) * 4 < size_of::<TcpHdr>() {
+            // SAFETY: bounds checked by `ptr_at`.
+            let (source, dest, doff_flags, seq, ack, win) = unsafe {
+                (
+                    (*tcp).source,
+                    (*tcp).dest,
+                    u16::from_be((*tcp).doff_flags),
+                    (*tcp).seq,
+                    (*tcp).ack_seq,
+                    (*tcp).window,
+                )
+            };
+            let header = ((doff_flags >> 12) as usize) * 4;
+            if header < size_of::<TcpHdr>() || header > segment {
                 return Err(DropReason::Malformed);
             }
-            Ok((
-                u16::from_be(source),
-                u16::from_be(dest),
-                doff_flags as u8,
-                0,
-            ))
+            Ok(L4 {
+                sport: u16::from_be(source),
+                dport: u16::from_be(dest),
+                tcp_flags: doff_flags as u8,
+                tcp_seq: u32::from_be(seq),
+                tcp_ack: u32::from_be(ack),
+                tcp_win: u16::from_be(win),
+                payload: (segment - header) as u16,
+                ..L4::default()
+            })
         }
         IPPROTO_UDP => {
             let udp: *const UdpHdr = frame.ptr_at(l4_offset)?;
-            let (source, dest) = unsafe { ((*udp).source, (*udp).dest) };
-            Ok((u16::from_be(source), u16::from_be(dest), 0, 0))
+            // SAFETY: bounds checked by `ptr_at`.
+            let (source, dest, len) = unsafe { ((*udp).source, (*udp).dest, (*udp).len) };
+            let len = u16::from_be(len) as usize;
+            if len < size_of::<UdpHdr>() || len > segment {
+                return Err(DropReason::Malformed);
+            }
+            Ok(L4 {
+                sport: u16::from_be(source),
+                dport: u16::from_be(dest),
+                payload: (len - size_of::<UdpHdr>()) as u16,
+                ..L4::default()
+            })
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            if segment < size_of::<IcmpHdr>() {
+                return Err(DropReason::Malformed);
+            }
             let icmp: *const IcmpHdr = frame.ptr_at(l4_offset)?;
+            // SAFETY: bounds checked by `ptr_at`.
             let (kind, id) = unsafe { ((*icmp).kind, u16::from_be((*icmp).id)) };
             let echo = if proto == IPPROTO_ICMP {
                 kind == ICMP_ECHO_REQUEST || kind == ICMP_ECHO_REPLY
@@ -299,8 +481,13 @@ fn parse_l4(frame: &Frame, l4_offset: usize, proto: u8) -> Result<(u16, u16, u8,
                 kind == ICMPV6_ECHO_REQUEST || kind == ICMPV6_ECHO_REPLY
             };
             let id = if echo { id } else { 0 };
-            Ok((id, id, 0, kind))
+            Ok(L4 {
+                sport: id,
+                dport: id,
+                icmp_type: kind,
+                ..L4::default()
+            })
         }
-        _ => Ok((0, 0, 0, 0)),
+        _ => Ok(L4::default()),
     }
 }

@@ -303,6 +303,8 @@ pub struct ResourceStats {
 pub struct StatsReport {
     pub hooks: Vec<stats::NamedCounter>,
     pub drops: Vec<stats::NamedCounter>,
+    /// Packets handed to the kernel, by reason.
+    pub handoffs: Vec<stats::NamedCounter>,
     pub resources: Vec<ResourceStats>,
     pub conntrack_entries: u64,
     pub conntrack_capacity: u32,
@@ -344,6 +346,7 @@ pub fn read_stats(pins: &PinDir, names: &Names) -> Result<StatsReport> {
     Ok(StatsReport {
         hooks: snapshot.hooks,
         drops: snapshot.drops,
+        handoffs: snapshot.handoffs,
         resources,
         conntrack_entries: flows.len() as u64,
         conntrack_capacity: capacity,
@@ -398,6 +401,20 @@ pub fn print_stats(report: &StatsReport, rates: Option<&HashMap<String, (f64, f6
             d.name.to_string(),
             d.packets.to_string(),
             human_bytes(d.bytes),
+        ]);
+    }
+    print_table(&rows);
+    println!();
+    let mut rows = vec![vec![
+        "TO KERNEL".to_string(),
+        "PACKETS".into(),
+        "BYTES".into(),
+    ]];
+    for h in &report.handoffs {
+        rows.push(vec![
+            h.name.to_string(),
+            h.packets.to_string(),
+            human_bytes(h.bytes),
         ]);
     }
     print_table(&rows);

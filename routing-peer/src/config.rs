@@ -96,6 +96,8 @@ pub struct Conntrack {
     pub udp_secs: u64,
     pub udp_unreplied_secs: u64,
     pub icmp_secs: u64,
+    /// How long a reset TCP flow lingers before a new SYN must pass policy.
+    pub tcp_reset_secs: u64,
 }
 
 impl Default for Conntrack {
@@ -107,6 +109,7 @@ impl Default for Conntrack {
             udp_secs: 120,
             udp_unreplied_secs: 30,
             icmp_secs: 30,
+            tcp_reset_secs: 10,
         }
     }
 }

@@ -75,6 +75,7 @@ pub fn datapath_config(config: &Config) -> DatapathConfig {
         udp_ns: ns(ct.udp_secs),
         udp_unreplied_ns: ns(ct.udp_unreplied_secs),
         icmp_ns: ns(ct.icmp_secs),
+        tcp_reset_ns: ns(ct.tcp_reset_secs),
         ..defaults
     }
 }

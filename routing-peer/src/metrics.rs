@@ -110,6 +110,17 @@ pub fn render(pins: &PinDir, status: &SharedStatus) -> Result<String> {
         drop_packets.with_label_values(&[d.name]).inc_by(d.packets);
         drop_bytes.with_label_values(&[d.name]).inc_by(d.bytes);
     }
+    let handoff_packets = counter_vec(
+        &r,
+        "routing_peer_handoff_packets_total",
+        "Packets handed to the kernel after policy, by reason.",
+        &["reason"],
+    )?;
+    for h in &stats.handoffs {
+        handoff_packets
+            .with_label_values(&[h.name])
+            .inc_by(h.packets);
+    }
     gauge(
         &r,
         "routing_peer_conntrack_entries",

@@ -1,7 +1,7 @@
 //! Reading the per-CPU counters, from a live `Ebpf` or from the pins.
 
 use aya::maps::{Map, MapData, PerCpuArray};
-use routing_peer_common::{map_names, CtEvent, DropReason, Hook, PacketCounter};
+use routing_peer_common::{map_names, CtEvent, DropReason, Handoff, Hook, PacketCounter};
 use serde::Serialize;
 
 use crate::datapath::PinDir;
@@ -23,6 +23,8 @@ pub enum StatsError {
 pub struct Snapshot {
     pub hooks: Vec<NamedCounter>,
     pub drops: Vec<NamedCounter>,
+    /// Packets handed to the kernel, by reason.
+    pub handoffs: Vec<NamedCounter>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -39,6 +41,10 @@ impl Snapshot {
 
     pub fn drop(&self, reason: DropReason) -> &NamedCounter {
         &self.drops[reason as usize]
+    }
+
+    pub fn handoff(&self, reason: Handoff) -> &NamedCounter {
+        &self.handoffs[reason as usize]
     }
 }
 
@@ -91,9 +97,13 @@ pub fn read_loaded(ebpf: &aya::Ebpf) -> Result<Snapshot, StatsError> {
     let drops = ebpf
         .map(map_names::DROP_STATS)
         .ok_or(StatsError::NotRunning(map_names::DROP_STATS.into()))?;
+    let handoffs = ebpf
+        .map(map_names::HANDOFF_STATS)
+        .ok_or(StatsError::NotRunning(map_names::HANDOFF_STATS.into()))?;
     snapshot(
         &per_cpu_array(hooks, map_names::HOOK_STATS)?,
         &per_cpu_array(drops, map_names::DROP_STATS)?,
+        &per_cpu_array(handoffs, map_names::HANDOFF_STATS)?,
     )
 }
 
@@ -106,12 +116,17 @@ pub fn read_pinned(pins: &PinDir) -> Result<Snapshot, StatsError> {
         PerCpuArray::<MapData, PacketCounter>::try_from(Map::PerCpuArray(data))
             .map_err(|source| StatsError::Map { name, source })
     };
-    snapshot(&open(map_names::HOOK_STATS)?, &open(map_names::DROP_STATS)?)
+    snapshot(
+        &open(map_names::HOOK_STATS)?,
+        &open(map_names::DROP_STATS)?,
+        &open(map_names::HANDOFF_STATS)?,
+    )
 }
 
 fn snapshot<M: std::borrow::Borrow<MapData>>(
     hooks: &PerCpuArray<M, PacketCounter>,
     drops: &PerCpuArray<M, PacketCounter>,
+    handoffs: &PerCpuArray<M, PacketCounter>,
 ) -> Result<Snapshot, StatsError> {
     Ok(Snapshot {
         hooks: named(
@@ -123,6 +138,11 @@ fn snapshot<M: std::borrow::Borrow<MapData>>(
             &DropReason::ALL,
             sum_per_cpu(drops, map_names::DROP_STATS, DropReason::COUNT)?,
             DropReason::name,
+        ),
+        handoffs: named(
+            &Handoff::ALL,
+            sum_per_cpu(handoffs, map_names::HANDOFF_STATS, Handoff::COUNT)?,
+            Handoff::name,
         ),
     })
 }

@@ -29,7 +29,7 @@ use ipnet::IpNet;
 use routing_peer_common::{
     AddrKey, DestValue, PeerValue, PolicyKey, PolicyValue, ACTION_ACCEPT, ACTION_DROP,
     DEST_MASQUERADE, DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    MAX_RESOURCES, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO,
+    MAX_RESOURCES, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, SELF_KEY,
 };
 
 use crate::{
@@ -756,6 +756,25 @@ pub fn compile(
             )
         })
         .collect();
+    // Any local address the FIB reports that is not listed here takes the
+    // LAN addresses' class, found under `SELF_KEY`.
+    let self_sentinel = DestPrefix {
+        key: SELF_KEY,
+        prefix_len: 32,
+    };
+    delta
+        .member_prefixes
+        .entry(SELF_LAN_MEMBER)
+        .or_default()
+        .push(self_sentinel);
+    tables.dests.insert(
+        self_sentinel,
+        DestValue {
+            resource_id: 0,
+            dst_class: dst_ids[lan_slot],
+            flags: DEST_SELF,
+        },
+    );
     for addr in self_addrs {
         let overlay = config
             .routing_peer

@@ -816,10 +816,10 @@ fn nat_preserves_ports_and_resolves_collisions_endpoint_independently() {
     in_netns(|| {
         let extra = "[[policies]]\nname = \"lan-udp\"\nsources = [\"Development\"]\ndestination_resources = [\"office-lan\"]\nprotocol = \"udp\"\n";
         let mut dp = Dp::new(&base_config(extra, true));
-        let (_, out) = dp.overlay(&udp(ALICE, OTHER_HOST, 5353, 53, b"a"));
-        assert_eq!(checked(&out).2, 5353, "port preserved");
+        let (_, out) = dp.overlay(&udp(ALICE, OTHER_HOST, 45353, 53, b"a"));
+        assert_eq!(checked(&out).2, 45353, "port preserved inside the pool");
         // Bob uses the same source port: he must get another one.
-        let (_, out) = dp.overlay(&udp(BOB, OTHER_HOST, 5353, 53, b"b"));
+        let (_, out) = dp.overlay(&udp(BOB, OTHER_HOST, 45353, 53, b"b"));
         let bob_port = checked(&out).2;
         let cfg = DatapathConfig::default();
         assert!(
@@ -827,13 +827,13 @@ fn nat_preserves_ports_and_resolves_collisions_endpoint_independently() {
             "{bob_port}"
         );
         // Alice to another remote keeps her mapping (endpoint-independent).
-        let (_, out) = dp.overlay(&udp(ALICE, WIKI, 5353, 53, b"c"));
-        assert_eq!(checked(&out).2, 5353);
+        let (_, out) = dp.overlay(&udp(ALICE, WIKI, 45353, 53, b"c"));
+        assert_eq!(checked(&out).2, 45353);
         // Replies reach the right peer.
         let (_, out) = dp.lan_tc(&udp(OTHER_HOST, RP_LAN, 53, bob_port, b"r"));
-        assert_eq!(checked(&out), (ip(OTHER_HOST), ip(BOB), 53, 5353));
-        let (_, out) = dp.lan_tc(&udp(OTHER_HOST, RP_LAN, 53, 5353, b"r"));
-        assert_eq!(checked(&out), (ip(OTHER_HOST), ip(ALICE), 53, 5353));
+        assert_eq!(checked(&out), (ip(OTHER_HOST), ip(BOB), 53, 45353));
+        let (_, out) = dp.lan_tc(&udp(OTHER_HOST, RP_LAN, 53, 45353, b"r"));
+        assert_eq!(checked(&out), (ip(OTHER_HOST), ip(ALICE), 53, 45353));
     });
 }
 
@@ -854,16 +854,16 @@ fn icmp_echo_is_translated_both_ways() {
     in_netns(|| {
         let extra = "[[policies]]\nname = \"ping\"\nsources = [\"Development\"]\ndestination_resources = [\"office-lan\"]\nprotocol = \"icmp\"\n";
         let mut dp = Dp::new(&base_config(extra, true));
-        let (verdict, out) = dp.overlay(&icmp_echo(ALICE, OTHER_HOST, 777, false));
+        let (verdict, out) = dp.overlay(&icmp_echo(ALICE, OTHER_HOST, 40777, false));
         assert_eq!(verdict, TC_ACT_REDIRECT);
-        assert_eq!(checked(&out), (ip(RP_LAN), ip(OTHER_HOST), 777, 777));
+        assert_eq!(checked(&out), (ip(RP_LAN), ip(OTHER_HOST), 40777, 40777));
         // Bob pings with the same identifier: remapped.
-        let (_, out) = dp.overlay(&icmp_echo(BOB, OTHER_HOST, 777, false));
+        let (_, out) = dp.overlay(&icmp_echo(BOB, OTHER_HOST, 40777, false));
         let bob_id = checked(&out).2;
-        assert_ne!(bob_id, 777);
+        assert_ne!(bob_id, 40777);
         let (verdict, out) = dp.lan_tc(&icmp_echo(OTHER_HOST, RP_LAN, bob_id, true));
         assert_eq!(verdict, TC_ACT_REDIRECT);
-        assert_eq!(checked(&out), (ip(OTHER_HOST), ip(BOB), 777, 777));
+        assert_eq!(checked(&out), (ip(OTHER_HOST), ip(BOB), 40777, 40777));
     });
 }
 
@@ -1112,3 +1112,6 @@ fn ipv6_extension_headers_are_walked() {
         assert_eq!(dp.drops(DropReason::Malformed), 1);
     });
 }
+
+mod fail_closed;
+mod fuzz;
