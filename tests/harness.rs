@@ -159,6 +159,21 @@ pub fn unique_ifname(tag: &str) -> String {
 }
 
 /// A WireGuard key pair (private, public), base64, from `wg`.
+/// Writes a secret (a private key) readable by its owner only, as the
+/// daemon demands.
+pub fn write_secret(path: &std::path::Path, secret: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(secret.as_bytes())?;
+    Ok(())
+}
+
 pub fn wg_keypair() -> Result<(String, String)> {
     let private = String::from_utf8(run(Command::new("wg").arg("genkey"))?.stdout)?
         .trim()
@@ -341,7 +356,11 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
-        let _ = Command::new(routing_peer_bin())
+        // In the daemon's namespace: `down` there never touches the host's.
+        let _ = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(routing_peer_bin())
             .args(["--instance", &self.instance, "down"])
             .output();
     }

@@ -72,7 +72,7 @@ impl Client {
         })?;
         let (private, public) = wg_keypair()?;
         let private_key_file = dir.join(format!("{tag}.key"));
-        std::fs::write(&private_key_file, &private)?;
+        crate::write_secret(&private_key_file, &private)?;
         Ok(Self {
             ns,
             iface: unique_ifname("c"),
@@ -317,7 +317,7 @@ impl Office {
         )?;
         let (private, public) = wg_keypair()?;
         let router_key_file = dir.path().join("router.key");
-        std::fs::write(&router_key_file, private)?;
+        crate::write_secret(&router_key_file, &private)?;
         let servers = vec![
             Server::start(&lan, &format!("{WIKI}:443"), "wiki")?,
             Server::start(&lan, &format!("{WIKI}:80"), "wiki-http")?,

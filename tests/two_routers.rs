@@ -46,7 +46,7 @@ fn two_routing_peers_with_different_metrics_work_independently() -> Result<()> {
     let config1 = office.write_config("")?;
     let (private2, public2) = wg_keypair()?;
     let key2 = office.dir.path().join("router2.key");
-    std::fs::write(&key2, private2)?;
+    routing_peer_e2e::write_secret(&key2, &private2)?;
     let wg2 = unique_ifname("s");
     let config2 = office.dir.path().join("router2.toml");
     std::fs::write(

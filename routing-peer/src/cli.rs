@@ -457,6 +457,16 @@ pub fn print_status(status: &Status, running: bool, pins: &PinDir) {
         status.generation,
         human_duration(now.saturating_sub(status.last_reload_unix))
     );
+    match crate::datapath::safety_net::dropped(&status.instance) {
+        Some(n) => println!(
+            "safety net:   nft table inet {}, {n} packets the kernel would have forwarded dropped",
+            status.safety_net_table
+        ),
+        None => println!(
+            "safety net:   MISSING (nft table inet {})",
+            status.safety_net_table
+        ),
+    }
     println!();
     let mut rows = vec![vec![
         "PEER".to_string(),

@@ -452,6 +452,15 @@ fn check_unique<'a>(
 }
 
 /// Returns (errors, warnings).
+/// The permission bits of a secret's file when group or others may read
+/// it. Only regular files hold secrets (a test's `/dev/null` holds none).
+pub fn others_can_read(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.permissions().mode() & 0o777;
+    (meta.is_file() && mode & 0o044 != 0).then_some(mode)
+}
+
 pub fn validate(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
     let mut r = Report {
         problems: Vec::new(),
@@ -476,6 +485,15 @@ pub fn validate(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
             format!(
                 "{} is too small for a gateway; use at least 1024",
                 config.conntrack.max_flows
+            ),
+        );
+    }
+    if let Some(mode) = others_can_read(&rp.private_key_file) {
+        r.error(
+            "routing_peer.private_key_file",
+            format!(
+                "{} is readable by group or others (mode {mode:o}), as wg and ssh refuse; chmod 600 it",
+                rp.private_key_file.display()
             ),
         );
     }
@@ -918,5 +936,18 @@ destinations = ["Routing Peers"]
         let text = example().replace("\"198.51.100.5/32\"", "\"0.0.0.0/0\"");
         let loaded = parse(Path::new("rp.toml"), &text).unwrap();
         assert!(!loaded.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_key_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "x").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(others_can_read(&key), Some(0o644));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(others_can_read(&key), None);
+        assert_eq!(others_can_read(Path::new("/dev/null")), None);
     }
 }

@@ -65,6 +65,9 @@ pub struct Status {
     pub dns: crate::dns::CounterSnapshot,
     /// The routing peer's own addresses (overlay and LAN): the input chain.
     pub self_addresses: Vec<std::net::IpAddr>,
+    /// The safety-net nftables table (see `datapath::safety_net`).
+    #[serde(default)]
+    pub safety_net_table: String,
     /// Names by id, for the CLI's tables. Not in the status document: at
     /// 100k rules they are megabytes, and every `status` would carry them.
     /// They live in `names.json` beside the state file.

@@ -33,11 +33,11 @@ use crate::{
     config_cache::ParseCache,
     control::{self, PeerReport, ProgramReport, SharedStatus, Status},
     datapath::{
-        self, gc,
+        self, gc, safety_net,
         tables::{DestPrefix, PolicyState},
         PinDir,
     },
-    dns, sysctl,
+    dns, identity, sysctl,
     wireguard::{self, Backend, DeviceSpec},
 };
 
@@ -144,7 +144,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
     let run_dir = control::run_dir(&opts.instance);
     std::fs::create_dir_all(&run_dir)?;
-    std::fs::write(run_dir.join("pid"), std::process::id().to_string())?;
+    identity::record(&run_dir)?;
 
     let mode = opts.wireguard.unwrap_or(rp.wireguard);
     let mut wg = Backend::start(&rp.overlay_interface, mode)
@@ -155,6 +155,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     info!(mode = ?wg.mode(), iface = %rp.overlay_interface, "WireGuard configured");
 
+    // Before forwarding is switched on: the kernel forwards nothing to or
+    // from the overlay that the programs did not hand over.
+    safety_net::install(&opts.instance, &rp.overlay_interface)
+        .context("installing the safety-net table")?;
     sysctl::apply(
         &sysctl::wanted(&rp.overlay_interface, &rp.lan_interfaces),
         &control::run_dir(&opts.instance).join("sysctl.json"),
@@ -272,6 +276,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         resolved: Vec::new(),
         dns: dns::CounterSnapshot::default(),
         self_addresses: own,
+        safety_net_table: safety_net::table_name(&opts.instance),
         names: Arc::default(),
     }));
     share_names(&status, &opts.instance, &compiled.names)?;
@@ -324,7 +329,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         daemon.opts.instance.clone(),
         daemon.status.clone(),
     ));
-    daemon.serve_until_stopped().await
+    let result = daemon.serve_until_stopped().await;
+    identity::clear(&run_dir);
+    result
 }
 
 /// Hands the names of the installed configuration to the metrics (status)

@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod dns;
+pub mod identity;
 pub mod metrics;
 pub mod stats;
 pub mod sysctl;

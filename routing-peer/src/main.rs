@@ -10,8 +10,8 @@ use routing_peer::{
     check, cli, compile,
     config::{self, WireguardMode},
     control, daemon,
-    datapath::PinDir,
-    sysctl, wireguard,
+    datapath::{self, PinDir},
+    identity, sysctl, wireguard,
 };
 
 #[derive(Parser)]
@@ -207,25 +207,28 @@ async fn main() -> Result<()> {
 }
 
 fn down(instance: &str, pins: &PinDir) -> Result<()> {
+    let dir = control::run_dir(instance);
+    // Everything below acts in the daemon's namespace, not the caller's.
+    identity::enter_daemon_netns(&dir)?;
     let state = control::read_state(instance);
-    // Stop a running daemon first, so it doesn't re-attach.
-    if let Some(pid) = std::fs::read_to_string(control::run_dir(instance).join("pid"))
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-    {
-        // SAFETY: plain kill(2).
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+    // Stop a running daemon first, so it doesn't re-attach; only if the
+    // recorded pid is still that daemon.
+    if let Some(pid) = identity::live_daemon(&dir) {
+        // SAFETY: plain kill(2) on a pid checked to be our daemon.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     }
     pins.remove()
         .with_context(|| format!("removing {}", pins.root().display()))?;
     if let Some(state) = &state {
-        if wireguard::iface_exists(&state.interface) {
+        // An external interface is someone else's: only detach from it.
+        let ours = state.wireguard_mode != wireguard::Mode::External;
+        if ours && wireguard::iface_exists(&state.interface) {
             let _ = std::process::Command::new("ip")
                 .args(["link", "del", &state.interface])
                 .status();
         }
     }
-    let dir = control::run_dir(instance);
+    datapath::safety_net::remove(instance).context("removing the safety-net table")?;
     sysctl::restore(&dir.join("sysctl.json"))?;
     let _ = std::fs::remove_dir_all(&dir);
     println!("routing-peer instance {instance} is down");

@@ -17,6 +17,12 @@ pub fn wanted(overlay: &str, lans: &[String]) -> Vec<(String, String)> {
             format!("net/ipv4/conf/{overlay}/rp_filter"),
             "2".to_string(),
         ),
+        // Masqueraded packets the kernel must fragment re-enter its forward
+        // path from the overlay with our own LAN address as source.
+        (
+            format!("net/ipv4/conf/{overlay}/accept_local"),
+            "1".to_string(),
+        ),
     ];
     v.extend(
         lans.iter()

@@ -42,7 +42,7 @@ const KERNELS: &[KernelSpec] = &[
 
 /// Modules the suite needs on top of what Debian builds in; their
 /// dependencies are resolved with modprobe against the package's tree.
-const MODULES: &[&str] = &["wireguard", "veth", "sch_ingress", "cls_bpf"];
+const MODULES: &[&str] = &["wireguard", "veth", "sch_ingress", "cls_bpf", "nf_tables"];
 
 /// Upper bound for one kernel's boot and suite.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(900);
@@ -439,6 +439,7 @@ fn build_initramfs(
         "/usr/bin/wg",
         "/usr/bin/nsenter",
         "/usr/sbin/sysctl",
+        "/usr/sbin/nft",
         "/bin/bash",
     ] {
         fs.executable(tool, Path::new(tool))?;
