@@ -129,7 +129,7 @@ fn allocate(cfg: &DatapathConfig) -> u32 {
     // SAFETY: this CPU's slot, used by one program run at a time.
     let scan = unsafe { &mut *scan };
     // SAFETY: copied out at once.
-    if let Some(existing) = unsafe { NAT_FWD.get(&scan.peer).copied() } {
+    if let Some(existing) = unsafe { NAT_FWD.get(scan.peer).copied() } {
         // LRU may have evicted the reverse half; re-claiming restores it.
         if existing.addr == scan.external.addr
             && in_range(existing.port, cfg)

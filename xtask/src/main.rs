@@ -72,6 +72,8 @@ fn build(release: bool) -> Result<()> {
 }
 
 fn test() -> Result<()> {
+    // The host's forwarding settings: no test may change them.
+    let host_sysctls = util::host_sysctls();
     setup::run()?;
     build(false)?;
     util::step("cargo fmt --check");
@@ -111,6 +113,7 @@ fn test() -> Result<()> {
     )?;
     util::step("checking nothing was left behind");
     util::check_no_leftovers()?;
+    util::check_sysctls_unchanged(&host_sysctls)?;
     // Kernel WireGuard and older kernels: Debian's 6.12 and 6.1 under QEMU.
     vm::run("all", None)
 }

@@ -79,6 +79,42 @@ pub fn debian_cargo(args: &[&str]) -> Result<()> {
 pub const TEST_PREFIX: &str = "rpt";
 
 /// Fails when a test left a namespace, a pin or an nftables table behind.
+/// The host namespace's sysctls a routing peer sets, and their values.
+const HOST_SYSCTLS: &[&str] = &[
+    "net/ipv4/ip_forward",
+    "net/ipv6/conf/all/forwarding",
+    "net/ipv4/conf/all/rp_filter",
+    "net/ipv4/conf/default/rp_filter",
+];
+
+pub fn host_sysctls() -> Vec<(String, String)> {
+    HOST_SYSCTLS
+        .iter()
+        .map(|k| {
+            let v = std::fs::read_to_string(Path::new("/proc/sys").join(k)).unwrap_or_default();
+            (k.to_string(), v.trim().to_string())
+        })
+        .collect()
+}
+
+/// Fails if any of the host's sysctls changed since `before`.
+pub fn check_sysctls_unchanged(before: &[(String, String)]) -> Result<()> {
+    let changed: Vec<String> = host_sysctls()
+        .into_iter()
+        .zip(before)
+        .filter(|(now, then)| now.1 != then.1)
+        .map(|(now, then)| format!("{}: {} -> {}", now.0, then.1, now.1))
+        .collect();
+    if !changed.is_empty() {
+        bail!(
+            "tests changed the host's sysctls:\n  {}",
+            changed.join("\n  ")
+        );
+    }
+    eprintln!("the host's forwarding sysctls are as they were");
+    Ok(())
+}
+
 pub fn check_no_leftovers() -> Result<()> {
     let mut leftovers = Vec::new();
     let netns = output(Command::new("ip").args(["netns", "list"]))?;
