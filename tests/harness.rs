@@ -276,9 +276,12 @@ impl Daemon {
             // attached; nsenter execs it, so the pid is our child's, and a
             // restarted daemon is not mistaken for its predecessor.
             let pid_file = state.with_file_name("pid");
-            let running = std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|p| p.trim().parse::<u32>().ok());
+            // "<pid> <start time>"
+            let running = std::fs::read_to_string(&pid_file).ok().and_then(|p| {
+                p.split_whitespace()
+                    .next()
+                    .and_then(|w| w.parse::<u32>().ok())
+            });
             if running == Some(pid) && state.exists() && self.control_answers() {
                 return Ok(());
             }

@@ -72,6 +72,14 @@ impl Route {
         }
     }
 
+    /// The egress device's MTU, as the lookup reported it.
+    #[inline(always)]
+    pub fn mtu(&self) -> u32 {
+        // SAFETY: as above; the helper fills mtu_result on success and on
+        // frag-needed.
+        unsafe { (*self.params).__bindgen_anon_1.mtu_result as u32 }
+    }
+
     #[inline(always)]
     fn macs(&self) -> ([u8; 6], [u8; 6]) {
         // SAFETY: as above.

@@ -16,6 +16,7 @@ mod conntrack;
 mod counters;
 mod ctx;
 mod forward;
+mod icmp;
 mod nat;
 mod parse;
 mod policy;
@@ -545,7 +546,10 @@ fn lan_tc(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
     let (route, too_big) = tc_route_to_overlay(ctx, pkt, &reply_to(&reply))?;
     if too_big {
         if pkt.df {
-            return Err(DropReason::ReplyTooBig);
+            // Answered with an ICMP error that quotes the packet as the
+            // host sent it; the packet itself is not forwarded.
+            counters::count_drop(DropReason::ReplyTooBig, pkt.l3_len);
+            return Ok(icmp::send_too_big(ctx, pkt, route.mtu()).unwrap_or(TC_ACT_SHOT));
         }
         lan_translate(ctx, pkt, &reply, now)?;
         forward::mark_for_kernel(ctx);

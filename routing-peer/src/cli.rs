@@ -578,7 +578,13 @@ pub fn require_state(ctx: &DaemonView, instance: &str) -> Result<Status> {
     })
 }
 
+/// The configuration the daemon applied (not the file on disk, which may
+/// have changed or failed to load since).
 pub fn load_config_of(status: &Status) -> Result<crate::config::Config> {
     let path = Path::new(&status.config_path);
-    Ok(crate::config::load(path)?.config)
+    let applied = crate::control::applied_file(&status.instance);
+    match std::fs::read_to_string(&applied) {
+        Ok(text) => Ok(crate::config::parse(path, &text)?.config),
+        Err(_) => Ok(crate::config::load(path)?.config),
+    }
 }

@@ -375,14 +375,26 @@ pub struct Loaded {
 }
 
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    parse(path, &read_text(path)?)
+}
+
+/// The file as UTF-8 text; a file that is not says at which byte it stops.
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    let problem = |message: String| ConfigError {
         file: path.to_path_buf(),
         problems: vec![Problem {
             field: "(file)".into(),
-            message: format!("cannot read: {e}"),
+            message,
         }],
-    })?;
-    parse(path, &text)
+    };
+    let bytes = std::fs::read(path).map_err(|e| problem(format!("cannot read: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        problem(format!(
+            "not UTF-8 at byte {at} (line {line}): save the file as UTF-8"
+        ))
+    })
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
@@ -949,5 +961,14 @@ destinations = ["Routing Peers"]
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(others_can_read(&key), None);
         assert_eq!(others_can_read(Path::new("/dev/null")), None);
+    }
+
+    #[test]
+    fn a_non_utf8_file_names_the_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, b"[routing_peer]\nname = \"gw\xff\"\n").unwrap();
+        let err = read_text(&path).unwrap_err().to_string();
+        assert!(err.contains("byte 25 (line 2)"), "{err}");
     }
 }

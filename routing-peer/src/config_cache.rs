@@ -38,6 +38,7 @@ enum Entry {
 #[derive(Default)]
 pub struct ParseCache {
     entries: [FastMap<Box<str>, Entry>; 4],
+    last_text: String,
 }
 
 impl Kind {
@@ -65,14 +66,17 @@ struct Chunk<'t> {
 impl ParseCache {
     /// Reads, parses and validates `path`, reusing unchanged entries.
     pub fn load(&mut self, path: &Path) -> Result<(Loaded, CacheStats), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            problems: vec![config::Problem {
-                field: "(file)".into(),
-                message: format!("cannot read: {e}"),
-            }],
-        })?;
-        self.parse(path, &text)
+        let text = config::read_text(path)?;
+        let result = self.parse(path, &text);
+        if result.is_ok() {
+            self.last_text = text;
+        }
+        result
+    }
+
+    /// The text of the last file that loaded: what the daemon applies.
+    pub fn last_text(&self) -> &str {
+        &self.last_text
     }
 
     pub fn parse(&mut self, path: &Path, text: &str) -> Result<(Loaded, CacheStats), ConfigError> {

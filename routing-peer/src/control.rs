@@ -77,6 +77,13 @@ pub struct Status {
 
 pub type SharedStatus = Arc<Mutex<Status>>;
 
+/// The configuration text the daemon last applied: what the operator's
+/// tools (`policy check`, `networks ls`) answer for, whatever the file on
+/// disk says since.
+pub fn applied_file(instance: &str) -> PathBuf {
+    run_dir(instance).join("applied.toml")
+}
+
 pub fn state_file(instance: &str) -> PathBuf {
     run_dir(instance).join("state.json")
 }

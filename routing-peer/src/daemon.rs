@@ -280,6 +280,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         names: Arc::default(),
     }));
     share_names(&status, &opts.instance, &compiled.names)?;
+    record_applied(&opts.instance, parse_cache.last_text());
     let dns_view = Arc::new(RwLock::new(dns::View::new(&config, &compiled)));
     let dns_counters = Arc::new(dns::Counters::default());
     let (install_tx, dns_installs) = mpsc::channel(64);
@@ -332,6 +333,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let result = daemon.serve_until_stopped().await;
     identity::clear(&run_dir);
     result
+}
+
+/// Keeps the text of the applied configuration for the CLI.
+fn record_applied(instance: &str, text: &str) {
+    if let Err(e) = std::fs::write(control::applied_file(instance), text) {
+        warn!(error = %e, "writing the applied configuration for the CLI");
+    }
 }
 
 /// Hands the names of the installed configuration to the metrics (status)
@@ -485,6 +493,7 @@ impl Daemon {
         );
         *self.dns_view.write().unwrap() = dns::View::new(&config, &self.compiled);
         self.config = config;
+        record_applied(&self.opts.instance, self.parse_cache.last_text());
         let mut status = self.status.lock().unwrap();
         status.generation = self.policy.config.policy_gen;
         status.last_reload_unix = unix_now();

@@ -338,3 +338,93 @@ fn xdp_leaves_partial_checksums_to_tc() {
         assert_eq!((verdict, out == partial), (XDP_PASS, true));
     });
 }
+
+/// A LAN host's DF reply too big for the overlay: the routing peer answers
+/// it with fragmentation-needed quoting the packet as the host sent it (to
+/// our LAN address and the NAT port), never the peer's address.
+#[test]
+fn a_reply_too_big_for_the_overlay_gets_an_icmp_quoting_what_the_host_sent() {
+    in_netns(|| {
+        let extra = format!(
+            "{LAN_UDP_TCP}\n[[policies]]\nname = \"wiki6-udp\"\nsources = [\"Development\"]\ndestination_resources = [\"wiki6\"]\nprotocol = \"udp\"\n"
+        );
+        let mut dp = Dp::new(&base_config(&extra, true));
+        ip_cmd(&["link", "set", "ov0", "mtu", "1280"]);
+        assert_eq!(
+            dp.overlay(&udp(ALICE, OTHER_HOST, 40000, 53, b"q")).0,
+            TC_ACT_REDIRECT
+        );
+        let reply = with_df(udp(OTHER_HOST, RP_LAN, 53, 40000, &[7u8; 1372]), true);
+        let (verdict, out) = dp.lan_tc(&reply);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let (src, dst, _, _) = checked(&out); // IPv4 and ICMP checksums exact
+        assert_eq!((src, dst), (ip(RP_LAN), ip(OTHER_HOST)));
+        assert_eq!(&out[..6], &reply[6..12], "back to the sender's MAC");
+        let p = SlicedPacket::from_ethernet(&out).unwrap();
+        let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+            panic!("not ICMP");
+        };
+        assert_eq!(
+            icmp.icmp_type(),
+            etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: 1280
+                }
+            )
+        );
+        let quoted = etherparse::Ipv4HeaderSlice::from_slice(icmp.payload()).unwrap();
+        assert_eq!(
+            (quoted.source(), quoted.destination()),
+            (OTHER_HOST, RP_LAN)
+        );
+        let ports = &icmp.payload()[20..24];
+        assert_eq!(
+            ports,
+            &[0, 53, 0x9c, 0x40],
+            "53 → 40000, as the host sent it"
+        );
+        assert_eq!(dp.drops(DropReason::ReplyTooBig), 1);
+
+        // IPv6: packet too big, the same way.
+        let alice6: [u8; 16] = "2001:db8:100::2"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let wiki6: [u8; 16] = "2001:db8:1::5"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let rp6: [u8; 16] = "2001:db8:1::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let mut out6 = Vec::new();
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv6(alice6, wiki6, 64)
+            .udp(40001, 53)
+            .write(&mut out6, b"q")
+            .unwrap();
+        assert_eq!(dp.overlay(&out6).0, TC_ACT_REDIRECT);
+        let mut reply6 = Vec::new();
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv6(wiki6, rp6, 64)
+            .udp(53, 40001)
+            .write(&mut reply6, &[7u8; 1352])
+            .unwrap();
+        let (verdict, out) = dp.lan_tc(&reply6);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let (src, dst, _, _) = checked(&out); // ICMPv6 checksum exact
+        assert_eq!((src, dst), (IpAddr::from(rp6), IpAddr::from(wiki6)));
+        let p = SlicedPacket::from_ethernet(&out).unwrap();
+        let Some(TransportSlice::Icmpv6(icmp)) = p.transport else {
+            panic!("not ICMPv6");
+        };
+        assert_eq!(
+            icmp.icmp_type(),
+            etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 }
+        );
+        let quoted = etherparse::Ipv6HeaderSlice::from_slice(icmp.payload()).unwrap();
+        assert_eq!(quoted.destination(), rp6, "our address, not the peer's");
+        assert_eq!(dp.drops(DropReason::ReplyTooBig), 2);
+    });
+}
