@@ -650,19 +650,20 @@ impl Daemon {
             });
         }
         self.resolved.retain(|_, addrs| !addrs.is_empty());
-        for (name, ip) in expired {
-            match self
-                .policy
-                .remove_dest(&mut self.ebpf, DestPrefix::new(IpNet::from(ip)))
-            {
-                Ok(()) => {
+        let prefixes: Vec<DestPrefix> = expired
+            .iter()
+            .map(|(_, ip)| DestPrefix::new(IpNet::from(*ip)))
+            .collect();
+        match self.policy.expire_dests(&mut self.ebpf, &prefixes) {
+            Ok(()) => {
+                for (name, ip) in &expired {
                     self.dns_counters
                         .expired
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    info!(resource = %name, %ip, "resolved address expired");
+                    info!(resource = %name, %ip, "resolved address expired: its flows are cut");
                 }
-                Err(e) => warn!(%ip, "removing an expired address: {e}"),
             }
+            Err(e) => warn!("removing expired addresses: {e}"),
         }
     }
 
@@ -670,6 +671,8 @@ impl Daemon {
         let status = {
             let mut status = self.status.lock().unwrap();
             status.dns = self.dns_counters.snapshot();
+            // Expired DNS grants bump it too.
+            status.generation = self.policy.config.policy_gen;
             let mut resolved: Vec<(String, Vec<String>)> = self
                 .resolved
                 .iter()

@@ -464,4 +464,22 @@ impl PolicyState {
         self.installed.dests.remove(&prefix);
         Ok(())
     }
+
+    /// Removes expired destinations (DNS-resolved addresses), then bumps
+    /// the generation once: every flow re-checks itself, and one whose
+    /// grant expired with its address is cut, as a policy change would.
+    pub fn expire_dests(
+        &mut self,
+        ebpf: &mut Ebpf,
+        prefixes: &[DestPrefix],
+    ) -> Result<(), MapError> {
+        for prefix in prefixes {
+            self.remove_dest(ebpf, *prefix)?;
+        }
+        if !prefixes.is_empty() {
+            self.config.policy_gen = self.config.policy_gen.wrapping_add(1).max(1);
+            write_config(ebpf, &self.config)?;
+        }
+        Ok(())
+    }
 }

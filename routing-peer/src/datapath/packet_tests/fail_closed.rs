@@ -428,3 +428,56 @@ fn a_reply_too_big_for_the_overlay_gets_an_icmp_quoting_what_the_host_sent() {
         assert_eq!(dp.drops(DropReason::ReplyTooBig), 2);
     });
 }
+
+/// A domain resource's address that expires takes its grant with it:
+/// flows opened to it before are cut, as a policy change would cut them.
+#[test]
+fn an_expired_dns_address_cuts_its_flows() {
+    in_netns(|| {
+        let extra = r#"
+[[networks.resources]]
+name = "grafana"
+address = "grafana.berlin.internal"
+groups = ["Dashboards"]
+
+[[policies]]
+name = "dashboards"
+sources = ["Development"]
+destinations = ["Dashboards"]
+protocol = "tcp"
+ports = [443]
+"#;
+        // The resource goes into the Berlin network: insert before the policies.
+        let config = base_config("", true).replace(
+            "\n[[policies]]\nname = \"dev-to-apps\"",
+            &format!("{extra}\n[[policies]]\nname = \"dev-to-apps\""),
+        );
+        let mut dp = Dp::new(&config);
+        let grafana = [198, 51, 100, 7];
+        // What the DNS forwarder installs for an answer: the address as a
+        // /32 of the domain resource.
+        let loaded = config::parse(Path::new("test.toml"), &config).unwrap();
+        let compiled = compile::compile(
+            &loaded.config,
+            &[RP_OVERLAY.into(), RP_LAN.into()],
+            &HashMap::new(),
+            Default::default(),
+        );
+        let domain = &compiled.domains[0];
+        let value = compiled.domain_dests[&domain.resource_id];
+        let prefix = super::super::tables::DestPrefix::new(IpAddr::from(grafana).into());
+        dp.state.upsert_dest(&mut dp.ebpf, prefix, value).unwrap();
+        let syn = tcp(ALICE, grafana, 40000, 443, "S", &[]);
+        assert_eq!(dp.overlay(&syn).0, TC_ACT_REDIRECT);
+        let data = tcp(ALICE, grafana, 40000, 443, "A", b"x");
+        assert_eq!(dp.overlay(&data).0, TC_ACT_REDIRECT);
+        dp.state.expire_dests(&mut dp.ebpf, &[prefix]).unwrap();
+        assert_eq!(
+            dp.overlay(&data).0,
+            TC_ACT_SHOT,
+            "the expired grant is gone"
+        );
+        assert_eq!(dp.drops(DropReason::PolicyRevoked), 1);
+        assert!(dp.flows().is_empty());
+    });
+}
