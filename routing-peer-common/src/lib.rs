@@ -217,6 +217,19 @@ pub const MAX_RESOURCES: u32 = 131_072;
 pub const DEST_MASQUERADE: u32 = 1 << 0;
 /// One of the routing peer's own addresses: the input chain.
 pub const DEST_SELF: u32 = 1 << 1;
+/// A nested prefix whose rules come from resources that disagree on
+/// masquerade: the resource whose rule granted the flow decides, found in
+/// the `MASQ_*` maps by (resource, rule).
+pub const DEST_MASQ_BY_RULE: u32 = 1 << 2;
+
+/// Key of the `MASQ_*` maps: the most specific resource of a prefix and a
+/// rule that grants there; the value is 1 to masquerade, 0 not to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MasqKey {
+    pub resource_id: u32,
+    pub rule_id: u32,
+}
 
 /// What a destination prefix resolves to.
 #[repr(C)]
@@ -446,6 +459,7 @@ pub mod map_names {
     pub const PEERS: [&str; 2] = ["PEERS_0", "PEERS_1"];
     pub const DESTS: [&str; 2] = ["DESTS_0", "DESTS_1"];
     pub const POLICY: [&str; 2] = ["POLICY_0", "POLICY_1"];
+    pub const MASQ: [&str; 2] = ["MASQ_0", "MASQ_1"];
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const NAT_FWD: &str = "NAT_FWD";
     pub const NAT_REV: &str = "NAT_REV";
@@ -459,8 +473,10 @@ pub mod map_names {
     pub const HANDOFF_STATS: &str = "HANDOFF_STATS";
 
     /// Every map that holds state worth keeping across a daemon restart.
-    pub const PERSISTENT: [&str; 18] = [
+    pub const PERSISTENT: [&str; 20] = [
         HANDOFF_STATS,
+        MASQ[0],
+        MASQ[1],
         HOOK_STATS,
         DROP_STATS,
         RESOURCE_STATS,
@@ -506,6 +522,7 @@ mod user {
     unsafe impl aya::Pod for DestValue {}
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for MasqKey {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for NatEndpoint {}

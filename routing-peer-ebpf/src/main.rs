@@ -31,8 +31,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use routing_peer_common::{
     AddrKey, CtEntry, CtKey, DatapathConfig, DropReason, Handoff, Hook, NatEndpoint, PeerValue,
-    CT_FLAG_MASQUERADE, DEST_MASQUERADE, DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP, SELF_KEY, TCP_RST, TCP_SYN,
+    CT_FLAG_MASQUERADE, DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    SELF_KEY, TCP_RST, TCP_SYN,
 };
 
 use crate::{
@@ -217,7 +217,7 @@ fn new_flow(
     entry.rule_id = rule_id;
     entry.policy_gen = cfg.policy_gen;
     entry.nat_port = pkt.sport;
-    if dest.flags & DEST_MASQUERADE != 0 {
+    if policy::masquerade(slot, &dest, rule_id) {
         // The caller maps a port: called from here, the port scan's frame
         // would stack on this one.
         entry.nat_addr = nat_src;

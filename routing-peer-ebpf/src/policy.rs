@@ -15,13 +15,14 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, HashMap, LpmTrie},
 };
 use routing_peer_common::{
-    AddrKey, DestValue, PeerValue, PolicyKey, PolicyValue, ACTION_ACCEPT, ACTION_DROP,
-    POLICY_PREFIX_EXACT,
+    AddrKey, DestValue, MasqKey, PeerValue, PolicyKey, PolicyValue, ACTION_ACCEPT, ACTION_DROP,
+    DEST_MASQUERADE, DEST_MASQ_BY_RULE, POLICY_PREFIX_EXACT,
 };
 
 const MAX_PEERS: u32 = 16384;
 const MAX_DESTS: u32 = 262144;
 const MAX_POLICY: u32 = 1 << 20;
+const MAX_MASQ: u32 = 65536;
 
 #[map]
 static PEERS_0: HashMap<AddrKey, PeerValue> = HashMap::with_max_entries(MAX_PEERS, 0);
@@ -35,6 +36,13 @@ static DESTS_1: LpmTrie<AddrKey, DestValue> = LpmTrie::with_max_entries(MAX_DEST
 static POLICY_0: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY, 0);
 #[map]
 static POLICY_1: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY, 0);
+
+/// (most specific resource, granting rule) → masquerade, for nested
+/// prefixes whose resources disagree on it (`DEST_MASQ_BY_RULE`).
+#[map]
+static MASQ_0: HashMap<MasqKey, u32> = HashMap::with_max_entries(MAX_MASQ, 0);
+#[map]
+static MASQ_1: HashMap<MasqKey, u32> = HashMap::with_max_entries(MAX_MASQ, 0);
 
 pub enum Verdict {
     Accept(u32),
@@ -68,5 +76,26 @@ pub fn decide(slot: u32, src_class: u32, dst_class: u32, proto: u8, port: u16) -
         Some(v) if v.action == ACTION_ACCEPT => Verdict::Accept(v.rule_id),
         Some(v) if v.action == ACTION_DROP => Verdict::Drop,
         _ => Verdict::NoMatch,
+    }
+}
+
+/// Whether a flow `rule_id` granted toward `dest` is masqueraded: the
+/// setting of the resource whose rule granted it, which for a nested prefix
+/// need not be the most specific one.
+#[inline(always)]
+pub fn masquerade(slot: u32, dest: &DestValue, rule_id: u32) -> bool {
+    let own = dest.flags & DEST_MASQUERADE != 0;
+    if dest.flags & DEST_MASQ_BY_RULE == 0 {
+        return own;
+    }
+    let map = if slot == 0 { &MASQ_0 } else { &MASQ_1 };
+    let key = MasqKey {
+        resource_id: dest.resource_id,
+        rule_id,
+    };
+    // SAFETY: the value is copied out at once.
+    match unsafe { map.get(&key) } {
+        Some(v) => *v != 0,
+        None => own,
     }
 }

@@ -11,7 +11,8 @@ use crate::{
     config::{Config, ResourceAddress},
 };
 use routing_peer_common::{
-    ACTION_ACCEPT, DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    MasqKey, ACTION_ACCEPT, DEST_MASQUERADE, DEST_MASQ_BY_RULE, DEST_SELF, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -21,6 +22,9 @@ pub struct Verdict {
     pub peer: Option<String>,
     pub resource: Option<String>,
     pub rule: Option<String>,
+    /// For an allowed forward: whether the flow is masqueraded (the
+    /// setting of the resource whose rule grants it).
+    pub masquerade: Option<bool>,
     pub reason: String,
 }
 
@@ -72,6 +76,7 @@ pub fn check(compiled: &Compiled, src: IpAddr, dst: IpAddr, proto: u8, port: u16
         peer: None,
         resource: None,
         rule: None,
+        masquerade: None,
         reason: String::new(),
     };
     let Some(peer) = tables.peer(src) else {
@@ -97,6 +102,18 @@ pub fn check(compiled: &Compiled, src: IpAddr, dst: IpAddr, proto: u8, port: u16
         Some(p) if p.action == ACTION_ACCEPT => {
             v.allowed = true;
             v.rule = name(&compiled.names.rules, p.rule_id);
+            if v.chain == "forward" {
+                let own = dest.flags & DEST_MASQUERADE != 0;
+                let by_rule = (dest.flags & DEST_MASQ_BY_RULE != 0)
+                    .then(|| {
+                        tables.masq.get(&MasqKey {
+                            resource_id: dest.resource_id,
+                            rule_id: p.rule_id,
+                        })
+                    })
+                    .flatten();
+                v.masquerade = Some(by_rule.map(|m| *m != 0).unwrap_or(own));
+            }
             v.reason = format!(
                 "allowed by policy `{}` (matched {net})",
                 v.rule.clone().unwrap_or_default()
@@ -112,4 +129,32 @@ pub fn check(compiled: &Compiled, src: IpAddr, dst: IpAddr, proto: u8, port: u16
         None => v.reason = "no policy allows it (default deny)".into(),
     }
     v
+}
+
+/// The resource whose policy grants traffic to `dst`: the most specific
+/// enabled host or subnet resource covering `dst` that the policy named
+/// `rule` targets. `None` for domain resources and the input chain.
+pub fn granting_resource(config: &Config, dst: IpAddr, rule: &str) -> Option<String> {
+    let policy = config.policies.iter().find(|p| p.name == rule)?;
+    config
+        .networks
+        .iter()
+        .flat_map(|n| &n.resources)
+        .filter(|r| r.enabled)
+        .filter(|r| {
+            policy.destination_resources.contains(&r.name)
+                || policy.destinations.iter().any(|g| r.groups.contains(g))
+        })
+        .filter_map(
+            |r| match crate::config::parse_resource_address(&r.address) {
+                Ok(ResourceAddress::Host(n)) | Ok(ResourceAddress::Subnet(n))
+                    if n.contains(&dst) =>
+                {
+                    Some((n.prefix_len(), r.name.clone()))
+                }
+                _ => None,
+            },
+        )
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, name)| name)
 }

@@ -495,15 +495,32 @@ fn policy_check(
     };
     let src = check::source_addr(&config, from, dst.is_ipv6())?;
     let proto_num = check::proto_number(proto, dst.is_ipv6())?;
-    let verdict = check::check(&compiled, src, dst, proto_num, port);
+    let mut verdict = check::check(&compiled, src, dst, proto_num, port);
+    if let (true, Some(rule)) = (verdict.allowed && verdict.chain == "forward", &verdict.rule) {
+        // The resource whose policy granted it, which decides masquerade.
+        if let Some(granting) = check::granting_resource(&config, dst, rule) {
+            verdict.resource = Some(granting);
+        }
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&verdict)?);
     } else {
         if let Some(note) = domain_note {
             println!("{note}");
         }
+        let masquerade = match verdict.masquerade {
+            Some(true) => format!(
+                ", masqueraded (resource `{}`)",
+                verdict.resource.clone().unwrap_or_default()
+            ),
+            Some(false) => format!(
+                ", not masqueraded (resource `{}`)",
+                verdict.resource.clone().unwrap_or_default()
+            ),
+            None => String::new(),
+        };
         println!(
-            "{}  {} ({}) -> {} {proto}/{port} [{} chain]: {}",
+            "{}  {} ({}) -> {} {proto}/{port} [{} chain]: {}{masquerade}",
             if verdict.allowed { "ALLOW" } else { "DENY " },
             verdict.peer.clone().unwrap_or_else(|| from.to_string()),
             src,

@@ -27,9 +27,9 @@ use std::{
 
 use ipnet::IpNet;
 use routing_peer_common::{
-    AddrKey, DestValue, PeerValue, PolicyKey, PolicyValue, ACTION_ACCEPT, ACTION_DROP,
-    DEST_MASQUERADE, DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    MAX_RESOURCES, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, SELF_KEY,
+    AddrKey, DestValue, MasqKey, PeerValue, PolicyKey, PolicyValue, ACTION_ACCEPT, ACTION_DROP,
+    DEST_MASQUERADE, DEST_MASQ_BY_RULE, DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP, MAX_RESOURCES, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, SELF_KEY,
 };
 
 use crate::{
@@ -687,6 +687,50 @@ pub fn compile(
     for d in &dests {
         *prefixes_per_net.entry(d.net).or_default() += 1;
     }
+    // Masquerade follows the resource whose rule grants the flow: for a
+    // nested prefix, the most specific resource whose own rules hold the
+    // rule. Only where that differs from the prefix's own setting does the
+    // data path need an entry (rule by rule).
+    let mut own_by_net: FastMap<IpNet, Vec<(bool, &RuleSet)>> = FastMap::default();
+    for d in &dests {
+        own_by_net
+            .entry(d.net)
+            .or_default()
+            .push((d.flags & DEST_MASQUERADE != 0, &d.rules));
+    }
+    let masq_by_rule: Vec<Vec<(u32, bool)>> = dests
+        .iter()
+        .zip(&inherited)
+        .map(|(d, all)| {
+            if !nested_nets.contains_key(&d.net) && prefixes_per_net[&d.net] == 1 {
+                return Vec::new();
+            }
+            let own = d.flags & DEST_MASQUERADE != 0;
+            let v4 = d.net.addr().is_ipv4();
+            let mut chain: Vec<IpNet> = lengths
+                .iter()
+                .filter(|(fam, len)| *fam == v4 && *len < d.net.prefix_len())
+                .filter_map(|(_, len)| IpNet::new(d.net.addr(), *len).ok().map(|n| n.trunc()))
+                .collect();
+            chain.reverse(); // longest (most specific) parent first
+            let granting = |rule: u32| -> bool {
+                if d.rules.binary_search(&rule).is_ok() {
+                    return own;
+                }
+                std::iter::once(d.net)
+                    .chain(chain.iter().copied())
+                    .filter_map(|net| own_by_net.get(&net))
+                    .flat_map(|owners| owners.iter())
+                    .find(|(_, rules)| rules.binary_search(&rule).is_ok())
+                    .map(|(masq, _)| *masq)
+                    .unwrap_or(own)
+            };
+            all.iter()
+                .map(|r| (*r, granting(*r)))
+                .filter(|(_, masq)| *masq != own)
+                .collect()
+        })
+        .collect();
     for d in &dests {
         if nested_nets.contains_key(&d.net) || prefixes_per_net[&d.net] > 1 {
             delta.nested.insert(d.resource_id, ());
@@ -732,13 +776,26 @@ pub fn compile(
     };
     // Sized up front: growing a 100k-entry map rehashes it into fresh pages.
     tables.dests.reserve(dests.len() + self_addrs.len());
-    for (d, slot) in dests.iter().zip(dest_slots) {
+    for ((d, slot), by_rule) in dests.iter().zip(dest_slots).zip(&masq_by_rule) {
+        let mut flags = d.flags;
+        if !by_rule.is_empty() {
+            flags |= DEST_MASQ_BY_RULE;
+            for (rule_id, masq) in by_rule {
+                tables.masq.insert(
+                    MasqKey {
+                        resource_id: d.resource_id,
+                        rule_id: *rule_id,
+                    },
+                    u32::from(*masq),
+                );
+            }
+        }
         tables.dests.insert(
             DestPrefix::new(d.net),
             DestValue {
                 resource_id: d.resource_id,
                 dst_class: dst_ids[slot],
-                flags: d.flags,
+                flags,
             },
         );
     }

@@ -16,8 +16,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use routing_peer_common::{
-    map_names, AddrKey, DatapathConfig, DestValue, PeerValue, PolicyKey, PolicyValue, AF_INET,
-    AF_INET6,
+    map_names, AddrKey, DatapathConfig, DestValue, MasqKey, PeerValue, PolicyKey, PolicyValue,
+    AF_INET, AF_INET6,
 };
 
 /// An address as the data path keys it (network byte order words).
@@ -79,6 +79,9 @@ pub struct Tables {
     pub peers: FastMap<AddrKey, PeerValue>,
     pub dests: FastMap<DestPrefix, DestValue>,
     pub policy: FastMap<PolicyPrefix, PolicyValue>,
+    /// Masquerade by granting rule, for nested prefixes whose resources
+    /// disagree on it (`DEST_MASQ_BY_RULE`); 1 masquerades.
+    pub masq: FastMap<MasqKey, u32>,
 }
 
 /// Keys here are our own fixed-size integers, not attacker-chosen input:
@@ -160,6 +163,7 @@ pub struct TablesDiff {
     peers: MapDiff<AddrKey, PeerValue>,
     dests: MapDiff<DestPrefix, DestValue>,
     policy: MapDiff<PolicyPrefix, PolicyValue>,
+    masq: MapDiff<MasqKey, u32>,
 }
 
 impl TablesDiff {
@@ -168,6 +172,7 @@ impl TablesDiff {
             peers: MapDiff::between(&old.peers, &new.peers),
             dests: MapDiff::between(&old.dests, &new.dests),
             policy: MapDiff::between(&old.policy, &new.policy),
+            masq: MapDiff::between(&old.masq, &new.masq),
         }
     }
 
@@ -175,6 +180,7 @@ impl TablesDiff {
         let mut stats = self.peers.stats();
         stats += self.dests.stats();
         stats += self.policy.stats();
+        stats += self.masq.stats();
         stats
     }
 
@@ -182,6 +188,7 @@ impl TablesDiff {
         self.peers.apply_to(&mut tables.peers);
         self.dests.apply_to(&mut tables.dests);
         self.policy.apply_to(&mut tables.policy);
+        self.masq.apply_to(&mut tables.masq);
     }
 }
 
@@ -200,6 +207,8 @@ impl From<TableChanges> for TablesDiff {
             peers: MapDiff::from_changes(changes.peers),
             dests: MapDiff::from_changes(changes.dests),
             policy: MapDiff::from_changes(changes.policy),
+            // In-place updates never touch nested prefixes (full compile).
+            masq: MapDiff::from_changes(FastMap::default()),
         }
     }
 }
@@ -255,6 +264,13 @@ pub fn write_slot(ebpf: &mut Ebpf, slot: usize, diff: &TablesDiff) -> Result<(),
     }
     for k in &diff.policy.removals {
         ignore_missing(policy.remove(&Key::new(k.prefix_len, k.key)))?;
+    }
+    let mut masq = hash_map::<MasqKey, u32>(ebpf, map_names::MASQ[slot])?;
+    for (k, v) in &diff.masq.upserts {
+        masq.insert(k, v, 0)?;
+    }
+    for k in &diff.masq.removals {
+        ignore_missing(masq.remove(k))?;
     }
     Ok(())
 }
@@ -358,6 +374,11 @@ pub fn read_slot(ebpf: &mut Ebpf, slot: usize) -> Result<Tables, MapError> {
             },
             v,
         );
+    }
+    let masq = hash_map::<MasqKey, u32>(ebpf, map_names::MASQ[slot])?;
+    for entry in masq.iter() {
+        let (k, v) = entry?;
+        tables.masq.insert(k, v);
     }
     Ok(tables)
 }

@@ -481,3 +481,67 @@ ports = [443]
         assert!(dp.flows().is_empty());
     });
 }
+
+/// Nested resources of two networks: a flow granted only through the /24
+/// of a network without masquerade keeps its source, even though a more
+/// specific /32 of a masquerading network (which grants nothing) covers
+/// the destination. `policy check` says the same, and names the /24.
+#[test]
+fn masquerade_follows_the_resource_that_granted_the_flow() {
+    in_netns(|| {
+        let extra = r#"
+[[policies]]
+name = "lan-udp"
+sources = ["Development"]
+destination_resources = ["office-lan"]
+protocol = "udp"
+
+[[policies]]
+name = "printing"
+sources = ["Development"]
+destination_resources = ["printer"]
+protocol = "tcp"
+ports = [631]
+
+[[networks]]
+name = "Printers"
+masquerade = true
+[[networks.resources]]
+name = "printer"
+address = "198.51.100.7/32"
+groups = ["Printers"]
+"#;
+        let config_text = base_config(extra, false);
+        let mut dp = Dp::new(&config_text);
+        let printer = [198, 51, 100, 7];
+        let (verdict, out) = dp.overlay(&udp(ALICE, printer, 40000, 161, b"snmp"));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            checked(&out).0,
+            ip(ALICE),
+            "granted by the /24: not masqueraded"
+        );
+        // Granted by the /32's own policy: its network masquerades.
+        let (verdict, out) = dp.overlay(&tcp(ALICE, printer, 40001, 631, "S", &[]));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            checked(&out).0,
+            ip(RP_LAN),
+            "granted by the /32: masqueraded"
+        );
+
+        let loaded = config::parse(Path::new("test.toml"), &config_text).unwrap();
+        let compiled = compile::compile(
+            &loaded.config,
+            &[RP_OVERLAY.into(), RP_LAN.into()],
+            &HashMap::new(),
+            Default::default(),
+        );
+        let v = crate::check::check(&compiled, ip(ALICE), ip(printer), 17, 161);
+        assert_eq!((v.allowed, v.masquerade), (true, Some(false)));
+        let granting = crate::check::granting_resource(&loaded.config, ip(printer), "lan-udp");
+        assert_eq!(granting.as_deref(), Some("office-lan"));
+        let v = crate::check::check(&compiled, ip(ALICE), ip(printer), 6, 631);
+        assert_eq!((v.allowed, v.masquerade), (true, Some(true)));
+    });
+}
