@@ -8,8 +8,8 @@ use std::{collections::HashMap, net::IpAddr, path::Path};
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use routing_peer_common::{
-    map_names, CtEntry, CtKey, ResourceCounters, CT_FLAG_MASQUERADE, CT_ICMP, CT_OTHER,
-    CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_RESET, CT_TCP_SYN_SENT, CT_UDP_REPLIED,
+    map_names, CtEntry, CtKey, DatapathConfig, ResourceCounters, CT_FLAG_MASQUERADE, CT_ICMP,
+    CT_OTHER, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_RESET, CT_TCP_SYN_SENT, CT_UDP_REPLIED,
     CT_UDP_UNREPLIED, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 use serde::Serialize;
@@ -142,9 +142,18 @@ pub fn read_flows(pins: &PinDir, names: &Names) -> Result<Vec<Flow>> {
     let data = open_pinned(pins, map_names::CONNTRACK)?;
     let ct = BpfHashMap::<_, CtKey, CtEntry>::try_from(Map::LruHashMap(data))?;
     let now = monotonic_ns();
+    // Timeouts as the data path applies them; defaults if unreadable.
+    let cfg = open_pinned(pins, map_names::CONFIG)
+        .ok()
+        .and_then(|d| aya::maps::Array::<_, DatapathConfig>::try_from(Map::Array(d)).ok())
+        .and_then(|a| a.get(&0, 0).ok())
+        .unwrap_or_default();
     let mut flows = Vec::new();
     for item in ct.iter() {
         let Ok((k, e)) = item else { continue };
+        if is_expired(&e, &cfg, now) {
+            continue; // the data path ignores it; GC deletes it soon
+        }
         let peer_addr = addr_from_key(if k.family == 6 { 6 } else { 4 }, k.peer);
         let remote = addr_from_key(if k.family == 6 { 6 } else { 4 }, k.remote);
         let nat = (e.flags & CT_FLAG_MASQUERADE != 0).then(|| {
@@ -171,6 +180,12 @@ pub fn read_flows(pins: &PinDir, names: &Names) -> Result<Vec<Flow>> {
         });
     }
     Ok(flows)
+}
+
+/// An entry past its idle timeout: gone for the data path, though GC has
+/// not deleted it yet.
+pub fn is_expired(e: &CtEntry, cfg: &DatapathConfig, now: u64) -> bool {
+    now.saturating_sub(e.last_seen_ns) > cfg.timeout_ns(e.state)
 }
 
 fn bracket(a: IpAddr) -> String {
@@ -586,5 +601,23 @@ pub fn load_config_of(status: &Status) -> Result<crate::config::Config> {
     match std::fs::read_to_string(&applied) {
         Ok(text) => Ok(crate::config::parse(path, &text)?.config),
         Err(_) => Ok(crate::config::load(path)?.config),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_past_their_timeout_are_expired() {
+        let cfg = DatapathConfig::default();
+        let e = CtEntry {
+            state: CT_UDP_UNREPLIED,
+            last_seen_ns: 1_000_000_000,
+            ..Default::default()
+        };
+        let unreplied = cfg.udp_unreplied_ns;
+        assert!(!is_expired(&e, &cfg, 1_000_000_000 + unreplied));
+        assert!(is_expired(&e, &cfg, 1_000_000_001 + unreplied));
     }
 }

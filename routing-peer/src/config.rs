@@ -602,12 +602,16 @@ pub fn validate(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
     );
     let mut resource_groups = HashSet::new();
     let mut resource_names = HashSet::new();
+    let mut disabled: HashSet<&str> = HashSet::new();
     // Groups holding a 0.0.0.0/0 or ::/0 resource, for the broad-grant warning.
     let mut everything_groups: HashSet<&str> = HashSet::new();
     for (i, n) in config.networks.iter().enumerate() {
         for (j, res) in n.resources.iter().enumerate() {
             let field = format!("networks[{i}].resources[{j}]");
             resource_names.insert(res.name.as_str());
+            if !res.enabled {
+                disabled.insert(res.name.as_str());
+            }
             resource_groups.extend(res.groups.iter().map(String::as_str));
             match parse_resource_address(&res.address) {
                 Err(e) => r.error(format!("{field}.address"), e),
@@ -687,6 +691,29 @@ pub fn validate(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
                         r.error(
                             format!("{field}.destination_resources[{j}]"),
                             format!("unknown resource `{name}`"),
+                        );
+                    } else if disabled.contains(name.as_str()) {
+                        r.warn(
+                            format!("{field}.destination_resources[{j}]"),
+                            format!("resource `{name}` is disabled: this policy grants nothing there until it is enabled"),
+                        );
+                    }
+                }
+                for (j, g) in p.destinations.iter().enumerate() {
+                    let members = config
+                        .networks
+                        .iter()
+                        .flat_map(|n| &n.resources)
+                        .filter(|res| res.groups.contains(g));
+                    let (mut any, mut enabled) = (false, false);
+                    for res in members {
+                        any = true;
+                        enabled |= res.enabled;
+                    }
+                    if any && !enabled {
+                        r.warn(
+                            format!("{field}.destinations[{j}]"),
+                            format!("every resource in group `{g}` is disabled: this policy grants nothing"),
                         );
                     }
                 }
@@ -970,5 +997,51 @@ destinations = ["Routing Peers"]
         std::fs::write(&path, b"[routing_peer]\nname = \"gw\xff\"\n").unwrap();
         let err = read_text(&path).unwrap_err().to_string();
         assert!(err.contains("byte 25 (line 2)"), "{err}");
+    }
+
+    #[test]
+    fn a_policy_aimed_at_a_disabled_resource_warns() {
+        let text = r#"
+[routing_peer]
+name = "gw"
+overlay_interface = "wg0"
+overlay_addresses = ["100.64.0.1/10"]
+private_key_file = "/dev/null"
+lan_interfaces = ["eth0"]
+
+[[peers]]
+name = "alice"
+public_key = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28="
+addresses = ["100.64.0.2"]
+groups = ["Dev"]
+
+[[networks]]
+name = "office"
+[[networks.resources]]
+name = "wiki"
+address = "198.51.100.5/32"
+groups = ["Apps"]
+enabled = false
+
+[[policies]]
+name = "by-name"
+sources = ["Dev"]
+destination_resources = ["wiki"]
+
+[[policies]]
+name = "by-group"
+sources = ["Dev"]
+destinations = ["Apps"]
+"#;
+        let loaded = parse(Path::new("c.toml"), text).expect("valid, with warnings");
+        let fields: Vec<&str> = loaded.warnings.iter().map(|w| w.field.as_str()).collect();
+        assert!(
+            fields.contains(&"policies[0].destination_resources[0]"),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&"policies[1].destinations[0]"),
+            "{fields:?}"
+        );
     }
 }

@@ -10,7 +10,6 @@ use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
-    process::Command,
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -81,6 +80,9 @@ pub fn datapath_config(config: &Config) -> DatapathConfig {
 }
 
 /// The routing peer's own addresses: overlay and every LAN interface's.
+/// The routing peer's own addresses: the overlay's and every address of
+/// its namespace, on any interface (the data path asks the FIB for the
+/// rest; this list serves the compiled tables and `policy check`).
 fn self_addresses(config: &Config) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = config
         .routing_peer
@@ -88,22 +90,9 @@ fn self_addresses(config: &Config) -> Vec<IpAddr> {
         .iter()
         .map(|n| n.addr())
         .collect();
-    for lan in &config.routing_peer.lan_interfaces {
-        let Ok(o) = Command::new("ip")
-            .args(["-j", "addr", "show", "dev", lan])
-            .output()
-        else {
-            continue;
-        };
-        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&o.stdout) else {
-            continue;
-        };
-        for link in json.as_array().into_iter().flatten() {
-            for a in link["addr_info"].as_array().into_iter().flatten() {
-                if let Some(ip) = a["local"].as_str().and_then(|s| s.parse().ok()) {
-                    out.push(ip);
-                }
-            }
+    for ip in datapath::local_addresses() {
+        if !out.contains(&ip) {
+            out.push(ip);
         }
     }
     out
@@ -159,8 +148,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // from the overlay that the programs did not hand over.
     safety_net::install(&opts.instance, &rp.overlay_interface)
         .context("installing the safety-net table")?;
+    let pool = datapath_config(&config);
+    let mut sysctls = sysctl::wanted(&rp.overlay_interface, &rp.lan_interfaces);
+    sysctls.extend(sysctl::snat_reservation(
+        (pool.snat_port_min, pool.snat_port_max),
+        sysctl::local_port_range(),
+    ));
     sysctl::apply(
-        &sysctl::wanted(&rp.overlay_interface, &rp.lan_interfaces),
+        &sysctls,
         &control::run_dir(&opts.instance).join("sysctl.json"),
     )?;
 
@@ -673,6 +668,9 @@ impl Daemon {
             status.dns = self.dns_counters.snapshot();
             // Expired DNS grants bump it too.
             status.generation = self.policy.config.policy_gen;
+            // Addresses come and go (DHCP, an operator): `policy check`
+            // treats every current one as the input chain.
+            status.self_addresses = self_addresses(&self.config);
             let mut resolved: Vec<(String, Vec<String>)> = self
                 .resolved
                 .iter()

@@ -221,7 +221,12 @@ impl Forwarder {
     pub async fn answer(&self, query: &[u8], client: IpAddr) -> Option<Vec<u8>> {
         let request = Message::from_vec(query).ok()?;
         self.counters.queries.fetch_add(1, Ordering::Relaxed);
-        let name = request.queries.first()?.name().to_ascii();
+        // One question per query, as every resolver sends: checking one of
+        // several and forwarding all would let the others through unchecked.
+        let Some(name) = single_question(&request) else {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return reply_code(&request, ResponseCode::Refused);
+        };
         let resource = {
             let view = self.view.read().unwrap();
             let resource = view.resource_for(&name).cloned();
@@ -274,6 +279,14 @@ impl Forwarder {
             }
         }
         Some(raw)
+    }
+}
+
+/// The name asked, when the query asks exactly one question.
+fn single_question(request: &Message) -> Option<String> {
+    match request.queries.as_slice() {
+        [q] => Some(q.name().to_ascii()),
+        _ => None,
     }
 }
 
@@ -351,5 +364,22 @@ mod tests {
         assert!(v.resource_for("berlin.internal").is_none());
         assert!(v.resource_for("evilberlin.internal").is_none());
         assert!(v.resource_for("example.com").is_none());
+    }
+
+    #[test]
+    fn queries_with_several_questions_are_refused() {
+        use hickory_proto::op::Query;
+        use hickory_proto::rr::{Name, RecordType};
+        let q = |n: &str| Query::query(Name::from_ascii(n).unwrap(), RecordType::A);
+        let mut one = Message::query();
+        one.add_query(q("grafana.berlin.internal."));
+        assert_eq!(
+            single_question(&one).as_deref(),
+            Some("grafana.berlin.internal.")
+        );
+        let mut two = one.clone();
+        two.add_query(q("internal.example.org."));
+        assert_eq!(single_question(&two), None);
+        assert_eq!(single_question(&Message::query()), None);
     }
 }

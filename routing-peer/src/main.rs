@@ -151,10 +151,26 @@ fn init_tracing() {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Errors meant for the operator print as one line (the cause chain joined
+/// with `: `), without a backtrace whatever RUST_BACKTRACE says.
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
     init_tracing();
-    let cli = Cli::parse();
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("routing-peer: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    // Everything but `validate` reads or changes the data path, pins and
+    // the daemon's state: say so, rather than "not running".
+    if !matches!(cli.command, Command::Validate { .. }) && !is_root() {
+        bail!("permission denied: run as root (routing-peer needs CAP_BPF and CAP_NET_ADMIN)");
+    }
     let instance = cli.instance;
     let pins = PinDir::new(&instance);
     match cli.command {
@@ -204,6 +220,11 @@ async fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 fn down(instance: &str, pins: &PinDir) -> Result<()> {
