@@ -34,9 +34,11 @@ fn counter(daemon: &Daemon, table: &str, name: &str) -> Result<u64> {
 }
 
 fn generation(daemon: &Daemon) -> Result<u64> {
-    Ok(daemon.cli_json(&["status", "--json"])?["status"]["generation"]
-        .as_u64()
-        .unwrap_or(0))
+    Ok(
+        daemon.cli_json(&["status", "--json"])?["status"]["generation"]
+            .as_u64()
+            .unwrap_or(0),
+    )
 }
 
 /// Rewrites the written config file with `edit`.
@@ -135,8 +137,15 @@ fn oversized_datagrams_leave_masqueraded_and_df_ones_get_frag_needed() -> Result
     // 1382 bytes of payload: a 1410-byte IP packet, over the LAN's 1400.
     let (len, from) = deliver(&client, &server, &format!("{WIKI}:9000"), &[0x5a; 1382])?;
     assert_eq!(len, 1382, "reassembled whole");
-    assert_eq!(from.ip().to_string(), ROUTER_LAN, "masqueraded before fragmenting");
-    assert!((40000..=40009).contains(&from.port()), "{from}: outside the pool");
+    assert_eq!(
+        from.ip().to_string(),
+        ROUTER_LAN,
+        "masqueraded before fragmenting"
+    );
+    assert!(
+        (40000..=40009).contains(&from.port()),
+        "{from}: outside the pool"
+    );
     assert!(counter(&daemon, "handoffs", "fragmenting")? >= 1);
 
     // DF on the same, tracked flow: the kernel answers the peer, whose
@@ -207,8 +216,17 @@ fn an_address_added_while_running_is_the_input_chain() -> Result<()> {
         "a resource policy opened the routing peer itself"
     );
     let check = daemon.cli_json(&[
-        "policy", "check", "--from", "laptop", "--to", "198.51.100.77", "--proto", "tcp",
-        "--port", "2222", "--json",
+        "policy",
+        "check",
+        "--from",
+        "laptop",
+        "--to",
+        "198.51.100.77",
+        "--proto",
+        "tcp",
+        "--port",
+        "2222",
+        "--json",
     ])?;
     assert_eq!(check["chain"], "input", "{check}");
     assert_eq!(check["allowed"], false, "{check}");
@@ -316,7 +334,11 @@ fn down_from_another_namespace_acts_on_the_daemons() -> Result<()> {
         .cmd(&routing_peer_bin().display().to_string())
         .args(["--instance", &daemon.instance, "down"]))?;
     assert!(String::from_utf8_lossy(&out.stdout).contains("is down"));
-    assert_eq!(read(&office.router)?, before, "restored where the daemon ran");
+    assert_eq!(
+        read(&office.router)?,
+        before,
+        "restored where the daemon ran"
+    );
     assert_eq!(read(&office.lan)?, lan_forward, "the caller's untouched");
     office
         .lan
@@ -345,9 +367,13 @@ fn down_leaves_an_external_interface() -> Result<()> {
     office
         .router
         .ip(&format!("addr add 100.64.0.1/10 dev {}", office.wg_iface))?;
-    office.router.ip(&format!("link set {} up", office.wg_iface))?;
+    office
+        .router
+        .ip(&format!("link set {} up", office.wg_iface))?;
     let path = office.write_config("")?;
-    edit(&path, |t| t.replace("wireguard = \"auto\"", "wireguard = \"external\""))?;
+    edit(&path, |t| {
+        t.replace("wireguard = \"auto\"", "wireguard = \"external\"")
+    })?;
     let mut daemon = Daemon::start(&office.router, &path, &[])?;
     daemon.stop();
     run(office
@@ -375,7 +401,10 @@ fn masquerade_follows_the_granting_resource() -> Result<()> {
     let daemon = Daemon::start(&office.router, &path, &[])?;
     office.connect_clients()?;
     let mut https = connect(&office, &format!("{WIKI}:443"))?;
-    assert_eq!(exchange(&mut https, "a")?, format!("wiki saw {ROUTER_LAN}: a"));
+    assert_eq!(
+        exchange(&mut https, "a")?,
+        format!("wiki saw {ROUTER_LAN}: a")
+    );
     let mut http = connect(&office, &format!("{WIKI}:80"))?;
     assert_eq!(
         exchange(&mut http, "b")?,
@@ -399,8 +428,8 @@ fn policy_check_answers_for_the_running_configuration() -> Result<()> {
     let daemon = Daemon::start(&office.router, &path, &[])?;
     let ask = || {
         daemon.cli_json(&[
-            "policy", "check", "--from", "laptop", "--to", WIKI, "--proto", "tcp", "--port",
-            "443", "--json",
+            "policy", "check", "--from", "laptop", "--to", WIKI, "--proto", "tcp", "--port", "443",
+            "--json",
         ])
     };
     assert_eq!(ask()?["allowed"], true);
@@ -408,7 +437,15 @@ fn policy_check_answers_for_the_running_configuration() -> Result<()> {
     std::fs::write(&path, "[routing_peer]\nname = 1\n")?;
     daemon.reload();
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(generation(&daemon)?, running, "the broken file was not applied");
-    assert_eq!(ask()?["allowed"], true, "answered for the running configuration");
+    assert_eq!(
+        generation(&daemon)?,
+        running,
+        "the broken file was not applied"
+    );
+    assert_eq!(
+        ask()?["allowed"],
+        true,
+        "answered for the running configuration"
+    );
     Ok(())
 }

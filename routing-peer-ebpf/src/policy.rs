@@ -94,7 +94,7 @@ pub fn masquerade(slot: u32, dest: &DestValue, rule_id: u32) -> bool {
         rule_id,
     };
     // SAFETY: the value is copied out at once.
-    match unsafe { map.get(&key) } {
+    match unsafe { map.get(key) } {
         Some(v) => *v != 0,
         None => own,
     }
