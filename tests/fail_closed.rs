@@ -449,3 +449,23 @@ fn policy_check_answers_for_the_running_configuration() -> Result<()> {
     );
     Ok(())
 }
+
+/// Defect 15: a user who is not root is told so, in one line, instead of
+/// "not running".
+#[test]
+fn the_cli_says_permission_denied_to_non_root_users() -> Result<()> {
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(routing_peer_bin())
+        .args(["--instance", "rpt-nobody", "status"])
+        .env("RUST_BACKTRACE", "1")
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr)?;
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("permission denied: run as root"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -561,4 +561,13 @@ mod tests {
         assert!(c.timeout_ns(CT_TCP_SYN_SENT) >= 240 * SECOND);
         assert!(c.timeout_ns(CT_UDP_REPLIED) >= 120 * SECOND);
     }
+
+    #[test]
+    fn the_reset_timeout_is_configurable() {
+        let c = DatapathConfig {
+            tcp_reset_ns: 3 * SECOND,
+            ..Default::default()
+        };
+        assert_eq!(c.timeout_ns(CT_TCP_RESET), 3 * SECOND);
+    }
 }

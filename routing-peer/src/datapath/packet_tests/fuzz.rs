@@ -1,4 +1,5 @@
-//! The parser under generated malformed frames: every hook must drop
+//! The parser under generated malformed frames: every hook (both overlay
+//! TC entries, L2 and L3, both XDP programs, the LAN's TC) must drop
 //! each one as malformed (nothing forwarded, nothing passed toward the
 //! other side), and the counters must account for every frame.
 //!
@@ -167,6 +168,7 @@ fn generated_malformed_frames_are_dropped_on_every_hook() {
             | 1;
         let mut rng = Rng(seed);
         let programs = [
+            (program_names::OVERLAY_L3, TC_ACT_SHOT),
             (program_names::OVERLAY_L2, TC_ACT_SHOT),
             (program_names::LAN_TC, TC_ACT_SHOT),
             (program_names::OVERLAY_XDP, XDP_DROP),
@@ -183,7 +185,13 @@ fn generated_malformed_frames_are_dropped_on_every_hook() {
                 if frame.len() < ETH_LEN + 20 && drop == TC_ACT_SHOT {
                     continue;
                 }
-                let (verdict, _) = dp.run(program, &frame);
+                // The L3 hook (WireGuard, TUN) sees the IP packet alone.
+                let input = if program == program_names::OVERLAY_L3 {
+                    &frame[ETH_LEN..]
+                } else {
+                    &frame[..]
+                };
+                let (verdict, _) = dp.run(program, input);
                 assert_eq!(
                     verdict, drop,
                     "seed {seed:#x} frame {i} on {program}: {:02x?}",
@@ -191,7 +199,7 @@ fn generated_malformed_frames_are_dropped_on_every_hook() {
                 );
                 expected_drops += 1;
                 match program {
-                    program_names::OVERLAY_L2 => overlay_frames += 1,
+                    program_names::OVERLAY_L2 | program_names::OVERLAY_L3 => overlay_frames += 1,
                     program_names::LAN_XDP => lan_frames += 1,
                     _ => {}
                 }
