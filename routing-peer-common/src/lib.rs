@@ -7,8 +7,36 @@
 //! (network byte order words); IPv4 uses word 0 and leaves the rest zero.
 #![no_std]
 
-pub const AF_INET: u32 = 4;
-pub const AF_INET6: u32 = 6;
+/// The family tag in map keys (`AddrKey`, `CtKey`, `NatEndpoint`): the IP
+/// version, 4 or 6. Not the kernel's AF_INET (2) / AF_INET6 (10), which only
+/// the FIB helpers take (`forward.rs` has those).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4 = 4,
+    V6 = 6,
+}
+
+impl Family {
+    #[inline(always)]
+    pub const fn of(ipv6: bool) -> Self {
+        if ipv6 {
+            Family::V6
+        } else {
+            Family::V4
+        }
+    }
+
+    /// The family of a key's tag; anything but 6 is IPv4.
+    #[inline(always)]
+    pub const fn from_tag(tag: u32) -> Self {
+        if tag == Family::V6 as u32 {
+            Family::V6
+        } else {
+            Family::V4
+        }
+    }
+}
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;

@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
-use routing_peer_common::{AF_INET, AF_INET6, FORWARD_MARK};
+use routing_peer_common::{Family, FORWARD_MARK};
 
 use crate::{ctx::Mangle, parse::Packet};
 
@@ -332,11 +332,8 @@ pub fn xdp_redirect<C: Mangle>(ctx: &C, route: &Route) -> Option<u32> {
     Some(unsafe { bpf_redirect(route.ifindex(), 0) } as u32)
 }
 
+/// The family tag of our map keys (not the kernel's AF_* values above).
 #[inline(always)]
 pub fn family(ipv6: bool) -> u32 {
-    if ipv6 {
-        AF_INET6
-    } else {
-        AF_INET
-    }
+    Family::of(ipv6) as u32
 }

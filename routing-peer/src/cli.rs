@@ -8,9 +8,9 @@ use std::{collections::HashMap, net::IpAddr, path::Path};
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use routing_peer_common::{
-    map_names, CtEntry, CtKey, DatapathConfig, ResourceCounters, CT_FLAG_MASQUERADE, CT_ICMP,
-    CT_OTHER, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_RESET, CT_TCP_SYN_SENT, CT_UDP_REPLIED,
-    CT_UDP_UNREPLIED, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    map_names, CtEntry, CtKey, DatapathConfig, Family, ResourceCounters, CT_FLAG_MASQUERADE,
+    CT_ICMP, CT_OTHER, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_RESET, CT_TCP_SYN_SENT,
+    CT_UDP_REPLIED, CT_UDP_UNREPLIED, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 use serde::Serialize;
 
@@ -154,10 +154,11 @@ pub fn read_flows(pins: &PinDir, names: &Names) -> Result<Vec<Flow>> {
         if is_expired(&e, &cfg, now) {
             continue; // the data path ignores it; GC deletes it soon
         }
-        let peer_addr = addr_from_key(if k.family == 6 { 6 } else { 4 }, k.peer);
-        let remote = addr_from_key(if k.family == 6 { 6 } else { 4 }, k.remote);
+        let family = Family::from_tag(u32::from(k.family));
+        let peer_addr = addr_from_key(family, k.peer);
+        let remote = addr_from_key(family, k.remote);
         let nat = (e.flags & CT_FLAG_MASQUERADE != 0).then(|| {
-            let a = addr_from_key(if k.family == 6 { 6 } else { 4 }, e.nat_addr);
+            let a = addr_from_key(family, e.nat_addr);
             format!("{}:{}", bracket(a), e.nat_port)
         });
         flows.push(Flow {
@@ -330,6 +331,12 @@ pub struct StatsReport {
 pub fn read_stats(pins: &PinDir, names: &Names) -> Result<StatsReport> {
     let snapshot = stats::read_pinned(pins)?;
     let flows = read_flows(pins, names)?;
+    // Active flows per resource, counted in one pass over the flows (not
+    // one pass per resource: 100k × 100k at scale).
+    let mut active: HashMap<&str, u64> = HashMap::new();
+    for f in &flows {
+        *active.entry(f.resource.as_str()).or_default() += 1;
+    }
     let data = open_pinned(pins, map_names::RESOURCE_STATS)?;
     let arr = PerCpuArray::<_, ResourceCounters>::try_from(Map::PerCpuArray(data))?;
     let mut resources = Vec::new();
@@ -348,7 +355,7 @@ pub fn read_stats(pins: &PinDir, names: &Names) -> Result<StatsReport> {
             bytes_in: total.rev.bytes,
             denied_packets: total.denied.packets,
             new_flows: total.new_flows,
-            active_flows: flows.iter().filter(|f| &f.resource == name).count() as u64,
+            active_flows: active.get(name.as_str()).copied().unwrap_or(0),
         });
     }
     let ct = open_pinned(pins, map_names::CONNTRACK)?;
@@ -357,13 +364,21 @@ pub fn read_stats(pins: &PinDir, names: &Names) -> Result<StatsReport> {
         .unwrap_or(0);
     let events = Map::PerCpuArray(open_pinned(pins, map_names::CT_EVENTS)?);
     let gc = Map::Array(open_pinned(pins, map_names::CT_GC)?);
-    let accounting = stats::ct_accounting(&events, &gc, flows.len() as u64)?;
+    // Evictions are derived from what the map holds, expired entries GC
+    // has not deleted yet included.
+    let entries = {
+        let data = open_pinned(pins, map_names::CONNTRACK)?;
+        BpfHashMap::<_, CtKey, CtEntry>::try_from(Map::LruHashMap(data))?
+            .keys()
+            .count() as u64
+    };
+    let accounting = stats::ct_accounting(&events, &gc, entries)?;
     Ok(StatsReport {
         hooks: snapshot.hooks,
         drops: snapshot.drops,
         handoffs: snapshot.handoffs,
         resources,
-        conntrack_entries: flows.len() as u64,
+        conntrack_entries: entries,
         conntrack_capacity: capacity,
         conntrack_evictions: accounting.evictions,
     })

@@ -147,7 +147,7 @@ pub async fn serve(instance: String, status: SharedStatus) -> Result<()> {
             }
             let reply = match line.trim() {
                 "status" => {
-                    let snapshot = status.lock().unwrap().clone();
+                    let snapshot = crate::locks::lock(&status).clone();
                     serde_json::to_string(&snapshot).unwrap_or_default()
                 }
                 other => {

@@ -341,11 +341,11 @@ fn record_applied(instance: &str, text: &str) {
 /// and the CLI (`names.json`), when they changed: at 100k rules the file is
 /// megabytes, and most reloads change no name.
 fn share_names(status: &SharedStatus, instance: &str, names: &compile::Names) -> Result<()> {
-    if status.lock().unwrap().names.as_ref() == names {
+    if crate::locks::lock(status).names.as_ref() == names {
         return Ok(());
     }
     control::write_names(instance, names)?;
-    status.lock().unwrap().names = Arc::new(names.clone());
+    crate::locks::lock(status).names = Arc::new(names.clone());
     Ok(())
 }
 
@@ -469,7 +469,7 @@ impl Daemon {
                 }
             }
         };
-        self.status.lock().unwrap().self_addresses = own;
+        crate::locks::lock(&self.status).self_addresses = own;
         // Where a reload's time goes: reading (and validating) the file,
         // compiling, writing the maps.
         info!(
@@ -486,10 +486,10 @@ impl Daemon {
             install_ms = install_time.as_millis() as u64,
             "configuration reloaded"
         );
-        *self.dns_view.write().unwrap() = dns::View::new(&config, &self.compiled);
+        *crate::locks::write(&self.dns_view) = dns::View::new(&config, &self.compiled);
         self.config = config;
         record_applied(&self.opts.instance, self.parse_cache.last_text());
-        let mut status = self.status.lock().unwrap();
+        let mut status = crate::locks::lock(&self.status);
         status.generation = self.policy.config.policy_gen;
         status.last_reload_unix = unix_now();
         drop(status);
@@ -508,7 +508,7 @@ impl Daemon {
         own: &[IpAddr],
     ) -> Option<(datapath::tables::DiffStats, &'static str, u64, Duration)> {
         let started = std::time::Instant::now();
-        let in_place = if self.status.lock().unwrap().self_addresses == own {
+        let in_place = if crate::locks::lock(&self.status).self_addresses == own {
             compile::apply_policy_change(&mut self.compiled, &self.config, config)
         } else {
             Err(compile::NeedsFullCompile::NotOnlyPolicies)
@@ -576,7 +576,7 @@ impl Daemon {
                 up,
             });
         }
-        self.status.lock().unwrap().peers = peers;
+        crate::locks::lock(&self.status).peers = peers;
     }
 
     fn collect_garbage(&mut self) {
@@ -664,7 +664,7 @@ impl Daemon {
 
     fn publish(&self) -> Result<()> {
         let status = {
-            let mut status = self.status.lock().unwrap();
+            let mut status = crate::locks::lock(&self.status);
             status.dns = self.dns_counters.snapshot();
             // Expired DNS grants bump it too.
             status.generation = self.policy.config.policy_gen;

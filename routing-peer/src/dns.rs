@@ -228,7 +228,7 @@ impl Forwarder {
             return reply_code(&request, ResponseCode::Refused);
         };
         let resource = {
-            let view = self.view.read().unwrap();
+            let view = crate::locks::read(&self.view);
             let resource = view.resource_for(&name).cloned();
             match resource {
                 Some(r)

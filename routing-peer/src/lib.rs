@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod dns;
 pub mod identity;
+pub mod locks;
 pub mod metrics;
 pub mod stats;
 pub mod sysctl;

@@ -42,7 +42,7 @@ fn gauge(registry: &Registry, name: &str, help: &str, value: i64) -> Result<()> 
 
 /// The exposition text for one scrape.
 pub fn render(pins: &PinDir, status: &SharedStatus) -> Result<String> {
-    let status = status.lock().unwrap().clone();
+    let status = crate::locks::lock(status).clone();
     let stats = cli::read_stats(pins, &status.names)?;
     let r = Registry::new();
 

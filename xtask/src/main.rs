@@ -48,13 +48,37 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+/// Failures print as one line (the cause chain joined with `: `), with no
+/// backtrace whatever RUST_BACKTRACE says: they are meant for the user.
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every task that builds or runs something installs what it needs first
+/// (idempotent, seconds when all is there): both commands of the README
+/// work on a fresh machine.
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Setup => setup::run(),
-        Command::Build { release } => build(release),
+        Command::Build { release } => {
+            setup::run()?;
+            build(release)
+        }
         Command::Test => test(),
-        Command::Demo => demo::run(),
-        Command::Bench { quick } => bench::run(quick),
+        Command::Demo => {
+            setup::run()?;
+            demo::run()
+        }
+        Command::Bench { quick } => {
+            setup::run()?;
+            bench::run(quick)
+        }
         Command::VmTest { kernel, only } => {
             setup::run()?;
             vm::run(&kernel, only.as_deref())

@@ -380,6 +380,7 @@ fn init_script(modules: &[String], only: Option<&str>) -> String {
         "#!/bin/sh\n\
          export PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
          export ROUTING_PEER_BIN=/usr/bin/routing-peer RUST_BACKTRACE=1 HOME=/root\n\
+         export RP_FUZZ_FRAMES=5000\n\
          mount -t proc proc /proc\n\
          mount -t sysfs sys /sys\n\
          mount -t devtmpfs dev /dev\n\

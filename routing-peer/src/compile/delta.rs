@@ -52,6 +52,10 @@ pub enum NeedsFullCompile {
     TooManyChanges,
     #[error("a changed policy reaches a nested or domain resource")]
     NestedOrDomain,
+    /// The compiled tables disagree with themselves (a bug): the full
+    /// compile rebuilds them from the configuration.
+    #[error("the compiled state is inconsistent ({0})")]
+    Inconsistent(&'static str),
 }
 
 /// Applies `new`'s policies to `compiled` (built from `old`) and returns
@@ -164,8 +168,14 @@ pub fn apply_policy_change(
     }
     for (old_p, new_p) in &changed {
         if let (Some(p), None) = (old_p, new_p) {
-            let id = compiled.delta.rule_ids.remove(&p.name).expect("known rule");
-            compiled.names.rules[id as usize].clear();
+            let id = compiled
+                .delta
+                .rule_ids
+                .remove(&p.name)
+                .ok_or(Inconsistent("a removed rule had no id"))?;
+            if let Some(name) = compiled.names.rules.get_mut(id as usize) {
+                name.clear();
+            }
         }
     }
     let mut update = Update {
@@ -174,8 +184,8 @@ pub fn apply_policy_change(
         dirty: FastMap::default(),
     };
     for m in &retract {
-        update.move_members(Side::Src, m.id, &m.peers, false);
-        update.move_members(Side::Dst, m.id, &m.dests, false);
+        update.move_members(Side::Src, m.id, &m.peers, false)?;
+        update.move_members(Side::Dst, m.id, &m.dests, false)?;
         update.compiled.delta.rules.remove(&m.id);
     }
     for (m, p) in &assert {
@@ -185,8 +195,8 @@ pub fn apply_policy_change(
             blocks: blocks_of(p.protocol, &p.port_ranges()),
         };
         update.compiled.delta.rules.insert(m.id, rule);
-        update.move_members(Side::Src, m.id, &m.peers, true);
-        update.move_members(Side::Dst, m.id, &m.dests, true);
+        update.move_members(Side::Src, m.id, &m.peers, true)?;
+        update.move_members(Side::Dst, m.id, &m.dests, true)?;
         // A rule whose members stayed but whose ports or action changed.
         update.dirty_pairs_of_rule(m.id);
     }
@@ -306,7 +316,13 @@ impl Update<'_> {
 
     /// Gives `members` `rule` (`add`) or takes it away, moving them between
     /// classes and recording the changed peer and destination entries.
-    fn move_members(&mut self, side: Side, rule: u32, members: &[u32], add: bool) {
+    fn move_members(
+        &mut self,
+        side: Side,
+        rule: u32,
+        members: &[u32],
+        add: bool,
+    ) -> Result<(), NeedsFullCompile> {
         let mut by_class: FastMap<u32, Vec<u32>> = FastMap::default();
         {
             let (ids, this, _) = self.side(side);
@@ -329,15 +345,23 @@ impl Update<'_> {
                     set.remove(at);
                 }
                 Err(at) if add => set.insert(at, rule),
-                _ => unreachable!("filtered above"),
+                _ => {
+                    return Err(NeedsFullCompile::Inconsistent(
+                        "a class already had its rule",
+                    ))
+                }
             }
             if let Some(&existing) = ids.ids.get(&set) {
-                self.relocate(side, class, existing, &moving);
+                self.relocate(side, class, existing, &moving)?;
                 continue;
             }
             if moving.len() as u32 == this.counts[&class] {
                 // Every member moves: the class keeps its id, with the new set.
-                let old_set = std::mem::replace(this.sets.get_mut(&class).unwrap(), set.clone());
+                let slot = this
+                    .sets
+                    .get_mut(&class)
+                    .ok_or(NeedsFullCompile::Inconsistent("a class without a rule set"))?;
+                let old_set = std::mem::replace(slot, set.clone());
                 ids.ids.remove(&old_set);
                 ids.ids.insert(set, class);
                 let users = this.by_rule.entry(rule).or_default();
@@ -357,21 +381,30 @@ impl Update<'_> {
             }
             this.sets.insert(fresh, set);
             this.counts.insert(fresh, 0);
-            self.relocate(side, class, fresh, &moving);
+            self.relocate(side, class, fresh, &moving)?;
             self.mark_all_pairs(side, fresh);
         }
+        Ok(())
     }
 
     /// Moves `members` from class `from` to `to`; a class left empty goes,
     /// with its entries.
-    fn relocate(&mut self, side: Side, from: u32, to: u32, members: &[u32]) {
+    fn relocate(
+        &mut self,
+        side: Side,
+        from: u32,
+        to: u32,
+        members: &[u32],
+    ) -> Result<(), NeedsFullCompile> {
+        const UNCOUNTED: NeedsFullCompile =
+            NeedsFullCompile::Inconsistent("a class without a count");
         {
             let (ids, this, _) = self.side(side);
             for m in members {
                 ids.by_member.insert(*m, to);
             }
-            *this.counts.get_mut(&from).unwrap() -= members.len() as u32;
-            *this.counts.get_mut(&to).unwrap() += members.len() as u32;
+            *this.counts.get_mut(&from).ok_or(UNCOUNTED)? -= members.len() as u32;
+            *this.counts.get_mut(&to).ok_or(UNCOUNTED)? += members.len() as u32;
         }
         for m in members {
             self.rewrite_member(side, *m, to);
@@ -381,7 +414,10 @@ impl Update<'_> {
             self.mark_all_pairs(side, from);
             let (ids, this, _) = self.side(side);
             this.counts.remove(&from);
-            let set = this.sets.remove(&from).unwrap();
+            let set = this
+                .sets
+                .remove(&from)
+                .ok_or(NeedsFullCompile::Inconsistent("a class without a rule set"))?;
             for r in &set {
                 if let Some(users) = this.by_rule.get_mut(r) {
                     users.retain(|c| *c != from);
@@ -389,6 +425,7 @@ impl Update<'_> {
             }
             ids.ids.remove(&set);
         }
+        Ok(())
     }
 
     /// Points `member`'s map entries at `class`.

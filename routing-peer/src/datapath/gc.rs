@@ -62,7 +62,9 @@ pub fn collect(
         }
     }
     {
-        let map = ebpf.map_mut(map_names::CONNTRACK).unwrap();
+        let map = ebpf
+            .map_mut(map_names::CONNTRACK)
+            .ok_or(missing(map_names::CONNTRACK))?;
         let mut ct = BpfHashMap::<_, CtKey, CtEntry>::try_from(map)?;
         for key in &expired {
             // A packet may have refreshed it meanwhile; gone is fine too.
@@ -78,15 +80,15 @@ pub fn collect(
         // Counted so that LRU evictions can be derived (see `CtEvent`).
         let map = ebpf
             .map_mut(map_names::CT_GC)
-            .ok_or(MapError::InvalidName {
-                name: map_names::CT_GC.into(),
-            })?;
+            .ok_or(missing(map_names::CT_GC))?;
         let mut gc = aya::maps::Array::<_, u64>::try_from(map)?;
         let before = gc.get(&0, 0)?;
         gc.set(0, before + stats.flows_expired as u64, 0)?;
     }
     let unused: Vec<(NatEndpoint, NatEndpoint)> = {
-        let map = ebpf.map(map_names::NAT_FWD).unwrap();
+        let map = ebpf
+            .map(map_names::NAT_FWD)
+            .ok_or(missing(map_names::NAT_FWD))?;
         let fwd = BpfHashMap::<_, NatEndpoint, NatEndpoint>::try_from(map)?;
         fwd.iter()
             .filter_map(Result::ok)
@@ -98,11 +100,21 @@ pub fn collect(
         unused.iter().map(|(peer, _)| *peer).collect(),
     );
     for (peer, external) in unused.into_iter().filter(|(p, _)| previous.contains(p)) {
-        let fwd_map = ebpf.map_mut(map_names::NAT_FWD).unwrap();
+        let fwd_map = ebpf
+            .map_mut(map_names::NAT_FWD)
+            .ok_or(missing(map_names::NAT_FWD))?;
         let _ = BpfHashMap::<_, NatEndpoint, NatEndpoint>::try_from(fwd_map)?.remove(&peer);
-        let rev_map = ebpf.map_mut(map_names::NAT_REV).unwrap();
+        let rev_map = ebpf
+            .map_mut(map_names::NAT_REV)
+            .ok_or(missing(map_names::NAT_REV))?;
         let _ = BpfHashMap::<_, NatEndpoint, NatEndpoint>::try_from(rev_map)?.remove(&external);
         stats.nat_removed += 1;
     }
     Ok(stats)
+}
+
+fn missing(name: &str) -> MapError {
+    MapError::InvalidName {
+        name: name.to_string(),
+    }
 }

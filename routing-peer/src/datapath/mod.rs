@@ -500,3 +500,39 @@ pub fn local_addresses() -> Vec<std::net::IpAddr> {
     out.dedup();
     out
 }
+
+#[cfg(test)]
+mod object_tests {
+    use object::{Object, ObjectSymbol};
+    use routing_peer_common::{map_names, program_names};
+
+    use super::EBPF_OBJECT;
+
+    /// A map or program name user space looks up that the object lacks
+    /// would silently not be pinned or attached: every one must be there.
+    #[test]
+    fn every_name_user_space_uses_is_in_the_object() {
+        let file = object::File::parse(EBPF_OBJECT).expect("an ELF object");
+        let symbols: Vec<String> = file
+            .symbols()
+            .filter_map(|s| s.name().ok().map(str::to_string))
+            .collect();
+        let mut names: Vec<&str> = map_names::PERSISTENT.to_vec();
+        names.extend([map_names::CONFIG, map_names::XDP_REDIRECT_IFACES]);
+        names.extend([
+            program_names::OVERLAY_L3,
+            program_names::OVERLAY_L2,
+            program_names::OVERLAY_XDP,
+            program_names::LAN_XDP,
+            program_names::LAN_TC,
+        ]);
+        for name in names {
+            assert!(
+                symbols.iter().any(|s| s == name),
+                "{name} is not in the eBPF object"
+            );
+        }
+        // And the test can fail.
+        assert!(!symbols.iter().any(|s| s == "NO_SUCH_MAP"));
+    }
+}

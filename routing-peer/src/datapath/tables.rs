@@ -16,30 +16,30 @@ use aya::{
 };
 use ipnet::IpNet;
 use routing_peer_common::{
-    map_names, AddrKey, DatapathConfig, DestValue, MasqKey, PeerValue, PolicyKey, PolicyValue,
-    AF_INET, AF_INET6,
+    map_names, AddrKey, DatapathConfig, DestValue, Family, MasqKey, PeerValue, PolicyKey,
+    PolicyValue,
 };
 
 /// An address as the data path keys it (network byte order words).
 pub fn addr_key(addr: IpAddr) -> AddrKey {
     match addr {
         IpAddr::V4(v4) => AddrKey {
-            family: AF_INET,
+            family: Family::V4 as u32,
             addr: [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
         },
         IpAddr::V6(v6) => {
             let o = v6.octets();
             let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
             AddrKey {
-                family: AF_INET6,
+                family: Family::V6 as u32,
                 addr: [word(0), word(4), word(8), word(12)],
             }
         }
     }
 }
 
-pub fn addr_from_key(family: u32, addr: [u32; 4]) -> IpAddr {
-    if family == AF_INET6 {
+pub fn addr_from_key(family: Family, addr: [u32; 4]) -> IpAddr {
+    if family == Family::V6 {
         let mut o = [0u8; 16];
         for (i, w) in addr.iter().enumerate() {
             o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());

@@ -10,7 +10,14 @@
 
 use super::*;
 
-const FRAMES: usize = 50_000;
+/// Frames per run; `RP_FUZZ_FRAMES` lowers it where every syscall is
+/// emulated (the VM suite runs 5000 under TCG; the host run does 50k).
+fn frames() -> usize {
+    std::env::var("RP_FUZZ_FRAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000)
+}
 
 /// xorshift64*: deterministic, no dependency.
 struct Rng(u64);
@@ -177,7 +184,7 @@ fn generated_malformed_frames_are_dropped_on_every_hook() {
         let mut expected_drops = 0u64;
         let mut overlay_frames = 0u64;
         let mut lan_frames = 0u64;
-        for i in 0..FRAMES {
+        for i in 0..frames() {
             let (valid, proto) = valid_v4(&mut rng);
             let frame = break_it(&mut rng, valid, proto);
             for (program, drop) in programs {
