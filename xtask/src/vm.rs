@@ -55,12 +55,12 @@ const SUITE: &[(&str, &str, &str)] = &[
     (
         "packet tests (BPF_PROG_TEST_RUN)",
         "/tests/packet-tests",
-        "datapath:: --test-threads=2",
+        "datapath:: --include-ignored --test-threads=2",
     ),
     (
         "programs attach on veth (TC + XDP)",
         "/tests/datapath_veth",
-        "--test-threads=1",
+        "--include-ignored --test-threads=1",
     ),
     (
         "daemon in kernel WireGuard mode",

@@ -78,6 +78,7 @@ fn with_df(mut frame: Vec<u8>, df: bool) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
 fn malformed_headers_are_dropped_on_both_sides() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config(LAN_UDP_TCP, true));
@@ -117,6 +118,7 @@ fn malformed_headers_are_dropped_on_both_sides() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
 fn an_ipv6_routing_header_past_the_payload_is_malformed() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config("", true));
@@ -138,6 +140,7 @@ fn an_ipv6_routing_header_past_the_payload_is_malformed() {
 /// An ICMP error (unreachable, time exceeded, parameter problem) from the
 /// LAN to a peer, quoting only 8 bytes of an IPv4 header.
 #[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
 fn icmp_errors_toward_the_overlay_quoting_too_little_are_dropped() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config("", true));
@@ -159,6 +162,7 @@ fn icmp_errors_toward_the_overlay_quoting_too_little_are_dropped() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
 fn packets_over_the_lan_mtu_reach_the_kernel_after_policy_and_translation() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config(LAN_UDP_TCP, true));
@@ -196,6 +200,7 @@ fn packets_over_the_lan_mtu_reach_the_kernel_after_policy_and_translation() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
 fn every_local_address_is_the_input_chain() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config(LAN_UDP_TCP, true));
@@ -224,6 +229,7 @@ fn every_local_address_is_the_input_chain() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
 fn a_blind_rst_does_not_cut_a_flow() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config("", true));
@@ -266,6 +272,7 @@ fn a_blind_rst_does_not_cut_a_flow() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
 fn masquerade_ports_come_from_the_pool_and_all_of_it_is_used() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config(LAN_UDP_TCP, true));
@@ -301,6 +308,7 @@ fn masquerade_ports_come_from_the_pool_and_all_of_it_is_used() {
 /// A partial checksum (CHECKSUM_PARTIAL from a virtual device: the pseudo-
 /// header sum only) must not be updated by XDP, which cannot tell.
 #[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
 fn xdp_leaves_partial_checksums_to_tc() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config(LAN_UDP_TCP, true));
@@ -343,6 +351,7 @@ fn xdp_leaves_partial_checksums_to_tc() {
 /// it with fragmentation-needed quoting the packet as the host sent it (to
 /// our LAN address and the NAT port), never the peer's address.
 #[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
 fn a_reply_too_big_for_the_overlay_gets_an_icmp_quoting_what_the_host_sent() {
     in_netns(|| {
         let extra = format!(
@@ -432,6 +441,7 @@ fn a_reply_too_big_for_the_overlay_gets_an_icmp_quoting_what_the_host_sent() {
 /// A domain resource's address that expires takes its grant with it:
 /// flows opened to it before are cut, as a policy change would cut them.
 #[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
 fn an_expired_dns_address_cuts_its_flows() {
     in_netns(|| {
         let extra = r#"
@@ -487,6 +497,7 @@ ports = [443]
 /// specific /32 of a masquerading network (which grants nothing) covers
 /// the destination. `policy check` says the same, and names the /24.
 #[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
 fn masquerade_follows_the_resource_that_granted_the_flow() {
     in_netns(|| {
         let extra = r#"

@@ -164,6 +164,7 @@ fn break_it(rng: &mut Rng, mut f: Vec<u8>, proto: u8) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
 fn generated_malformed_frames_are_dropped_on_every_hook() {
     in_netns(|| {
         let lan_all = "[[policies]]\nname = \"lan-all\"\nsources = [\"Development\"]\ndestination_resources = [\"office-lan\"]\nprotocol = \"all\"\n";

@@ -1,0 +1,302 @@
+//! Overlay → LAN: the source peer, the input chain, conntrack or policy,
+//! masquerade and the forward decision, for both overlay hooks.
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK},
+    helpers::bpf_ktime_get_ns,
+    programs::{TcContext, XdpContext},
+};
+use routing_peer_common::{
+    AddrKey, CtEntry, DatapathConfig, DropReason, Handoff, NatEndpoint, PeerValue,
+    CT_FLAG_MASQUERADE, DEST_SELF, IPPROTO_TCP, SELF_KEY, TCP_RST, TCP_SYN,
+};
+
+use crate::{
+    config, conntrack,
+    conntrack::Direction,
+    counters,
+    counters::ResourceEvent,
+    ctx::Mangle,
+    flow::{forward_key, policy_port, revalidate},
+    forward,
+    forward::{Fib, To},
+    nat,
+    nat::Side,
+    parse::Packet,
+    policy,
+    policy::Verdict,
+};
+
+/// The input chain: a packet to one of the routing peer's own addresses
+/// (the FIB says local, whatever the address and interface) is decided by
+/// peer policies only. An address the compiler listed carries its own
+/// class (the overlay address also allows DNS); any other local address
+/// gets the class of the routing peer's LAN addresses (`SELF_KEY`).
+#[inline(always)]
+pub fn input_chain(pkt: &Packet, peer: &PeerValue, cfg: &DatapathConfig) -> Result<(), DropReason> {
+    let slot = cfg.active_slot;
+    let listed = policy::dest(
+        slot,
+        &AddrKey {
+            family: forward::family(pkt.ipv6),
+            addr: pkt.dst,
+        },
+    );
+    let dst_class = match listed {
+        Some(d) if d.flags & DEST_SELF != 0 => d.dst_class,
+        _ => {
+            policy::dest(slot, &SELF_KEY)
+                .ok_or(DropReason::NoPolicy)?
+                .dst_class
+        }
+    };
+    let port = policy_port(pkt.proto, pkt.dport);
+    match policy::decide(slot, peer.src_class, dst_class, pkt.proto, port) {
+        Verdict::Accept(_) => Ok(()),
+        Verdict::Drop => Err(DropReason::PolicyDrop),
+        Verdict::NoMatch => Err(DropReason::NoPolicy),
+    }
+}
+
+/// Policy for a packet no flow covers; on accept, the new flow's entry is
+/// left in this CPU's conntrack scratch for the caller to insert.
+/// `nat_src` is the masquerade address of the route; with none, an allowed
+/// packet has nowhere to go. Not inlined: its own stack frame keeps the
+/// fast path (established flows) inside the 512-byte stack; hence also at
+/// most five arguments, and no pointer returned (the verifier would not
+/// know it as a map value any more).
+#[inline(never)]
+pub fn new_flow(
+    pkt: &Packet,
+    peer: &PeerValue,
+    nat_src: Option<&[u32; 4]>,
+    cfg: &DatapathConfig,
+) -> Result<(), DropReason> {
+    let family = forward::family(pkt.ipv6);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let slot = cfg.active_slot;
+    let dest = policy::dest(
+        slot,
+        &AddrKey {
+            family,
+            addr: pkt.dst,
+        },
+    )
+    .ok_or(DropReason::NoPolicy)?;
+    // An address the compiler knew as ours that the FIB no longer calls
+    // local: never forwarded.
+    if dest.flags & DEST_SELF != 0 {
+        return Err(DropReason::NoPolicy);
+    }
+    let port = policy_port(pkt.proto, pkt.dport);
+    let rule_id = match policy::decide(slot, peer.src_class, dest.dst_class, pkt.proto, port) {
+        Verdict::Accept(rule_id) => rule_id,
+        Verdict::Drop => {
+            counters::count_resource(dest.resource_id, ResourceEvent::Denied, pkt.l3_len);
+            return Err(DropReason::PolicyDrop);
+        }
+        Verdict::NoMatch => {
+            counters::count_resource(dest.resource_id, ResourceEvent::Denied, pkt.l3_len);
+            return Err(DropReason::NoPolicy);
+        }
+    };
+    let nat_src = *nat_src.ok_or(DropReason::NoRoute)?;
+    // A lone RST opens nothing: there is no connection to reset.
+    if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_RST != 0 {
+        return Err(DropReason::RstOutOfWindow);
+    }
+    let entry = conntrack::scratch().ok_or(DropReason::CtFull)?;
+    entry.first_seen_ns = now;
+    entry.last_seen_ns = now;
+    entry.state = conntrack::initial_state(pkt.proto, pkt.tcp_flags);
+    entry.peer_id = peer.peer_id;
+    entry.resource_id = dest.resource_id;
+    entry.rule_id = rule_id;
+    entry.policy_gen = cfg.policy_gen;
+    entry.nat_port = pkt.sport;
+    if policy::masquerade(slot, &dest, rule_id) {
+        // The caller maps a port: called from here, the port scan's frame
+        // would stack on this one.
+        entry.nat_addr = nat_src;
+        entry.flags |= CT_FLAG_MASQUERADE;
+    }
+    Ok(())
+}
+
+/// Gives a new masqueraded flow (in the conntrack scratch) its external
+/// endpoint on the masquerade address `new_flow` left there.
+#[inline(always)]
+pub fn map_new_flow(pkt: &Packet, cfg: &DatapathConfig) -> Result<(), DropReason> {
+    let entry = conntrack::scratch_entry().ok_or(DropReason::CtFull)?;
+    if entry.flags & CT_FLAG_MASQUERADE == 0 {
+        return Ok(());
+    }
+    let peer_endpoint = NatEndpoint {
+        addr: pkt.src,
+        port: pkt.sport,
+        proto: pkt.proto,
+        family: forward::family(pkt.ipv6) as u8,
+    };
+    let external = nat::snat_mapping(&peer_endpoint, &entry.nat_addr, cfg)?;
+    entry.nat_addr = external.addr;
+    entry.nat_port = external.port;
+    Ok(())
+}
+
+/// Overlay → LAN, shared by both overlay hooks: conntrack or policy, the
+/// RST check, accounting. Returns the flow, allowed and accounted.
+#[inline(always)]
+pub fn overlay_flow(
+    pkt: &Packet,
+    peer: &PeerValue,
+    nat_src: Option<[u32; 4]>,
+    cfg: &DatapathConfig,
+    now: u64,
+) -> Result<*mut CtEntry, DropReason> {
+    let key = forward_key(pkt);
+    let entry = match conntrack::lookup(&key, now, cfg) {
+        Some(entry) => {
+            revalidate(entry, &key, Some(peer.src_class), cfg)?;
+            if nat_src.is_none() {
+                return Err(DropReason::NoRoute);
+            }
+            entry
+        }
+        None => {
+            new_flow(pkt, peer, nat_src.as_ref(), cfg)?;
+            map_new_flow(pkt, cfg)?;
+            let tracked = conntrack::create_from_scratch(&key).ok_or(DropReason::CtFull)?;
+            // SAFETY: map value pointer, valid for this run.
+            let resource_id = unsafe { (*tracked).resource_id };
+            counters::count_resource(resource_id, ResourceEvent::NewFlow, 0);
+            tracked
+        }
+    };
+    if !conntrack::rst_acceptable(entry, Direction::Forward, pkt) {
+        return Err(DropReason::RstOutOfWindow);
+    }
+    conntrack::update(entry, Direction::Forward, pkt, now);
+    // SAFETY: map value pointer, valid for this run.
+    let resource_id = unsafe { (*entry).resource_id };
+    counters::count_resource(resource_id, ResourceEvent::Forward, pkt.l3_len);
+    Ok(entry)
+}
+
+/// Masquerade and MSS clamping for a packet of a tracked flow.
+#[inline(always)]
+pub fn overlay_translate<C: Mangle>(
+    ctx: &C,
+    pkt: &Packet,
+    entry: *mut CtEntry,
+    cfg: &DatapathConfig,
+) -> Result<(), DropReason> {
+    // SAFETY: map value pointer, valid for this run.
+    let (flags, nat_addr, nat_port) =
+        unsafe { ((*entry).flags, (*entry).nat_addr, (*entry).nat_port) };
+    if flags & CT_FLAG_MASQUERADE != 0 {
+        nat::rewrite(ctx, pkt, Side::Source, nat_addr, nat_port)
+            .map_err(|_| DropReason::Malformed)?;
+    }
+    if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_SYN != 0 && cfg.mss_clamp != 0 {
+        // IPv6 headers are 20 bytes longer than IPv4's.
+        let clamp = if pkt.ipv6 {
+            cfg.mss_clamp.saturating_sub(20)
+        } else {
+            cfg.mss_clamp
+        };
+        nat::clamp_mss(ctx, pkt, clamp).map_err(|_| DropReason::Malformed)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+pub fn source_peer(pkt: &Packet, cfg: &DatapathConfig) -> Result<PeerValue, DropReason> {
+    policy::peer(
+        cfg.active_slot,
+        &AddrKey {
+            family: forward::family(pkt.ipv6),
+            addr: pkt.src,
+        },
+    )
+    .ok_or(DropReason::UnknownSource)
+}
+
+/// TC on the overlay: everything, for any overlay (WireGuard is L3).
+/// Every packet ends forwarded, delivered under the input chain, handed
+/// to the kernel for a counted reason after policy, or dropped.
+#[inline(always)]
+pub fn overlay_tc(ctx: &TcContext, pkt: &Packet, l2: bool) -> Result<i32, DropReason> {
+    let cfg = config::current().ok_or(DropReason::NoPolicy)?;
+    let peer = source_peer(pkt, &cfg)?;
+    // SAFETY: reading the skb's ingress ifindex.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let (route, too_big) = match forward::lookup_tc(ctx, pkt, &To::dst_of(pkt), ifindex) {
+        Fib::Local => {
+            input_chain(pkt, &peer, &cfg)?;
+            counters::count_handoff(Handoff::Local, pkt.l3_len);
+            return Ok(TC_ACT_OK);
+        }
+        Fib::Unroutable => {
+            // SAFETY: plain helper call.
+            let now = unsafe { bpf_ktime_get_ns() };
+            overlay_flow(pkt, &peer, None, &cfg, now)?;
+            return Err(DropReason::NoRoute);
+        }
+        Fib::Forward(route) => (route, false),
+        Fib::TooBig(route) => (route, true),
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let entry = overlay_flow(pkt, &peer, Some(route.src()), &cfg, now)?;
+    // The kernel answers these with an ICMP error quoting the packet as
+    // the peer sent it, so they go untranslated, and are not forwarded.
+    if pkt.ttl <= 1 {
+        counters::count_handoff(Handoff::TtlExpired, pkt.l3_len);
+        return Ok(TC_ACT_OK);
+    }
+    if too_big && pkt.df {
+        counters::count_handoff(Handoff::FragNeeded, pkt.l3_len);
+        return Ok(TC_ACT_OK);
+    }
+    overlay_translate(ctx, pkt, entry, &cfg)?;
+    if too_big {
+        // IPv4 without DF: translated, and fragmented by the kernel.
+        forward::mark_for_kernel(ctx);
+        counters::count_handoff(Handoff::Fragmenting, pkt.l3_len);
+        return Ok(TC_ACT_OK);
+    }
+    forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
+    if !l2 {
+        forward::push_l2_header(ctx, pkt.ipv6).map_err(|_| DropReason::Malformed)?;
+    }
+    Ok(forward::redirect_neigh(&route, pkt.ipv6))
+}
+
+/// XDP on an L2 overlay: the whole forward path without an skb, where the
+/// egress takes XDP redirects and the frame is one XDP can translate.
+/// Anything else passes untouched to TC, which decides it.
+#[inline(always)]
+pub fn overlay_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
+    let Some(cfg) = config::current() else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    if pkt.ttl <= 1 {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    // SAFETY: reading the frame's ingress ifindex.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let Fib::Forward(route) = forward::lookup_xdp(ctx, pkt, &To::dst_of(pkt), ifindex) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    if !forward::xdp_redirect_allowed(route.ifindex()) || nat::checksum_is_partial(ctx, pkt) {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let peer = source_peer(pkt, &cfg)?;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let entry = overlay_flow(pkt, &peer, Some(route.src()), &cfg, now)?;
+    overlay_translate(ctx, pkt, entry, &cfg)?;
+    forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
+    Ok(forward::xdp_redirect(ctx, &route).unwrap_or(xdp_action::XDP_PASS))
+}
