@@ -15,7 +15,7 @@ use std::path::Path;
 
 use crate::{
     config::{self, Config, ConfigError, Loaded, Network, Peer, Policy, Resource},
-    datapath::tables::FastMap,
+    model::FastMap,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -11,6 +11,8 @@ pub mod dns;
 pub mod identity;
 pub mod locks;
 pub mod metrics;
+pub mod model;
+pub mod observe;
 pub mod stats;
 pub mod sysctl;
 pub mod wireguard;

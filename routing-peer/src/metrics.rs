@@ -13,7 +13,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::{cli, control::SharedStatus, datapath::PinDir};
+use crate::{control::SharedStatus, datapath::PinDir, observe};
 use routing_peer_common::map_names;
 
 fn counter_vec(
@@ -43,7 +43,7 @@ fn gauge(registry: &Registry, name: &str, help: &str, value: i64) -> Result<()> 
 /// The exposition text for one scrape.
 pub fn render(pins: &PinDir, status: &SharedStatus) -> Result<String> {
     let status = crate::locks::lock(status).clone();
-    let stats = cli::read_stats(pins, &status.names)?;
+    let stats = observe::read_stats(pins, &status.names)?;
     let r = Registry::new();
 
     let packets = counter_vec(
@@ -139,7 +139,7 @@ pub fn render(pins: &PinDir, status: &SharedStatus) -> Result<String> {
     )?;
     evictions.inc_by(stats.conntrack_evictions);
     r.register(Box::new(evictions))?;
-    if let Some((used, cap)) = cli::occupancy(pins, map_names::NAT_FWD) {
+    if let Some((used, cap)) = observe::occupancy(pins, map_names::NAT_FWD) {
         gauge(
             &r,
             "routing_peer_nat_mappings",

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     config::{Config, Policy, PolicyKind},
-    datapath::tables::{TableChanges, TablesDiff},
+    model::{TableChanges, TablesDiff},
 };
 
 /// Above this many changed policies a full compile is as quick.
@@ -516,7 +516,7 @@ mod tests {
     use crate::{
         compile::{compile, Previous},
         config::{parse, Action, Protocol},
-        datapath::tables::Tables,
+        model::Tables,
     };
 
     /// xorshift64: reproducible without a dependency.

@@ -34,7 +34,7 @@ use routing_peer_common::{
 
 use crate::{
     config::{parse_resource_address, Action, Config, PolicyKind, Protocol, ResourceAddress},
-    datapath::tables::{addr_key, DestPrefix, FastMap, PolicyPrefix, Tables},
+    model::{addr_key, DestPrefix, FastMap, PolicyPrefix, Tables},
 };
 
 /// Ids the kernel stores, with the names the CLI shows for them.
@@ -1024,7 +1024,7 @@ groups = ["{group}"]
 #[cfg(test)]
 mod stable_id_tests {
     use super::*;
-    use crate::datapath::tables::TablesDiff;
+    use crate::model::TablesDiff;
 
     fn config(rules: &[u32]) -> Config {
         let mut text = super::dns_access_tests::gateway_with_alice("Dev");
