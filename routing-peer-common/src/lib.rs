@@ -491,6 +491,8 @@ pub mod map_names {
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const NAT_FWD: &str = "NAT_FWD";
     pub const NAT_REV: &str = "NAT_REV";
+    /// Pool ports the routing peer's own sockets hold: (proto << 16 | port) → 1.
+    pub const NAT_RESERVED: &str = "NAT_RESERVED";
     pub const XDP_REDIRECT_IFACES: &str = "XDP_REDIRECT_IFACES";
     pub const L3_IFACES: &str = "L3_IFACES";
     /// Per-CPU conntrack event counters, indexed by `CtEvent`.

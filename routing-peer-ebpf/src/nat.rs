@@ -15,7 +15,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_prandom_u32, generated::bpf_loop},
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use routing_peer_common::{
     DatapathConfig, DropReason, NatEndpoint, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
@@ -66,6 +66,20 @@ struct Scan {
 #[map]
 static NAT_SCAN: PerCpuArray<Scan> = PerCpuArray::with_max_entries(1, 0);
 
+/// Pool ports that sockets of the routing peer hold (services, clients
+/// that bound their port), written by the daemon: never handed out. Key:
+/// protocol << 16 | port.
+#[map]
+static NAT_RESERVED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Whether `external` is free of the routing peer's own sockets.
+#[inline(always)]
+fn not_reserved(external: &NatEndpoint) -> bool {
+    let key = ((external.proto as u32) << 16) | external.port as u32;
+    // SAFETY: a lookup in a map of plain integers.
+    unsafe { NAT_RESERVED.get(key).is_none() }
+}
+
 /// One step of the scan: tries the `index`-th port after the random start.
 /// Returns 1 (stop) once a port is claimed.
 extern "C" fn scan_step(index: u64, _ctx: *mut c_void) -> i64 {
@@ -79,7 +93,7 @@ extern "C" fn scan_step(index: u64, _ctx: *mut c_void) -> i64 {
     }
     let offset = scan.start.wrapping_add(index as u32) % scan.span;
     scan.external.port = (scan.min + offset) as u16;
-    if claim(&scan.peer, &scan.external) {
+    if not_reserved(&scan.external) && claim(&scan.peer, &scan.external) {
         scan.found = 1;
         return 1;
     }
@@ -133,13 +147,17 @@ fn allocate(cfg: &DatapathConfig) -> u32 {
         // LRU may have evicted the reverse half; re-claiming restores it.
         if existing.addr == scan.external.addr
             && in_range(existing.port, cfg)
+            && not_reserved(&existing)
             && claim(&scan.peer, &existing)
         {
             scan.external = existing;
             return 1;
         }
     }
-    if in_range(scan.peer.port, cfg) && claim(&scan.peer, &scan.external) {
+    if in_range(scan.peer.port, cfg)
+        && not_reserved(&scan.external)
+        && claim(&scan.peer, &scan.external)
+    {
         return 1;
     }
     let span = (cfg.snat_port_max as u32 + 1).saturating_sub(cfg.snat_port_min as u32);

@@ -24,7 +24,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     compile::{self, Compiled},
@@ -32,7 +32,7 @@ use crate::{
     config_cache::ParseCache,
     control::{self, PeerReport, ProgramReport, SharedStatus, Status},
     datapath::{
-        self, gc, safety_net,
+        self, gc, ports, safety_net,
         tables::{DestPrefix, PolicyState},
         PinDir,
     },
@@ -320,6 +320,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         });
     }
     daemon.refresh_peers();
+    daemon.reserve_held_ports();
     daemon.publish()?;
     tokio::spawn(control::serve(
         daemon.opts.instance.clone(),
@@ -579,7 +580,26 @@ impl Daemon {
         crate::locks::lock(&self.status).peers = peers;
     }
 
+    /// Keeps the pool ports the routing peer's own sockets hold away from
+    /// masqueraded flows.
+    fn reserve_held_ports(&mut self) {
+        let pool = (
+            self.policy.config.snat_port_min,
+            self.policy.config.snat_port_max,
+        );
+        let held = ports::held_ports(pool);
+        match ports::sync_reserved(&mut self.ebpf, &held) {
+            Ok(n) if n > 0 => debug!(
+                ports = n,
+                "pool ports held by local sockets kept out of NAT"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!("reserving pool ports held by local sockets: {e}"),
+        }
+    }
+
     fn collect_garbage(&mut self) {
+        self.reserve_held_ports();
         match gc::collect(&mut self.ebpf, &self.policy.config, &mut self.nat_unused) {
             Ok(s) if s.flows_expired + s.nat_removed > 0 => info!(
                 live = s.flows_live,

@@ -25,6 +25,7 @@ use tracing::{debug, info};
 pub mod gc;
 #[cfg(test)]
 mod packet_tests;
+pub mod ports;
 pub mod safety_net;
 pub mod tables;
 

@@ -556,3 +556,32 @@ groups = ["Printers"]
         assert_eq!((v.allowed, v.masquerade), (true, Some(true)));
     });
 }
+
+/// A pool port that a socket of the routing peer holds (here: reserved as
+/// the daemon reserves what `/proc/net/udp` shows) is never handed to a
+/// masqueraded flow, not even to keep the peer's own port.
+#[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
+fn pool_ports_held_by_local_sockets_are_skipped() {
+    in_netns(|| {
+        let mut dp = Dp::new(&base_config(LAN_UDP_TCP, true));
+        dp.set_config(DatapathConfig {
+            snat_port_min: 40000,
+            snat_port_max: 40001,
+            ..Default::default()
+        });
+        let held = [(routing_peer_common::IPPROTO_UDP, 40000u16)]
+            .into_iter()
+            .collect();
+        crate::datapath::ports::sync_reserved(&mut dp.ebpf, &held).unwrap();
+        let (verdict, out) = dp.overlay(&udp(ALICE, OTHER_HOST, 40000, 53, b"q"));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(checked(&out).2, 40001, "the held port is skipped");
+        // The only other port is taken now: the next flow has none.
+        assert_eq!(
+            dp.overlay(&udp(BOB, OTHER_HOST, 5000, 53, b"q")).0,
+            TC_ACT_SHOT
+        );
+        assert_eq!(dp.drops(DropReason::NatExhausted), 1);
+    });
+}
