@@ -114,12 +114,14 @@ impl Mangle for XdpContext {
     #[inline(always)]
     fn load_u32(&self, offset: usize) -> Result<u32, ()> {
         let p: *const u32 = xdp_ptr(self, offset)?;
+        // SAFETY: `xdp_ptr` checked the bytes lie inside the frame.
         Ok(unsafe { p.read_unaligned() })
     }
 
     #[inline(always)]
     fn store_u8(&self, offset: usize, value: u8) -> Result<(), ()> {
         let p: *mut [u8; 2] = xdp_ptr(self, offset)?;
+        // SAFETY: `xdp_ptr` checked the bytes lie inside the frame.
         unsafe { (*p)[0] = value };
         Ok(())
     }
@@ -127,6 +129,7 @@ impl Mangle for XdpContext {
     #[inline(always)]
     fn store_u16(&self, offset: usize, value: u16) -> Result<(), ()> {
         let p: *mut u16 = xdp_ptr(self, offset)?;
+        // SAFETY: `xdp_ptr` checked the bytes lie inside the frame.
         unsafe { p.write_unaligned(value) };
         Ok(())
     }
@@ -134,6 +137,7 @@ impl Mangle for XdpContext {
     #[inline(always)]
     fn store_u32(&self, offset: usize, value: u32) -> Result<(), ()> {
         let p: *mut u32 = xdp_ptr(self, offset)?;
+        // SAFETY: `xdp_ptr` checked the bytes lie inside the frame.
         unsafe { p.write_unaligned(value) };
         Ok(())
     }
@@ -141,6 +145,7 @@ impl Mangle for XdpContext {
     #[inline(always)]
     fn l3_csum(&self, csum_offset: usize, from: u32, to: u32, size: u8) -> Result<(), ()> {
         let p: *mut u16 = xdp_ptr(self, csum_offset)?;
+        // SAFETY: `xdp_ptr` checked the bytes lie inside the frame.
         unsafe { *p = csum_update(*p, from, to, size) };
         Ok(())
     }
@@ -156,6 +161,7 @@ impl Mangle for XdpContext {
         udp: bool,
     ) -> Result<(), ()> {
         let p: *mut u16 = xdp_ptr(self, csum_offset)?;
+        // SAFETY: `xdp_ptr` checked the bytes lie inside the frame.
         unsafe {
             if udp && *p == 0 {
                 return Ok(());

@@ -170,8 +170,9 @@ fn kernel_has_tcx() -> bool {
 /// lock so that daemons starting together don't stack two mounts.
 fn ensure_bpffs() -> Result<()> {
     let is_bpffs = || {
-        // SAFETY: statfs into a zeroed struct with a NUL-terminated path.
+        // SAFETY: all-zero is a valid statfs.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: statfs into our struct with a NUL-terminated path.
         let rc = unsafe { libc::statfs(c"/sys/fs/bpf".as_ptr(), &mut st) };
         rc == 0 && st.f_type == BPF_FS_MAGIC
     };

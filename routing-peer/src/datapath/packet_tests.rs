@@ -400,6 +400,7 @@ fn allowed_flow_is_masqueraded_tracked_and_counted() {
 fn xdp_fast_path_translates_and_redirects_replies() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config("", true));
+        // SAFETY: a NUL-terminated name; the call only reads it.
         let ov0 = unsafe { libc::if_nametoindex(c"ov0".as_ptr()) };
         let map = dp.ebpf.map_mut(map_names::XDP_REDIRECT_IFACES).unwrap();
         BpfHashMap::<_, u32, u32>::try_from(map)
@@ -446,6 +447,7 @@ fn xdp_fast_path_translates_and_redirects_replies() {
 fn xdp_overlay_forwards_and_masquerades_without_an_skb() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config("", true));
+        // SAFETY: a NUL-terminated name; the call only reads it.
         let lan0 = unsafe { libc::if_nametoindex(c"lan0".as_ptr()) };
         let map = dp.ebpf.map_mut(map_names::XDP_REDIRECT_IFACES).unwrap();
         BpfHashMap::<_, u32, u32>::try_from(map)

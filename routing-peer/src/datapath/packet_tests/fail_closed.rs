@@ -312,6 +312,7 @@ fn masquerade_ports_come_from_the_pool_and_all_of_it_is_used() {
 fn xdp_leaves_partial_checksums_to_tc() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config(LAN_UDP_TCP, true));
+        // SAFETY: a NUL-terminated name; the call only reads it.
         let lan0 = unsafe { libc::if_nametoindex(c"lan0".as_ptr()) };
         let map = dp.ebpf.map_mut(map_names::XDP_REDIRECT_IFACES).unwrap();
         BpfHashMap::<_, u32, u32>::try_from(map)
