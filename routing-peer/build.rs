@@ -6,8 +6,11 @@ use std::{env, path::PathBuf};
 include!("bpf_toolchain.rs");
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
-    let workspace = manifest_dir.parent().unwrap();
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let workspace = manifest_dir
+        .parent()
+        .expect("the crate lives in the workspace");
     let ebpf_dir = workspace.join("routing-peer-ebpf");
     let common_dir = workspace.join("routing-peer-common");
     for path in [
@@ -37,6 +40,7 @@ fn main() {
         panic!("building the eBPF programs failed ({status}); see the errors above");
     }
     let object = target_dir.join(BPF_TARGET).join("release/routing-peer");
-    let out = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("routing-peer.bpf.o");
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
+        .join("routing-peer.bpf.o");
     std::fs::copy(&object, &out).unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
 }

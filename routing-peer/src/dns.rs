@@ -301,9 +301,9 @@ fn reply_code(request: &Message, code: ResponseCode) -> Option<Vec<u8>> {
 async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
     for upstream in upstreams {
         let bind: SocketAddr = if upstream.is_ipv4() {
-            "0.0.0.0:0".parse().unwrap()
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
         } else {
-            "[::]:0".parse().unwrap()
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
         };
         let Ok(socket) = UdpSocket::bind(bind).await else {
             continue;

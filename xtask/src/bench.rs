@@ -96,10 +96,10 @@ pub fn run(quick: bool) -> Result<()> {
         let work = tempfile::tempdir()?;
         let config = work.path().join("rp.toml");
         std::fs::write(&config, bench_config(rules))?;
-        let out = output(ns.cmd(bin_dir.join("rp-bench").to_str().unwrap()).args([
+        let out = output(ns.cmd(&bin_dir.join("rp-bench").to_string_lossy()).args([
             "cost",
             "--config",
-            config.to_str().unwrap(),
+            &*config.to_string_lossy(),
         ]))?;
         let v: Value = serde_json::from_str(out.trim())?;
         eprintln!("  {rules:>6} rules: {v}");
@@ -257,7 +257,7 @@ impl Bench {
     }
 
     fn rp_bench(&self, ns: &Netns) -> Command {
-        ns.cmd(self.bin_dir.join("rp-bench").to_str().unwrap())
+        ns.cmd(&self.bin_dir.join("rp-bench").to_string_lossy())
     }
 
     fn attach(&self, ns: &Netns, iface: &str, program: &str, pin: &str) -> Result<()> {
@@ -268,7 +268,7 @@ impl Bench {
             "--program",
             program,
             "--pin",
-            self.pins.join(pin).to_str().unwrap(),
+            &*self.pins.join(pin).to_string_lossy(),
         ]))
     }
 
@@ -280,7 +280,7 @@ impl Bench {
         let out = output(self.rp_bench(&self.sink).args([
             "count",
             "--pin",
-            self.pins.join("sink").to_str().unwrap(),
+            &*self.pins.join("sink").to_string_lossy(),
         ]))?;
         Ok(out.trim().parse()?)
     }
@@ -405,7 +405,7 @@ impl Bench {
             Mode::Nftables => {
                 let path = self.work.path().join("nft.conf");
                 std::fs::write(&path, nft_ruleset(sc.rules))?;
-                run_cmd(self.dut.cmd("nft").args(["-f", path.to_str().unwrap()]))?;
+                run_cmd(self.dut.cmd("nft").args(["-f", &*path.to_string_lossy()]))?;
             }
             Mode::KernelForward => {}
             Mode::XdpRedirect => {

@@ -126,7 +126,7 @@ fn run_once(
             office
                 .router
                 .cmd("nft")
-                .args(["-f", ruleset.to_str().unwrap()]),
+                .args(["-f", &*ruleset.to_string_lossy()]),
         )?;
         None
     };

@@ -140,7 +140,10 @@ fn gen(
         Array::<_, u32>::try_from(map)?.set(0, flows, 0)?;
     }
     {
-        let prog: &mut Xdp = ebpf.program_mut("rp_bench_gen").unwrap().try_into()?;
+        let prog: &mut Xdp = ebpf
+            .program_mut("rp_bench_gen")
+            .context("rp_bench_gen missing")?
+            .try_into()?;
         prog.load()?;
     }
     let payload = vec![0x5au8; size.saturating_sub(14 + 20 + 8)];
@@ -161,7 +164,10 @@ fn gen(
         let map = ebpf.map_mut("BENCH_TEMPLATE").context("BENCH_TEMPLATE")?;
         Array::<_, [u32; 11]>::try_from(map)?.set(0, words, 0)?;
     }
-    let prog: &mut Xdp = ebpf.program_mut("rp_bench_gen").unwrap().try_into()?;
+    let prog: &mut Xdp = ebpf
+        .program_mut("rp_bench_gen")
+        .context("rp_bench_gen missing")?
+        .try_into()?;
     let ifindex = datapath::ifindex(iface)?;
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
     // The kernel wants data_end == the frame's length, data and data_meta 0.
@@ -213,7 +219,7 @@ fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
     let mut ebpf = datapath::load(None, datapath::log_level_for(false), &[])?;
     let tc: &mut SchedClassifier = ebpf
         .program_mut(program_names::OVERLAY_L2)
-        .unwrap()
+        .context("the overlay program is missing")?
         .try_into()?;
     tc.load()?;
     let loaded = config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -270,7 +276,7 @@ fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
     };
     let tc: &mut SchedClassifier = ebpf
         .program_mut(program_names::OVERLAY_L2)
-        .unwrap()
+        .context("the overlay program is missing")?
         .try_into()?;
     let run = |data: &[u8], repeat: u32| -> Result<(u32, f64)> {
         let mut out = vec![0u8; data.len() + 64];

@@ -256,8 +256,8 @@ fn mask_policy_key(key: &PolicyKey, prefix_len: u32) -> PolicyKey {
         }
     }
     PolicyKey {
-        src_class: bytes[0..4].try_into().unwrap(),
-        dst_class: bytes[4..8].try_into().unwrap(),
+        src_class: [bytes[0], bytes[1], bytes[2], bytes[3]],
+        dst_class: [bytes[4], bytes[5], bytes[6], bytes[7]],
         proto: bytes[8],
         port: [bytes[9], bytes[10]],
         _pad: 0,
