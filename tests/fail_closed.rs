@@ -422,6 +422,13 @@ fn masquerade_follows_the_granting_resource() -> Result<()> {
         "--json",
     ])?;
     assert_eq!(check["masquerade"], false, "{check}");
+    // `status`, run from the host namespace, finds the daemon's safety net.
+    let status = daemon.cli_json(&["status", "--json"])?;
+    assert!(
+        status["safety_net"]["dropped"].is_u64(),
+        "the safety net is missing: {}",
+        status["safety_net"]
+    );
     assert_eq!(check["resource"], "office-lan", "{check}");
     Ok(())
 }

@@ -259,6 +259,16 @@ pub fn print_stats(report: &StatsReport, rates: Option<&HashMap<String, (f64, f6
     );
 }
 
+/// The safety net's drop counter, read in the daemon's namespace (the CLI
+/// may run in another); `None` when the table is missing.
+pub fn safety_net_dropped(instance: &str) -> Option<u64> {
+    crate::identity::in_daemon_netns(&control::run_dir(instance), || {
+        crate::datapath::safety_net::dropped(instance)
+    })
+    .ok()
+    .flatten()
+}
+
 pub fn print_status(status: &Status, running: bool, pins: &PinDir) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -282,7 +292,7 @@ pub fn print_status(status: &Status, running: bool, pins: &PinDir) {
         status.generation,
         human_duration(now.saturating_sub(status.last_reload_unix))
     );
-    match crate::datapath::safety_net::dropped(&status.instance) {
+    match safety_net_dropped(&status.instance) {
         Some(n) => println!(
             "safety net:   nft table inet {}, {n} packets the kernel would have forwarded dropped",
             status.safety_net_table

@@ -109,6 +109,26 @@ pub fn enter_daemon_netns(run_dir: &Path) -> Result<(), IdentityError> {
     Ok(())
 }
 
+/// Runs `f` on a thread of its own inside the daemon's network namespace
+/// (nftables, sockets and processes it starts are the daemon's), leaving
+/// the caller's threads where they are.
+pub fn in_daemon_netns<T: Send>(
+    run_dir: &Path,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, IdentityError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| enter_daemon_netns(run_dir).map(|()| f()))
+            .join()
+            .unwrap_or_else(|_| {
+                Err(IdentityError::Setns(
+                    run_dir.to_path_buf(),
+                    std::io::Error::other("the namespace thread panicked"),
+                ))
+            })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -262,7 +262,14 @@ fn status(instance: &str, pins: &PinDir, json: bool) -> Result<()> {
         bail!("routing-peer is not running for instance {instance}");
     };
     if json {
-        let doc = serde_json::json!({ "running": ctx.running, "status": status });
+        let doc = serde_json::json!({
+            "running": ctx.running,
+            "status": status,
+            "safety_net": {
+                "table": status.safety_net_table,
+                "dropped": cli::safety_net_dropped(instance),
+            },
+        });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
