@@ -147,7 +147,7 @@ pub const MAX_L4_OFFSET: usize = 256;
 
 /// What policy and conntrack need to know about a valid IP packet.
 /// Addresses are kept in network byte order; IPv4 uses `addr[0]` only.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Packet {
     pub ipv6: bool,
     pub l3_offset: usize,

@@ -1139,3 +1139,25 @@ fn ipv6_extension_headers_are_walked() {
 
 mod fail_closed;
 mod fuzz;
+
+/// Every program in the object, the benchmark's included, passes the
+/// verifier: a program no test loads could otherwise break unseen.
+#[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
+fn every_program_in_the_object_passes_the_verifier() {
+    in_netns(|| {
+        let mut ebpf = datapath::load(None, datapath::log_level_for(false), &[]).expect("load");
+        let mut loaded = 0;
+        for (name, program) in ebpf.programs_mut() {
+            let result = match program {
+                aya::programs::Program::Xdp(p) => p.load(),
+                aya::programs::Program::SchedClassifier(p) => p.load(),
+                _ => panic!("{name}: a program type we do not attach"),
+            };
+            result.unwrap_or_else(|e| panic!("{name} fails the verifier: {e}"));
+            loaded += 1;
+        }
+        // 5 data path programs and 4 benchmark ones.
+        assert_eq!(loaded, 9);
+    });
+}
