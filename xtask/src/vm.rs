@@ -88,7 +88,7 @@ pub fn run(which: &str, only: Option<&str>) -> Result<()> {
         let outcome = fetch_kernel(kernel, &work)
             .and_then(|k| {
                 let initrd = build_initramfs(&k, &binaries, &work, only)?;
-                boot(&k, &initrd, &work)
+                boot_retrying(&k, &initrd, &work)
             })
             .with_context(|| format!("kernel {}", kernel.label));
         let secs = started.elapsed().as_secs();
@@ -490,6 +490,40 @@ fn decompress(tool: &str, path: &Path) -> Result<Vec<u8>> {
 
 /// Boots `kernel` with `initrd` and follows the serial console until the
 /// result marker, the guest's end or the timeout. Returns `uname -r`.
+/// A guest that died before our `/init` said a word: the kernel's own boot
+/// under TCG (an emulation flake, e.g. an int3 oops while patching code),
+/// not the suite.
+#[derive(Debug)]
+struct DiedBeforeInit(String);
+
+impl std::fmt::Display for DiedBeforeInit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the guest kernel died before /init ran (console: {})",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for DiedBeforeInit {}
+
+/// Boots, and boots again (at most twice more) when the guest died before
+/// `/init`: a failure of the suite itself is never retried.
+fn boot_retrying(kernel: &Kernel, initrd: &Path, work: &Path) -> Result<String> {
+    const BOOTS: u32 = 3;
+    let mut attempt = 1;
+    loop {
+        match boot(kernel, initrd, work) {
+            Err(e) if attempt < BOOTS && e.downcast_ref::<DiedBeforeInit>().is_some() => {
+                eprintln!("vm-test: {e}; booting again ({attempt} of {BOOTS})");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn boot(kernel: &Kernel, initrd: &Path, work: &Path) -> Result<String> {
     let log_path = work.join(format!("console-{}.log", kernel.version));
     let mut log = fs::File::create(&log_path)?;
@@ -528,6 +562,7 @@ fn boot(kernel: &Kernel, initrd: &Path, work: &Path) -> Result<String> {
     let mut result = None;
     let mut failed_steps = Vec::new();
     let mut version = kernel.version.clone();
+    let mut init_ran = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left.min(Duration::from_secs(1))) {
@@ -537,6 +572,7 @@ fn boot(kernel: &Kernel, initrd: &Path, work: &Path) -> Result<String> {
                 eprintln!("[{}] {line}", kernel.version);
                 if let Some(v) = line.strip_prefix("RP-VM-KERNEL ") {
                     version = v.trim().to_string();
+                    init_ran = true;
                 }
                 if let Some(step) = line.strip_prefix(STEP_MARKER) {
                     if step.ends_with(": fail") {
@@ -568,6 +604,7 @@ fn boot(kernel: &Kernel, initrd: &Path, work: &Path) -> Result<String> {
             failed_steps.join("; "),
             log_path.display()
         ),
+        None if !init_ran => Err(DiedBeforeInit(log_path.display().to_string()).into()),
         None => bail!(
             "the guest ended without a result (console: {})",
             log_path.display()
