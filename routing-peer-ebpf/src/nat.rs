@@ -13,9 +13,9 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_prandom_u32, generated::bpf_loop},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_loop},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use routing_peer_common::{
     DatapathConfig, DropReason, NatEndpoint, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
@@ -65,6 +65,19 @@ struct Scan {
 
 #[map]
 static NAT_SCAN: PerCpuArray<Scan> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU, by pool (address, protocol): until when a scan that found the
+/// pool full stands. New flows there fail at once in the meantime, so a
+/// full pool costs one scan per CPU per second, not one per packet. A port
+/// freed within that second (GC frees mappings after two idle passes, 20 s)
+/// waits for the next scan.
+#[map]
+static NAT_FULL: LruPerCpuHashMap<NatEndpoint, u64> = LruPerCpuHashMap::with_max_entries(1024, 0);
+const FULL_BACKOFF_NS: u64 = 1_000_000_000;
+
+/// Per CPU: scans of the whole pool started (they are what a full pool costs).
+#[map]
+static NAT_SCANS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Pool ports that sockets of the routing peer hold (services, clients
 /// that bound their port), written by the daemon: never handed out. Key:
@@ -160,6 +173,24 @@ fn allocate(cfg: &DatapathConfig) -> u32 {
     {
         return 1;
     }
+    // A pool found full a moment ago is not scanned again for every new
+    // flow: that would cost a whole scan per packet to a peer opening
+    // flows on a full pool.
+    let pool = NatEndpoint {
+        addr: scan.external.addr,
+        port: 0,
+        proto: scan.peer.proto,
+        family: scan.peer.family,
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: copied out at once.
+    if let Some(until) = unsafe { NAT_FULL.get(&pool).copied() } {
+        if now < until {
+            return 0;
+        }
+    }
+    count_full_scan();
     let span = (cfg.snat_port_max as u32 + 1).saturating_sub(cfg.snat_port_min as u32);
     scan.min = cfg.snat_port_min as u32;
     scan.span = span;
@@ -171,7 +202,18 @@ fn allocate(cfg: &DatapathConfig) -> u32 {
     unsafe {
         bpf_loop(span, scan_step as *mut c_void, core::ptr::null_mut(), 0);
     }
+    if scan.found == 0 {
+        let _ = NAT_FULL.insert(&pool, &(now + FULL_BACKOFF_NS), 0);
+    }
     scan.found
+}
+
+#[inline(always)]
+fn count_full_scan() {
+    if let Some(c) = NAT_SCANS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { *c += 1 };
+    }
 }
 
 /// The peer endpoint behind an external one, for a reply.

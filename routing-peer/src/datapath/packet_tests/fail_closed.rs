@@ -586,3 +586,42 @@ fn pool_ports_held_by_local_sockets_are_skipped() {
         assert_eq!(dp.drops(DropReason::NatExhausted), 1);
     });
 }
+
+/// A full pool is scanned once, not once per new flow: a peer opening
+/// flows on a full pool must not cost a scan of the whole range per packet.
+#[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
+fn a_full_pool_is_not_rescanned_for_every_new_flow() {
+    in_netns(|| {
+        let mut dp = Dp::new(&base_config(LAN_UDP_TCP, true));
+        dp.set_config(DatapathConfig {
+            snat_port_min: 40000,
+            snat_port_max: 40001,
+            ..Default::default()
+        });
+        let scans = |dp: &Dp| -> u64 {
+            let map = dp.ebpf.map("NAT_SCANS").unwrap();
+            let arr = PerCpuArray::<_, u64>::try_from(map).unwrap();
+            arr.get(&0, 0).unwrap().iter().sum()
+        };
+        for sport in [5000, 5001] {
+            assert_eq!(
+                dp.overlay(&udp(ALICE, OTHER_HOST, sport, 53, b"q")).0,
+                TC_ACT_REDIRECT
+            );
+        }
+        assert_eq!(
+            dp.overlay(&udp(ALICE, OTHER_HOST, 5002, 53, b"q")).0,
+            TC_ACT_SHOT
+        );
+        let after_full = scans(&dp);
+        for sport in 5003..5013 {
+            assert_eq!(
+                dp.overlay(&udp(ALICE, OTHER_HOST, sport, 53, b"q")).0,
+                TC_ACT_SHOT
+            );
+        }
+        assert_eq!(dp.drops(DropReason::NatExhausted), 11);
+        assert_eq!(scans(&dp), after_full, "no new scan while the pool is full");
+    });
+}
