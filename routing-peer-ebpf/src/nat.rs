@@ -185,7 +185,7 @@ fn allocate(cfg: &DatapathConfig) -> u32 {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: copied out at once.
-    if let Some(until) = unsafe { NAT_FULL.get(&pool).copied() } {
+    if let Some(until) = unsafe { NAT_FULL.get(pool).copied() } {
         if now < until {
             return 0;
         }
@@ -203,7 +203,7 @@ fn allocate(cfg: &DatapathConfig) -> u32 {
         bpf_loop(span, scan_step as *mut c_void, core::ptr::null_mut(), 0);
     }
     if scan.found == 0 {
-        let _ = NAT_FULL.insert(&pool, &(now + FULL_BACKOFF_NS), 0);
+        let _ = NAT_FULL.insert(pool, now + FULL_BACKOFF_NS, 0);
     }
     scan.found
 }
