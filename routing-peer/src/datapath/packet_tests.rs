@@ -147,6 +147,36 @@ impl Dp {
             .unwrap();
     }
 
+    /// Lets XDP redirect into `iface` (as `xdp_redirect_interfaces` does)
+    /// and gives it a permanent neighbour, so the XDP FIB lookup resolves
+    /// `neighbour`'s MAC. Returns the interface's index.
+    fn xdp_egress(&mut self, iface: &str, neighbour: &str, mac: &str) -> u32 {
+        let name = std::ffi::CString::new(iface).unwrap();
+        // SAFETY: a NUL-terminated name; the call only reads it.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        let map = self.ebpf.map_mut(map_names::XDP_REDIRECT_IFACES).unwrap();
+        BpfHashMap::<_, u32, u32>::try_from(map)
+            .unwrap()
+            .insert(ifindex, 1, 0)
+            .unwrap();
+        let status = std::process::Command::new("ip")
+            .args([
+                "neigh",
+                "replace",
+                neighbour,
+                "lladdr",
+                mac,
+                "dev",
+                iface,
+                "nud",
+                "permanent",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip neigh replace {neighbour}");
+        ifindex
+    }
+
     fn set_config(&mut self, config: DatapathConfig) {
         self.state.set_config(&mut self.ebpf, config).unwrap();
     }
@@ -400,28 +430,8 @@ fn allowed_flow_is_masqueraded_tracked_and_counted() {
 fn xdp_fast_path_translates_and_redirects_replies() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config("", true));
-        // SAFETY: a NUL-terminated name; the call only reads it.
-        let ov0 = unsafe { libc::if_nametoindex(c"ov0".as_ptr()) };
-        let map = dp.ebpf.map_mut(map_names::XDP_REDIRECT_IFACES).unwrap();
-        BpfHashMap::<_, u32, u32>::try_from(map)
-            .unwrap()
-            .insert(ov0, 1, 0)
-            .unwrap();
         // Our own neighbour entry, so the XDP FIB lookup resolves Alice's MAC.
-        std::process::Command::new("ip")
-            .args([
-                "neigh",
-                "replace",
-                "100.64.0.2",
-                "lladdr",
-                "02:00:00:00:00:aa",
-                "dev",
-                "ov0",
-                "nud",
-                "permanent",
-            ])
-            .status()
-            .unwrap();
+        dp.xdp_egress("ov0", "100.64.0.2", "02:00:00:00:00:aa");
         assert_eq!(
             dp.overlay(&tcp(ALICE, WIKI, 40050, 443, "S", &[])).0,
             TC_ACT_REDIRECT
@@ -447,27 +457,7 @@ fn xdp_fast_path_translates_and_redirects_replies() {
 fn xdp_overlay_forwards_and_masquerades_without_an_skb() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config("", true));
-        // SAFETY: a NUL-terminated name; the call only reads it.
-        let lan0 = unsafe { libc::if_nametoindex(c"lan0".as_ptr()) };
-        let map = dp.ebpf.map_mut(map_names::XDP_REDIRECT_IFACES).unwrap();
-        BpfHashMap::<_, u32, u32>::try_from(map)
-            .unwrap()
-            .insert(lan0, 1, 0)
-            .unwrap();
-        std::process::Command::new("ip")
-            .args([
-                "neigh",
-                "replace",
-                "198.51.100.5",
-                "lladdr",
-                "02:00:00:00:00:55",
-                "dev",
-                "lan0",
-                "nud",
-                "permanent",
-            ])
-            .status()
-            .unwrap();
+        let lan0 = dp.xdp_egress("lan0", "198.51.100.5", "02:00:00:00:00:55");
         let syn = tcp(ALICE, WIKI, 40060, 443, "S", &[]);
         let (verdict, out) = dp.run(program_names::OVERLAY_XDP, &syn);
         assert_eq!(verdict, XDP_REDIRECT);

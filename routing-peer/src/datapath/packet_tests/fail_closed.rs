@@ -29,6 +29,15 @@ fn ip_cmd(args: &[&str]) {
     assert!(status.success(), "ip {args:?}");
 }
 
+/// The default settings with the SNAT pool `min..=max`.
+fn pool(min: u16, max: u16) -> DatapathConfig {
+    DatapathConfig {
+        snat_port_min: min,
+        snat_port_max: max,
+        ..Default::default()
+    }
+}
+
 fn handoffs(dp: &Dp, reason: Handoff) -> u64 {
     stats::read_loaded(&dp.ebpf)
         .unwrap()
@@ -276,11 +285,7 @@ fn a_blind_rst_does_not_cut_a_flow() {
 fn masquerade_ports_come_from_the_pool_and_all_of_it_is_used() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config(LAN_UDP_TCP, true));
-        dp.set_config(DatapathConfig {
-            snat_port_min: 40000,
-            snat_port_max: 40009,
-            ..Default::default()
-        });
+        dp.set_config(pool(40000, 40009));
         let mut used = std::collections::BTreeSet::new();
         // Ten peer endpoints, none inside the pool (53 among them): each gets
         // a pool port, and the pool is used up without a failure.
@@ -312,24 +317,7 @@ fn masquerade_ports_come_from_the_pool_and_all_of_it_is_used() {
 fn xdp_leaves_partial_checksums_to_tc() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config(LAN_UDP_TCP, true));
-        // SAFETY: a NUL-terminated name; the call only reads it.
-        let lan0 = unsafe { libc::if_nametoindex(c"lan0".as_ptr()) };
-        let map = dp.ebpf.map_mut(map_names::XDP_REDIRECT_IFACES).unwrap();
-        BpfHashMap::<_, u32, u32>::try_from(map)
-            .unwrap()
-            .insert(lan0, 1, 0)
-            .unwrap();
-        ip_cmd(&[
-            "neigh",
-            "replace",
-            "198.51.100.9",
-            "lladdr",
-            "02:00:00:00:00:99",
-            "dev",
-            "lan0",
-            "nud",
-            "permanent",
-        ]);
+        dp.xdp_egress("lan0", "198.51.100.9", "02:00:00:00:00:99");
         let full = udp(ALICE, OTHER_HOST, 40000, 53, b"payload!");
         assert_eq!(dp.run(program_names::OVERLAY_XDP, &full).0, XDP_REDIRECT);
         let mut partial = udp(ALICE, OTHER_HOST, 40001, 53, b"payload!");
@@ -566,11 +554,7 @@ groups = ["Printers"]
 fn pool_ports_held_by_local_sockets_are_skipped() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config(LAN_UDP_TCP, true));
-        dp.set_config(DatapathConfig {
-            snat_port_min: 40000,
-            snat_port_max: 40001,
-            ..Default::default()
-        });
+        dp.set_config(pool(40000, 40001));
         let held = [(routing_peer_common::IPPROTO_UDP, 40000u16)]
             .into_iter()
             .collect();
@@ -594,11 +578,7 @@ fn pool_ports_held_by_local_sockets_are_skipped() {
 fn a_full_pool_is_not_rescanned_for_every_new_flow() {
     in_netns(|| {
         let mut dp = Dp::new(&base_config(LAN_UDP_TCP, true));
-        dp.set_config(DatapathConfig {
-            snat_port_min: 40000,
-            snat_port_max: 40001,
-            ..Default::default()
-        });
+        dp.set_config(pool(40000, 40001));
         let scans = |dp: &Dp| -> u64 {
             let map = dp.ebpf.map("NAT_SCANS").unwrap();
             let arr = PerCpuArray::<_, u64>::try_from(map).unwrap();
