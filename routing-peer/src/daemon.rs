@@ -28,8 +28,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     compile::{self, Compiled},
+    config::ParseCache,
     config::{Config, WireguardMode},
-    config_cache::ParseCache,
     control::{self, PeerReport, ProgramReport, SharedStatus, Status},
     datapath::{
         self, gc, ports, safety_net,

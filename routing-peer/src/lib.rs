@@ -3,7 +3,6 @@ pub mod check;
 pub mod cli;
 pub mod compile;
 pub mod config;
-pub mod config_cache;
 pub mod control;
 pub mod daemon;
 pub mod datapath;

@@ -261,7 +261,7 @@ mod tests {
     use super::*;
 
     fn example() -> String {
-        include_str!("../../examples/berlin-office.toml")
+        include_str!("../../../examples/berlin-office.toml")
             .replace("@WG_IFACE@", "wg0")
             .replace("@ROUTER_KEY_FILE@", "/dev/null")
             .replace(

@@ -1,0 +1,332 @@
+//! The serde types of the configuration file: one routing peer and the
+//! Networks it serves, in NetBird's terms. Unknown fields are errors.
+
+use std::{fmt, net::IpAddr, path::PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub routing_peer: RoutingPeer,
+    #[serde(default)]
+    pub conntrack: Conntrack,
+    #[serde(default)]
+    pub dns: Dns,
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+    #[serde(default)]
+    pub networks: Vec<Network>,
+    #[serde(default)]
+    pub policies: Vec<Policy>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingPeer {
+    pub name: String,
+    /// The WireGuard interface (created if missing).
+    pub overlay_interface: String,
+    /// This peer's overlay address(es), with the overlay prefix: `100.64.0.1/10`.
+    pub overlay_addresses: Vec<IpNet>,
+    pub private_key_file: PathBuf,
+    #[serde(default = "default_listen_port")]
+    pub listen_port: u16,
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    pub lan_interfaces: Vec<String>,
+    /// Groups this routing peer belongs to: targets of peer (input-chain) policies.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default = "default_metric")]
+    pub metric: u16,
+    #[serde(default)]
+    pub snat_ports: Option<PortRange>,
+    #[serde(default)]
+    pub wireguard: WireguardMode,
+    /// L2 overlay stand-ins whose far end runs XDP (veth in benchmarks):
+    /// replies are then redirected by XDP itself.
+    #[serde(default)]
+    pub xdp_redirect_interfaces: Vec<String>,
+    /// A peer whose last handshake is older than this is reported down.
+    #[serde(default = "default_peer_down_after")]
+    pub peer_down_after_secs: u64,
+}
+
+fn default_peer_down_after() -> u64 {
+    180
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WireguardMode {
+    #[default]
+    Auto,
+    Kernel,
+    Userspace,
+    /// The overlay interface is managed by someone else (or is an L2
+    /// stand-in for benchmarks); only the data path is attached to it.
+    External,
+}
+
+fn default_listen_port() -> u16 {
+    51820
+}
+fn default_mtu() -> u16 {
+    1280
+}
+fn default_metric() -> u16 {
+    9999
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Conntrack {
+    pub max_flows: u32,
+    pub tcp_established_secs: u64,
+    pub tcp_transitory_secs: u64,
+    pub udp_secs: u64,
+    pub udp_unreplied_secs: u64,
+    pub icmp_secs: u64,
+    /// How long a reset TCP flow lingers before a new SYN must pass policy.
+    pub tcp_reset_secs: u64,
+}
+
+impl Default for Conntrack {
+    fn default() -> Self {
+        Self {
+            max_flows: 262_144,
+            tcp_established_secs: 2 * 3600 + 4 * 60,
+            tcp_transitory_secs: 240,
+            udp_secs: 120,
+            udp_unreplied_secs: 30,
+            icmp_secs: 30,
+            tcp_reset_secs: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    pub port: u16,
+    /// Upstream servers; empty means the host's resolvers.
+    pub upstreams: Vec<std::net::SocketAddr>,
+    /// Installed addresses live at least this long, whatever the record's TTL.
+    pub min_ttl_secs: u32,
+    /// Added to the TTL before an address expires, so a client that just
+    /// got the answer never races the expiry.
+    pub grace_secs: u32,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Self {
+            port: 53,
+            upstreams: Vec::new(),
+            min_ttl_secs: 30,
+            grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub name: String,
+    pub public_key: String,
+    pub addresses: Vec<IpAddr>,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub persistent_keepalive: Option<u16>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "yes")]
+    pub masquerade: bool,
+    #[serde(default)]
+    pub resources: Vec<Resource>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Resource {
+    pub name: String,
+    /// An IP, a CIDR, a domain or a wildcard domain (`*.example.internal`).
+    pub address: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResourceAddress {
+    /// A `/32` or `/128`.
+    Host(IpNet),
+    Subnet(IpNet),
+    Domain(String),
+    /// `*.suffix`: subdomains of `suffix` at any depth, never `suffix` itself.
+    Wildcard(String),
+}
+
+impl ResourceAddress {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ResourceAddress::Host(_) => "host",
+            ResourceAddress::Subnet(_) => "subnet",
+            ResourceAddress::Domain(_) => "domain",
+            ResourceAddress::Wildcard(_) => "wildcard",
+        }
+    }
+}
+
+impl fmt::Display for ResourceAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResourceAddress::Host(n) | ResourceAddress::Subnet(n) => write!(f, "{n}"),
+            ResourceAddress::Domain(d) => write!(f, "{d}"),
+            ResourceAddress::Wildcard(d) => write!(f, "*.{d}"),
+        }
+    }
+}
+
+/// Parses a resource address; the error says what is wrong.
+pub fn parse_resource_address(raw: &str) -> Result<ResourceAddress, String> {
+    if let Ok(ip) = raw.parse::<IpAddr>() {
+        return Ok(ResourceAddress::Host(IpNet::from(ip)));
+    }
+    if raw.contains('/') {
+        let net: IpNet = raw
+            .parse()
+            .map_err(|e| format!("`{raw}` is not a valid CIDR: {e}"))?;
+        if net.network() != net.addr() {
+            return Err(format!(
+                "`{raw}` has host bits set; write `{}`",
+                net.trunc()
+            ));
+        }
+        return Ok(if net.prefix_len() == net.max_prefix_len() {
+            ResourceAddress::Host(net)
+        } else {
+            ResourceAddress::Subnet(net)
+        });
+    }
+    let lower = raw.trim_end_matches('.').to_ascii_lowercase();
+    let (wildcard, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest.to_string()),
+        None => (false, lower.clone()),
+    };
+    if name.contains('*') {
+        return Err(format!(
+            "`{raw}`: a wildcard may only be the whole leftmost label, as in `*.example.internal`"
+        ));
+    }
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
+        return Err(format!(
+            "`{raw}` is neither an IP, a CIDR nor a valid domain name"
+        ));
+    }
+    Ok(if wildcard {
+        ResourceAddress::Wildcard(name)
+    } else {
+        ResourceAddress::Domain(name)
+    })
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// Through the routing peer to resources: the forward chain.
+    #[default]
+    Resource,
+    /// To the routing peer itself: the input chain.
+    Peer,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    All,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    #[default]
+    Accept,
+    Drop,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct PortRange {
+    pub start: u32,
+    pub end: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub name: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub kind: PolicyKind,
+    /// Source peer groups.
+    pub sources: Vec<String>,
+    /// Destination groups: resource groups (kind = "resource") or peer groups (kind = "peer").
+    #[serde(default)]
+    pub destinations: Vec<String>,
+    /// Destination resources by name (kind = "resource" only).
+    #[serde(default)]
+    pub destination_resources: Vec<String>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub ports: Vec<u32>,
+    #[serde(default)]
+    pub port_ranges: Vec<PortRange>,
+    #[serde(default)]
+    pub action: Action,
+}
+
+impl Policy {
+    /// Port ranges this policy matches; empty means every port.
+    pub fn port_ranges(&self) -> Vec<(u16, u16)> {
+        self.ports
+            .iter()
+            .map(|p| (*p as u16, *p as u16))
+            .chain(
+                self.port_ranges
+                    .iter()
+                    .map(|r| (r.start as u16, r.end as u16)),
+            )
+            .collect()
+    }
+}

@@ -1,0 +1,239 @@
+use super::*;
+use std::path::Path;
+
+const KEY_A: &str = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28=";
+const KEY_B: &str = "YW5vdGhlciBrZXkgYW5vdGhlciBrZXkgYW5vdGhlcg0=";
+
+fn example() -> String {
+    format!(
+        r#"
+[routing_peer]
+name = "berlin-gw"
+overlay_interface = "wt0"
+overlay_addresses = ["100.64.0.1/10"]
+private_key_file = "/etc/routing-peer/key"
+lan_interfaces = ["eth0"]
+groups = ["Routing Peers"]
+
+[[peers]]
+name = "alice"
+public_key = "{KEY_A}"
+addresses = ["100.64.0.2"]
+groups = ["Development"]
+
+[[peers]]
+name = "bob"
+public_key = "{KEY_B}"
+addresses = ["100.64.0.3"]
+groups = ["Sales"]
+
+[[networks]]
+name = "Berlin Office"
+[[networks.resources]]
+name = "Internal Wiki"
+address = "198.51.100.5/32"
+groups = ["Internal Apps"]
+[[networks.resources]]
+name = "Grafana"
+address = "grafana.berlin.internal"
+groups = ["Internal Apps"]
+
+[[policies]]
+name = "Dev to apps"
+sources = ["Development"]
+destinations = ["Internal Apps"]
+protocol = "tcp"
+ports = [443]
+"#
+    )
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    parse(Path::new("rp.toml"), text).unwrap_err().problems
+}
+
+#[test]
+fn the_example_loads() {
+    let loaded = parse(Path::new("rp.toml"), &example()).unwrap();
+    assert_eq!(loaded.config.peers.len(), 2);
+    assert!(
+        loaded.config.networks[0].masquerade,
+        "masquerade defaults on"
+    );
+    assert!(loaded.warnings.is_empty());
+}
+
+#[test]
+fn every_problem_is_reported_with_its_field() {
+    let text = example()
+        .replace("sources = [\"Development\"]", "sources = [\"Developers\"]")
+        .replace(
+            "ports = [443]",
+            "ports = [70000]\nport_ranges = [{ start = 9000, end = 8000 }]",
+        )
+        .replace("\"198.51.100.5/32\"", "\"198.51.100.5/24\"")
+        .replace("100.64.0.3", "192.0.2.9")
+        .replace("name = \"bob\"", "name = \"alice\"");
+    let found = problems(&text);
+    let fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
+    for expected in [
+        "policies[0].sources[0]",
+        "policies[0].ports[0]",
+        "policies[0].port_ranges[0]",
+        "networks[0].resources[0].address",
+        "peers[1].addresses[0]",
+        "peers[1].name",
+    ] {
+        assert!(
+            fields.contains(&expected),
+            "{expected} missing from {found:#?}"
+        );
+    }
+    let host_bits = found
+        .iter()
+        .find(|p| p.field == "networks[0].resources[0].address")
+        .unwrap();
+    assert!(
+        host_bits.message.contains("198.51.100.0/24"),
+        "{host_bits:?}"
+    );
+    let inverted = found
+        .iter()
+        .find(|p| p.field == "policies[0].port_ranges[0]")
+        .unwrap();
+    assert!(inverted.message.contains("inverted"), "{inverted:?}");
+}
+
+#[test]
+fn wildcards_only_leftmost() {
+    assert_eq!(
+        parse_resource_address("*.berlin.internal").unwrap(),
+        ResourceAddress::Wildcard("berlin.internal".into())
+    );
+    assert!(parse_resource_address("grafana.*.internal").is_err());
+    assert!(parse_resource_address("*grafana.internal").is_err());
+    assert_eq!(
+        parse_resource_address("10.0.0.0/8").unwrap().kind(),
+        "subnet"
+    );
+    assert_eq!(
+        parse_resource_address("2001:db8::5").unwrap().kind(),
+        "host"
+    );
+}
+
+#[test]
+fn peer_and_resource_policies_do_not_mix() {
+    let text = example()
+        + r#"
+[[policies]]
+name = "ssh to gateway"
+kind = "peer"
+sources = ["Development"]
+destinations = ["Internal Apps"]
+destination_resources = ["Internal Wiki"]
+protocol = "tcp"
+ports = [22]
+
+[[policies]]
+name = "wrong way"
+sources = ["Development"]
+destinations = ["Routing Peers"]
+"#;
+    let found = problems(&text);
+    let fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
+    assert!(
+        fields.contains(&"policies[1].destinations[0]"),
+        "{found:#?}"
+    );
+    assert!(
+        fields.contains(&"policies[1].destination_resources"),
+        "{found:#?}"
+    );
+    assert!(
+        fields.contains(&"policies[2].destinations[0]"),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_line_and_unknown_fields_are_rejected() {
+    let found = problems(&example().replace("lan_interfaces", "lan_interface"));
+    assert!(found[0].field.starts_with("line "), "{found:?}");
+    assert!(found[0].message.contains("lan_interface"), "{found:?}");
+}
+
+#[test]
+fn broad_resources_warn_without_failing() {
+    let text = example().replace("\"198.51.100.5/32\"", "\"0.0.0.0/0\"");
+    let loaded = parse(Path::new("rp.toml"), &text).unwrap();
+    assert!(!loaded.warnings.is_empty());
+}
+
+#[test]
+fn a_key_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "x").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(others_can_read(&key), Some(0o644));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(others_can_read(&key), None);
+    assert_eq!(others_can_read(Path::new("/dev/null")), None);
+}
+
+#[test]
+fn a_non_utf8_file_names_the_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, b"[routing_peer]\nname = \"gw\xff\"\n").unwrap();
+    let err = read_text(&path).unwrap_err().to_string();
+    assert!(err.contains("byte 25 (line 2)"), "{err}");
+}
+
+#[test]
+fn a_policy_aimed_at_a_disabled_resource_warns() {
+    let text = r#"
+[routing_peer]
+name = "gw"
+overlay_interface = "wg0"
+overlay_addresses = ["100.64.0.1/10"]
+private_key_file = "/dev/null"
+lan_interfaces = ["eth0"]
+
+[[peers]]
+name = "alice"
+public_key = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28="
+addresses = ["100.64.0.2"]
+groups = ["Dev"]
+
+[[networks]]
+name = "office"
+[[networks.resources]]
+name = "wiki"
+address = "198.51.100.5/32"
+groups = ["Apps"]
+enabled = false
+
+[[policies]]
+name = "by-name"
+sources = ["Dev"]
+destination_resources = ["wiki"]
+
+[[policies]]
+name = "by-group"
+sources = ["Dev"]
+destinations = ["Apps"]
+"#;
+    let loaded = parse(Path::new("c.toml"), text).expect("valid, with warnings");
+    let fields: Vec<&str> = loaded.warnings.iter().map(|w| w.field.as_str()).collect();
+    assert!(
+        fields.contains(&"policies[0].destination_resources[0]"),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"policies[1].destinations[0]"),
+        "{fields:?}"
+    );
+}
