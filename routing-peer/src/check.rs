@@ -54,19 +54,6 @@ pub fn proto_number(proto: &str, v6: bool) -> Result<u8> {
     })
 }
 
-/// A domain resource matching `name`, as the DNS forwarder matches them.
-pub fn domain_resource<'a>(
-    compiled: &'a Compiled,
-    name: &str,
-) -> Option<&'a crate::compile::DomainResource> {
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    compiled.domains.iter().find(|d| match &d.address {
-        ResourceAddress::Domain(n) => *n == name,
-        ResourceAddress::Wildcard(suffix) => name.ends_with(&format!(".{suffix}")),
-        _ => false,
-    })
-}
-
 pub fn check(compiled: &Compiled, src: IpAddr, dst: IpAddr, proto: u8, port: u16) -> Verdict {
     let tables = &compiled.tables;
     let name = |list: &[String], id: u32| list.get(id as usize).cloned();

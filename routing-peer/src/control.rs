@@ -18,7 +18,7 @@ use tokio::{
     net::UnixListener,
 };
 
-use crate::{compile::Names, wireguard::Mode};
+use crate::{compile::Names, config::WireguardMode};
 
 pub const RUN_ROOT: &str = "/run/routing-peer";
 
@@ -50,7 +50,7 @@ pub struct ProgramReport {
 pub struct Status {
     pub instance: String,
     pub name: String,
-    pub wireguard_mode: Mode,
+    pub wireguard_mode: WireguardMode,
     pub interface: String,
     pub listen_port: u16,
     pub public_key: String,

@@ -138,7 +138,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mode = opts.wireguard.unwrap_or(rp.wireguard);
     let mut wg = Backend::start(&rp.overlay_interface, mode)
         .with_context(|| format!("starting WireGuard on {}", rp.overlay_interface))?;
-    if wg.mode() != wireguard::Mode::External {
+    if wg.mode() != WireguardMode::External {
         wg.configure(&DeviceSpec::from_config(&config)?)?;
         wireguard::configure_link(&rp.overlay_interface, &rp.overlay_addresses, rp.mtu)?;
     }
@@ -423,7 +423,7 @@ impl Daemon {
         let config = loaded.config;
         let read_ms = started.elapsed().as_millis() as u64;
         let wg_result = match self.wg.mode() {
-            wireguard::Mode::External => Ok(()),
+            WireguardMode::External => Ok(()),
             _ => DeviceSpec::from_config(&config).and_then(|spec| self.wg.configure(&spec)),
         };
         if let Err(e) = wg_result {

@@ -37,7 +37,7 @@ use tracing::{debug, warn};
 
 use crate::{
     compile::{Compiled, DomainResource},
-    config::{Action, Config, PolicyKind, ResourceAddress},
+    config::{Action, Config},
 };
 
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -59,15 +59,8 @@ impl View {
             .iter()
             .map(|d| {
                 let groups = config
-                    .policies
-                    .iter()
-                    .filter(|p| {
-                        p.enabled && p.kind == PolicyKind::Resource && p.action == Action::Accept
-                    })
-                    .filter(|p| {
-                        p.destination_resources.contains(&d.name)
-                            || p.destinations.iter().any(|g| d.groups.contains(g))
-                    })
+                    .policies_covering(&d.name, &d.groups)
+                    .filter(|p| p.action == Action::Accept)
                     .flat_map(|p| p.sources.iter().map(String::as_str))
                     .collect();
                 (d.resource_id, groups)
@@ -96,20 +89,9 @@ impl View {
         }
     }
 
-    /// The domain resource covering `name`: an exact domain, or a wildcard
-    /// `*.x` for any name below `x` (never `x` itself).
+    /// The domain resource covering `name` (see `compile::domain_for`).
     pub fn resource_for(&self, name: &str) -> Option<&DomainResource> {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        let exact = self
-            .domains
-            .iter()
-            .find(|d| matches!(&d.address, ResourceAddress::Domain(n) if *n == name));
-        exact.or_else(|| {
-            self.domains.iter().find(|d| {
-                matches!(&d.address, ResourceAddress::Wildcard(suffix)
-                    if name.len() > suffix.len() + 1 && name.ends_with(&format!(".{suffix}")))
-            })
-        })
+        crate::compile::domain_for(&self.domains, name)
     }
 }
 

@@ -20,11 +20,13 @@ mod blocks;
 mod classes;
 mod delta;
 mod dests;
+mod domains;
 mod ids;
 
 pub use blocks::port_blocks;
 pub use classes::ClassIds;
 pub use delta::{apply_policy_change, NeedsFullCompile};
+pub use domains::{domain_for, DomainResource};
 pub use ids::Names;
 
 use std::{collections::HashMap, net::IpAddr};
@@ -36,18 +38,9 @@ use self::{
     classes::{rule_set, ClassBuilder, ClassSide, RuleIndex, SELF_LAN_MEMBER, SELF_OVERLAY_MEMBER},
 };
 use crate::{
-    config::{Config, ResourceAddress},
+    config::Config,
     model::{DestPrefix, FastMap, PolicyPrefix, Tables},
 };
-
-/// A domain resource whose resolved addresses the DNS forwarder installs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DomainResource {
-    pub resource_id: u32,
-    pub name: String,
-    pub address: ResourceAddress,
-    pub groups: Vec<String>,
-}
 
 #[derive(Clone, Debug, Default)]
 pub struct Compiled {

@@ -58,7 +58,9 @@ fn default_peer_down_after() -> u64 {
     180
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+/// How WireGuard runs: configured (`auto` picks kernel when the module is
+/// there), given on the command line, and reported once running.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum WireguardMode {
     #[default]
@@ -317,6 +319,16 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether the data path applies this policy to the resource `name`
+    /// in `groups`: an enabled resource policy that names it or one of its
+    /// groups. The one answer for `networks ls` and the DNS forwarder.
+    pub fn covers(&self, name: &str, groups: &[String]) -> bool {
+        self.enabled
+            && self.kind == PolicyKind::Resource
+            && (self.destination_resources.iter().any(|r| r == name)
+                || self.destinations.iter().any(|g| groups.contains(g)))
+    }
+
     /// Port ranges this policy matches; empty means every port.
     pub fn port_ranges(&self) -> Vec<(u16, u16)> {
         self.ports
@@ -328,5 +340,16 @@ impl Policy {
                     .map(|r| (r.start as u16, r.end as u16)),
             )
             .collect()
+    }
+}
+
+impl Config {
+    /// The policies the data path applies to the resource `name` in `groups`.
+    pub fn policies_covering<'a>(
+        &'a self,
+        name: &'a str,
+        groups: &'a [String],
+    ) -> impl Iterator<Item = &'a Policy> + 'a {
+        self.policies.iter().filter(move |p| p.covers(name, groups))
     }
 }

@@ -237,3 +237,41 @@ destinations = ["Apps"]
         "{fields:?}"
     );
 }
+
+#[test]
+fn only_enabled_resource_policies_cover_a_resource() {
+    let text = example()
+        + r#"
+[[policies]]
+name = "Old"
+enabled = false
+sources = ["Sales"]
+destinations = ["Internal Apps"]
+
+[[policies]]
+name = "Wiki by name"
+sources = ["Sales"]
+destination_resources = ["Internal Wiki"]
+action = "drop"
+
+[[policies]]
+name = "Input"
+kind = "peer"
+sources = ["Sales"]
+destinations = ["Development"]
+"#;
+    let config = parse(Path::new("rp.toml"), &text).unwrap().config;
+    let covering = |name: &str| {
+        let res = config.networks[0]
+            .resources
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap();
+        config
+            .policies_covering(&res.name, &res.groups)
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(covering("Internal Wiki"), ["Dev to apps", "Wiki by name"]);
+    assert_eq!(covering("Grafana"), ["Dev to apps"]);
+}

@@ -129,14 +129,6 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Kernel,
-    Userspace,
-    External,
-}
-
 /// The running WireGuard backend.
 pub enum Backend {
     Kernel(netlink::KernelWg),
@@ -159,11 +151,12 @@ impl Backend {
         }
     }
 
-    pub fn mode(&self) -> Mode {
+    /// The mode running: never `Auto`, which resolves to one of the others.
+    pub fn mode(&self) -> WireguardMode {
         match self {
-            Backend::Kernel(_) => Mode::Kernel,
-            Backend::Userspace(_) => Mode::Userspace,
-            Backend::External => Mode::External,
+            Backend::Kernel(_) => WireguardMode::Kernel,
+            Backend::Userspace(_) => WireguardMode::Userspace,
+            Backend::External => WireguardMode::External,
         }
     }
 
