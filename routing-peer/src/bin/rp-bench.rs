@@ -233,9 +233,9 @@ fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
         Default::default(),
     );
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-    let mut state = datapath::tables::PolicyState::init(&mut ebpf, DatapathConfig::default())?;
+    let mut state = datapath::policy_maps::PolicyMaps::init(&mut ebpf, DatapathConfig::default())?;
     let started = Instant::now();
-    state.install(&mut ebpf, &compiled.tables)?;
+    state.install(&compiled.tables)?;
     let install_ms = started.elapsed().as_secs_f64() * 1e3;
     // A one-rule change, as a reload applies it: in place (the daemon's
     // path when only policies changed), and by a full recompile for
@@ -248,9 +248,9 @@ fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
     let started = Instant::now();
     let in_place = compile::apply_policy_change(&mut updated, &loaded.config, &changed)
         .map_err(|e| anyhow::anyhow!("a one-rule change was not applied in place: {e}"))?;
-    let diff = state.install_diff(&mut ebpf, &in_place)?;
+    let diff = state.install_diff(&in_place)?;
     let one_rule_change_ms = started.elapsed().as_secs_f64() * 1e3;
-    state.install(&mut ebpf, &compiled.tables)?;
+    state.install(&compiled.tables)?;
     let started = Instant::now();
     let recompiled = compile::compile(
         &changed,
@@ -258,13 +258,13 @@ fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
         &HashMap::new(),
         compiled.as_previous(),
     );
-    let full_diff = state.install(&mut ebpf, &recompiled.tables)?;
+    let full_diff = state.install(&recompiled.tables)?;
     let one_rule_full_ms = started.elapsed().as_secs_f64() * 1e3;
     anyhow::ensure!(
         full_diff == diff,
         "in place and full recompile wrote different diffs"
     );
-    state.install(&mut ebpf, &compiled.tables)?;
+    state.install(&compiled.tables)?;
 
     let frame = |sport: u16, dport: u16| -> Result<Vec<u8>> {
         let mut f = Vec::new();

@@ -11,7 +11,7 @@ mod start;
 mod upkeep;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::IpAddr,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
@@ -28,7 +28,7 @@ use crate::{
     compile::{self, Compiled},
     config::{Config, ParseCache, WireguardMode},
     control::{self, SharedStatus},
-    datapath::{self, tables::PolicyState, PinDir},
+    datapath::{self, gc, policy_maps::PolicyMaps, ports, PinDir},
     dns, identity,
     wireguard::Backend,
 };
@@ -94,7 +94,7 @@ struct Daemon {
     opts: RunOptions,
     config: Config,
     ebpf: Ebpf,
-    policy: PolicyState,
+    policy: PolicyMaps,
     wg: Backend,
     compiled: Compiled,
     status: SharedStatus,
@@ -103,7 +103,8 @@ struct Daemon {
     peers_rx: HashMap<String, (u64, std::time::Instant)>,
     /// Domain resource name → resolved address → when it expires.
     resolved: HashMap<String, HashMap<IpAddr, Instant>>,
-    nat_unused: HashSet<routing_peer_common::NatEndpoint>,
+    gc: gc::GcMaps,
+    reserved: ports::ReservedPorts,
     dns_view: Arc<RwLock<dns::View>>,
     dns_counters: Arc<dns::Counters>,
     dns_installs: mpsc::Receiver<dns::Install>,
@@ -140,6 +141,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if let Some(addr) = opts.metrics_listen {
         start::metrics(addr, opts.instance.clone(), status.clone()).await?;
     }
+    let gc = gc::GcMaps::take(&mut ebpf)?;
+    let reserved = ports::ReservedPorts::take(&mut ebpf)?;
     let mut daemon = Daemon {
         opts,
         config,
@@ -151,7 +154,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         peers_up: HashMap::new(),
         peers_rx: HashMap::new(),
         resolved: HashMap::new(),
-        nat_unused: HashSet::new(),
+        gc,
+        reserved,
         dns_view: dns.view,
         dns_counters: dns.counters,
         dns_installs: dns.installs,

@@ -16,7 +16,7 @@ use super::{
 use crate::{
     compile,
     config::{Config, WireguardMode},
-    datapath, dns,
+    dns, model,
     wireguard::DeviceSpec,
 };
 
@@ -95,10 +95,7 @@ impl Daemon {
             error!(trigger = why, "reload rejected: WireGuard: {e}");
             return;
         }
-        if let Err(e) = self
-            .policy
-            .set_config(&mut self.ebpf, datapath_config(&config))
-        {
+        if let Err(e) = self.policy.set_config(datapath_config(&config)) {
             error!("reload: writing data path settings: {e}");
         }
         // Resolved addresses of resources that are gone or disabled go too.
@@ -123,7 +120,7 @@ impl Daemon {
                 );
                 let compile_ms = compile_started.elapsed().as_millis() as u64;
                 let install_started = std::time::Instant::now();
-                match self.policy.install(&mut self.ebpf, &compiled.tables) {
+                match self.policy.install(&compiled.tables) {
                     Ok(stats) => {
                         self.compiled = compiled;
                         (stats, "full", compile_ms, install_started.elapsed())
@@ -172,7 +169,7 @@ impl Daemon {
         &mut self,
         config: &Config,
         own: &[IpAddr],
-    ) -> Option<(datapath::tables::DiffStats, &'static str, u64, Duration)> {
+    ) -> Option<(model::DiffStats, &'static str, u64, Duration)> {
         let started = std::time::Instant::now();
         let in_place = if crate::locks::lock(&self.status).self_addresses == own {
             compile::apply_policy_change(&mut self.compiled, &self.config, config)
@@ -188,7 +185,7 @@ impl Daemon {
         };
         let compile_ms = started.elapsed().as_millis() as u64;
         let install_started = std::time::Instant::now();
-        match self.policy.install_diff(&mut self.ebpf, &diff) {
+        match self.policy.install_diff(&diff) {
             Ok(stats) => Some((stats, "in place", compile_ms, install_started.elapsed())),
             Err(e) => {
                 error!("reload: installing in place: {e}; compiling in full");

@@ -19,7 +19,7 @@ use crate::{
     compile::{self, Compiled},
     config::{Config, WireguardMode},
     control::{self, ProgramReport, SharedStatus, Status},
-    datapath::{self, safety_net, tables::PolicyState, PinDir},
+    datapath::{self, policy_maps::PolicyMaps, safety_net, PinDir},
     dns, sysctl,
     wireguard::{self, Backend, DeviceSpec},
 };
@@ -61,7 +61,7 @@ pub(super) fn datapath(
     pins: &PinDir,
     own: &[IpAddr],
     read_ms: u64,
-) -> Result<(Ebpf, PolicyState, Compiled)> {
+) -> Result<(Ebpf, PolicyMaps, Compiled)> {
     let adopting = pins.exists();
     let sizes = [(map_names::CONNTRACK, config.conntrack.max_flows)];
     let mut ebpf = datapath::load(
@@ -72,11 +72,11 @@ pub(super) fn datapath(
     .context("loading the data path")?;
     let mut policy = if adopting {
         info!(pins = %pins.root().display(), "adopting the pinned data path");
-        PolicyState::adopt(&mut ebpf)?
+        PolicyMaps::adopt(&mut ebpf)?
     } else {
-        PolicyState::init(&mut ebpf, datapath_config(config))?
+        PolicyMaps::init(&mut ebpf, datapath_config(config))?
     };
-    policy.set_config(&mut ebpf, datapath_config(config))?;
+    policy.set_config(datapath_config(config))?;
     let previous = adopting
         .then(|| control::read_names(&opts.instance))
         .flatten();
@@ -92,7 +92,7 @@ pub(super) fn datapath(
     );
     let compile_ms = compile_started.elapsed().as_millis() as u64;
     let install_started = std::time::Instant::now();
-    let diff = policy.install(&mut ebpf, &compiled.tables)?;
+    let diff = policy.install(&compiled.tables)?;
     info!(
         read_ms,
         compile_ms,

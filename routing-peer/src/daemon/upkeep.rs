@@ -14,8 +14,9 @@ use tracing::{debug, error, info, warn};
 use super::{self_addresses, unix_now, Daemon};
 use crate::{
     control::{self, PeerReport},
-    datapath::{gc, ports, tables::DestPrefix},
+    datapath::ports,
     dns,
+    model::DestPrefix,
 };
 
 impl Daemon {
@@ -75,7 +76,7 @@ impl Daemon {
             self.policy.config.snat_port_max,
         );
         let held = ports::held_ports(pool);
-        match ports::sync_reserved(&mut self.ebpf, &held) {
+        match self.reserved.sync(&held) {
             Ok(n) if n > 0 => debug!(
                 ports = n,
                 "pool ports held by local sockets kept out of NAT"
@@ -87,7 +88,7 @@ impl Daemon {
 
     pub(super) fn collect_garbage(&mut self) {
         self.reserve_held_ports();
-        match gc::collect(&mut self.ebpf, &self.policy.config, &mut self.nat_unused) {
+        match self.gc.collect(&self.policy.config) {
             Ok(s) if s.flows_expired + s.nat_removed > 0 => info!(
                 live = s.flows_live,
                 expired = s.flows_expired,
@@ -120,9 +121,9 @@ impl Daemon {
         let dns_cfg = &self.config.dns;
         for (ip, ttl) in install.addrs {
             let lifetime = u64::from(ttl.max(dns_cfg.min_ttl_secs) + dns_cfg.grace_secs);
-            if let Err(e) =
-                self.policy
-                    .upsert_dest(&mut self.ebpf, DestPrefix::new(IpNet::from(ip)), value)
+            if let Err(e) = self
+                .policy
+                .upsert_dest(DestPrefix::new(IpNet::from(ip)), value)
             {
                 error!(%ip, resource = %name, "installing a resolved address: {e}");
                 return;
@@ -156,7 +157,7 @@ impl Daemon {
             .iter()
             .map(|(_, ip)| DestPrefix::new(IpNet::from(*ip)))
             .collect();
-        match self.policy.expire_dests(&mut self.ebpf, &prefixes) {
+        match self.policy.expire_dests(&prefixes) {
             Ok(()) => {
                 for (name, ip) in &expired {
                     self.dns_counters

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapError},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError},
     Ebpf,
 };
 use routing_peer_common::{
@@ -30,26 +30,36 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// One GC pass. A NAT mapping is removed only when it was unused in the
-/// previous pass too (`unused_before`), so a mapping created between our
-/// conntrack scan and our NAT scan is never taken from a new flow.
-pub fn collect(
-    ebpf: &mut Ebpf,
-    config: &DatapathConfig,
-    unused_before: &mut HashSet<NatEndpoint>,
-) -> Result<GcStats, MapError> {
-    let now = monotonic_ns();
-    let mut stats = GcStats::default();
-    let mut expired = Vec::new();
-    let mut in_use = HashSet::new();
-    {
-        let map = ebpf
-            .map_mut(map_names::CONNTRACK)
-            .ok_or(MapError::InvalidName {
-                name: map_names::CONNTRACK.into(),
-            })?;
-        let ct = BpfHashMap::<_, CtKey, CtEntry>::try_from(map)?;
-        for item in ct.iter() {
+/// The maps GC reads and trims, taken once after load.
+pub struct GcMaps {
+    conntrack: BpfHashMap<MapData, CtKey, CtEntry>,
+    ct_gc: Array<MapData, u64>,
+    nat_fwd: BpfHashMap<MapData, NatEndpoint, NatEndpoint>,
+    nat_rev: BpfHashMap<MapData, NatEndpoint, NatEndpoint>,
+    /// A NAT mapping is removed only when it was unused in the previous
+    /// pass too, so one created between the conntrack scan and the NAT
+    /// scan is never taken from a new flow.
+    unused_before: HashSet<NatEndpoint>,
+}
+
+impl GcMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapError> {
+        Ok(Self {
+            conntrack: take(ebpf, map_names::CONNTRACK)?,
+            ct_gc: take(ebpf, map_names::CT_GC)?,
+            nat_fwd: take(ebpf, map_names::NAT_FWD)?,
+            nat_rev: take(ebpf, map_names::NAT_REV)?,
+            unused_before: HashSet::new(),
+        })
+    }
+
+    /// One GC pass.
+    pub fn collect(&mut self, config: &DatapathConfig) -> Result<GcStats, MapError> {
+        let now = monotonic_ns();
+        let mut stats = GcStats::default();
+        let mut expired = Vec::new();
+        let mut in_use = HashSet::new();
+        for item in self.conntrack.iter() {
             let Ok((key, entry)) = item else { continue };
             if now.saturating_sub(entry.last_seen_ns) > config.timeout_ns(entry.state) {
                 expired.push(key);
@@ -60,61 +70,46 @@ pub fn collect(
                 }
             }
         }
-    }
-    {
-        let map = ebpf
-            .map_mut(map_names::CONNTRACK)
-            .ok_or(missing(map_names::CONNTRACK))?;
-        let mut ct = BpfHashMap::<_, CtKey, CtEntry>::try_from(map)?;
         for key in &expired {
             // A packet may have refreshed it meanwhile; gone is fine too.
-            if let Ok(entry) = ct.get(key, 0) {
+            if let Ok(entry) = self.conntrack.get(key, 0) {
                 if now.saturating_sub(entry.last_seen_ns) > config.timeout_ns(entry.state) {
-                    let _ = ct.remove(key);
+                    let _ = self.conntrack.remove(key);
                     stats.flows_expired += 1;
                 }
             }
         }
-    }
-    if stats.flows_expired > 0 {
-        // Counted so that LRU evictions can be derived (see `CtEvent`).
-        let map = ebpf
-            .map_mut(map_names::CT_GC)
-            .ok_or(missing(map_names::CT_GC))?;
-        let mut gc = aya::maps::Array::<_, u64>::try_from(map)?;
-        let before = gc.get(&0, 0)?;
-        gc.set(0, before + stats.flows_expired as u64, 0)?;
-    }
-    let unused: Vec<(NatEndpoint, NatEndpoint)> = {
-        let map = ebpf
-            .map(map_names::NAT_FWD)
-            .ok_or(missing(map_names::NAT_FWD))?;
-        let fwd = BpfHashMap::<_, NatEndpoint, NatEndpoint>::try_from(map)?;
-        fwd.iter()
+        if stats.flows_expired > 0 {
+            // Counted so that LRU evictions can be derived (see `CtEvent`).
+            let before = self.ct_gc.get(&0, 0)?;
+            self.ct_gc.set(0, before + stats.flows_expired as u64, 0)?;
+        }
+        let unused: Vec<(NatEndpoint, NatEndpoint)> = self
+            .nat_fwd
+            .iter()
             .filter_map(Result::ok)
             .filter(|(peer, _)| !in_use.contains(&(peer.addr, peer.port, peer.proto)))
-            .collect()
-    };
-    let previous = std::mem::replace(
-        unused_before,
-        unused.iter().map(|(peer, _)| *peer).collect(),
-    );
-    for (peer, external) in unused.into_iter().filter(|(p, _)| previous.contains(p)) {
-        let fwd_map = ebpf
-            .map_mut(map_names::NAT_FWD)
-            .ok_or(missing(map_names::NAT_FWD))?;
-        let _ = BpfHashMap::<_, NatEndpoint, NatEndpoint>::try_from(fwd_map)?.remove(&peer);
-        let rev_map = ebpf
-            .map_mut(map_names::NAT_REV)
-            .ok_or(missing(map_names::NAT_REV))?;
-        let _ = BpfHashMap::<_, NatEndpoint, NatEndpoint>::try_from(rev_map)?.remove(&external);
-        stats.nat_removed += 1;
+            .collect();
+        let previous = std::mem::replace(
+            &mut self.unused_before,
+            unused.iter().map(|(peer, _)| *peer).collect(),
+        );
+        for (peer, external) in unused.into_iter().filter(|(p, _)| previous.contains(p)) {
+            let _ = self.nat_fwd.remove(&peer);
+            let _ = self.nat_rev.remove(&external);
+            stats.nat_removed += 1;
+        }
+        Ok(stats)
     }
-    Ok(stats)
 }
 
-fn missing(name: &str) -> MapError {
-    MapError::InvalidName {
+/// Takes map `name` out of `ebpf` as the typed handle `M`.
+pub(crate) fn take<M>(ebpf: &mut Ebpf, name: &str) -> Result<M, MapError>
+where
+    M: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(MapError::InvalidName {
         name: name.to_string(),
-    }
+    })?;
+    M::try_from(map)
 }

@@ -19,7 +19,7 @@ use routing_peer_common::{
 };
 use routing_peer_e2e::Netns;
 
-use super::tables::PolicyState;
+use super::policy_maps::PolicyMaps;
 use crate::{compile, config, datapath, stats};
 
 const XDP_DROP: u32 = 1;
@@ -105,7 +105,7 @@ ports = [443]
 /// The data path loaded in a namespace with routes, with `config_text` installed.
 struct Dp {
     ebpf: Ebpf,
-    state: PolicyState,
+    state: PolicyMaps,
 }
 
 impl Dp {
@@ -127,7 +127,7 @@ impl Dp {
             let xdp: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
             xdp.load().expect("XDP program passes the verifier");
         }
-        let state = PolicyState::init(&mut ebpf, DatapathConfig::default()).unwrap();
+        let state = PolicyMaps::init(&mut ebpf, DatapathConfig::default()).unwrap();
         let mut dp = Self { ebpf, state };
         dp.install(config_text);
         dp
@@ -142,9 +142,7 @@ impl Dp {
             &HashMap::new(),
             Default::default(),
         );
-        self.state
-            .install(&mut self.ebpf, &compiled.tables)
-            .unwrap();
+        self.state.install(&compiled.tables).unwrap();
     }
 
     /// Lets XDP redirect into `iface` (as `xdp_redirect_interfaces` does)
@@ -178,7 +176,7 @@ impl Dp {
     }
 
     fn set_config(&mut self, config: DatapathConfig) {
-        self.state.set_config(&mut self.ebpf, config).unwrap();
+        self.state.set_config(config).unwrap();
     }
 
     fn run(&mut self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapError},
+    maps::{HashMap as BpfHashMap, MapData, MapError},
     Ebpf,
 };
 use routing_peer_common::{map_names, IPPROTO_TCP, IPPROTO_UDP};
@@ -46,26 +46,33 @@ fn local_ports(text: &str) -> Vec<u16> {
         .collect()
 }
 
-/// Makes `NAT_RESERVED` hold exactly `held`; returns how many it holds.
-pub fn sync_reserved(ebpf: &mut Ebpf, held: &BTreeSet<(u8, u16)>) -> Result<usize, MapError> {
-    let map = ebpf
-        .map_mut(map_names::NAT_RESERVED)
-        .ok_or(MapError::InvalidName {
-            name: map_names::NAT_RESERVED.into(),
-        })?;
-    let mut reserved = BpfHashMap::<_, u32, u32>::try_from(map)?;
-    let want: BTreeSet<u32> = held
-        .iter()
-        .map(|(p, port)| reserved_key(*p, *port))
-        .collect();
-    let have: Vec<u32> = reserved.keys().filter_map(Result::ok).collect();
-    for key in have.iter().filter(|k| !want.contains(k)) {
-        let _ = reserved.remove(key);
+/// `NAT_RESERVED`: pool ports the routing peer's own sockets hold.
+pub struct ReservedPorts {
+    map: BpfHashMap<MapData, u32, u32>,
+}
+
+impl ReservedPorts {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapError> {
+        Ok(Self {
+            map: super::gc::take(ebpf, map_names::NAT_RESERVED)?,
+        })
     }
-    for key in &want {
-        reserved.insert(key, 1, 0)?;
+
+    /// Makes the map hold exactly `held`; returns how many it holds.
+    pub fn sync(&mut self, held: &BTreeSet<(u8, u16)>) -> Result<usize, MapError> {
+        let want: BTreeSet<u32> = held
+            .iter()
+            .map(|(p, port)| reserved_key(*p, *port))
+            .collect();
+        let have: Vec<u32> = self.map.keys().filter_map(Result::ok).collect();
+        for key in have.iter().filter(|k| !want.contains(k)) {
+            let _ = self.map.remove(key);
+        }
+        for key in &want {
+            self.map.insert(key, 1, 0)?;
+        }
+        Ok(want.len())
     }
-    Ok(want.len())
 }
 
 /// The `NAT_RESERVED` key of a (protocol, port).

@@ -464,13 +464,13 @@ ports = [443]
         );
         let domain = &compiled.domains[0];
         let value = compiled.domain_dests[&domain.resource_id];
-        let prefix = super::super::tables::DestPrefix::new(IpAddr::from(grafana).into());
-        dp.state.upsert_dest(&mut dp.ebpf, prefix, value).unwrap();
+        let prefix = crate::model::DestPrefix::new(IpAddr::from(grafana).into());
+        dp.state.upsert_dest(prefix, value).unwrap();
         let syn = tcp(ALICE, grafana, 40000, 443, "S", &[]);
         assert_eq!(dp.overlay(&syn).0, TC_ACT_REDIRECT);
         let data = tcp(ALICE, grafana, 40000, 443, "A", b"x");
         assert_eq!(dp.overlay(&data).0, TC_ACT_REDIRECT);
-        dp.state.expire_dests(&mut dp.ebpf, &[prefix]).unwrap();
+        dp.state.expire_dests(&[prefix]).unwrap();
         assert_eq!(
             dp.overlay(&data).0,
             TC_ACT_SHOT,
@@ -558,7 +558,10 @@ fn pool_ports_held_by_local_sockets_are_skipped() {
         let held = [(routing_peer_common::IPPROTO_UDP, 40000u16)]
             .into_iter()
             .collect();
-        crate::datapath::ports::sync_reserved(&mut dp.ebpf, &held).unwrap();
+        crate::datapath::ports::ReservedPorts::take(&mut dp.ebpf)
+            .unwrap()
+            .sync(&held)
+            .unwrap();
         let (verdict, out) = dp.overlay(&udp(ALICE, OTHER_HOST, 40000, 53, b"q"));
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(checked(&out).2, 40001, "the held port is skipped");
