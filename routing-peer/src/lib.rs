@@ -14,4 +14,6 @@ pub mod model;
 pub mod observe;
 pub mod stats;
 pub mod sysctl;
+#[cfg(test)]
+pub mod testing;
 pub mod wireguard;

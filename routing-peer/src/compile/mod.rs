@@ -233,22 +233,9 @@ mod dns_access_tests {
 
     /// A routing peer with one peer, alice (100.64.0.2), in `group`.
     pub(super) fn gateway_with_alice(group: &str) -> String {
-        format!(
-            r#"
-[routing_peer]
-name = "gw"
-overlay_interface = "wg0"
-overlay_addresses = ["100.64.0.1/10"]
-private_key_file = "/dev/null"
-lan_interfaces = ["lan0"]
-
-[[peers]]
-name = "alice"
-public_key = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28="
-addresses = ["100.64.0.2"]
-groups = ["{group}"]
-"#
-        )
+        crate::testing::ConfigText::gateway("wg0", &["100.64.0.1/10"], &[])
+            .peer("alice", &["100.64.0.2"], &[group])
+            .build()
     }
 
     #[test]

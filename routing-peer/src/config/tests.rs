@@ -194,38 +194,16 @@ fn a_non_utf8_file_names_the_byte() {
 
 #[test]
 fn a_policy_aimed_at_a_disabled_resource_warns() {
-    let text = r#"
-[routing_peer]
-name = "gw"
-overlay_interface = "wg0"
-overlay_addresses = ["100.64.0.1/10"]
-private_key_file = "/dev/null"
-lan_interfaces = ["eth0"]
-
-[[peers]]
-name = "alice"
-public_key = "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28="
-addresses = ["100.64.0.2"]
-groups = ["Dev"]
-
-[[networks]]
-name = "office"
-[[networks.resources]]
-name = "wiki"
-address = "198.51.100.5/32"
-groups = ["Apps"]
-enabled = false
-
-[[policies]]
-name = "by-name"
-sources = ["Dev"]
-destination_resources = ["wiki"]
-
-[[policies]]
-name = "by-group"
-sources = ["Dev"]
-destinations = ["Apps"]
-"#;
+    let text = &crate::testing::ConfigText::gateway("wg0", &["100.64.0.1/10"], &[])
+        .peer("alice", &["100.64.0.2"], &["Dev"])
+        .network("office", true)
+        .resource("wiki", "198.51.100.5/32", &["Apps"])
+        .raw(
+            "enabled = false\n\n[[policies]]\nname = \"by-name\"\nsources = [\"Dev\"]\n\
+             destination_resources = [\"wiki\"]\n\n[[policies]]\nname = \"by-group\"\n\
+             sources = [\"Dev\"]\ndestinations = [\"Apps\"]\n",
+        )
+        .build();
     let loaded = parse(Path::new("c.toml"), text).expect("valid, with warnings");
     let fields: Vec<&str> = loaded.warnings.iter().map(|w| w.field.as_str()).collect();
     assert!(
