@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use routing_peer_e2e::{
+use routing_peer_testbed::{
     office::{exchange, Office, Server, LAPTOP_OVERLAY, ROUTER_LAN, WIKI},
     wait_for, Daemon,
 };

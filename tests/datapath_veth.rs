@@ -5,7 +5,7 @@ use std::{net::UdpSocket, time::Duration};
 
 use anyhow::Result;
 use etherparse::PacketBuilder;
-use routing_peer_e2e::{send_raw_frame, send_udp, veth, wait_for, Daemon, Netns, VethSpec};
+use routing_peer_testbed::{send_raw_frame, send_udp, veth, wait_for, Daemon, Netns, VethSpec};
 use serde_json::Value;
 use tempfile::tempdir;
 

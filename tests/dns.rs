@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use routing_peer_e2e::{
+use routing_peer_testbed::{
     dns_query,
     office::{exchange, Office, GRAFANA, ROUTER_OVERLAY},
     wait_for, Daemon,

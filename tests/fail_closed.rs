@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use routing_peer_e2e::{
+use routing_peer_testbed::{
     office::{exchange, Office, Server, LAPTOP_OVERLAY, ROUTER_LAN, WIKI},
     routing_peer_bin, run, wait_for, Daemon, Netns,
 };

@@ -5,7 +5,7 @@
 use std::{net::UdpSocket, time::Duration};
 
 use anyhow::{bail, ensure, Context, Result};
-use routing_peer_e2e::{
+use routing_peer_testbed::{
     office::{exchange, Client, Office, UdpEcho, WgImpl, ROUTER_LAN, WIKI},
     wait_for, Daemon,
 };

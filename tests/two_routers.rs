@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use routing_peer_e2e::{
+use routing_peer_testbed::{
     office::{exchange, Client, Office, WIKI},
     unique_ifname, veth, wait_for, wg_keypair, Daemon, Netns, VethSpec,
 };
@@ -47,7 +47,7 @@ fn two_routing_peers_with_different_metrics_work_independently() -> Result<()> {
     let config1 = office.write_config("")?;
     let (private2, public2) = wg_keypair()?;
     let key2 = office.dir.path().join("router2.key");
-    routing_peer_e2e::write_secret(&key2, &private2)?;
+    routing_peer_testbed::write_secret(&key2, &private2)?;
     let wg2 = unique_ifname("s");
     let config2 = office.dir.path().join("router2.toml");
     std::fs::write(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use routing_peer_e2e::{
+use routing_peer_testbed::{
     office::{exchange, Office, UdpEcho, ROUTER_LAN, WIKI},
     wait_for, Daemon,
 };
@@ -178,7 +178,7 @@ fn an_invalid_config_is_rejected_and_the_running_one_stays() -> Result<()> {
     assert!(exchange(&mut wiki, "still allowed")?.ends_with("still allowed"));
     assert!(office.laptop.tcp(&format!("{WIKI}:443"), QUICK).is_ok());
     // The same file, validated, names the file, the field and the fix.
-    let out = std::process::Command::new(routing_peer_e2e::routing_peer_bin())
+    let out = std::process::Command::new(routing_peer_testbed::routing_peer_bin())
         .args(["validate", "--config", path.to_str().unwrap()])
         .output()?;
     assert!(!out.status.success());

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, path::PathBuf, process::Command, time::Instant}
 
 use anyhow::{bail, Context, Result};
 use base64::{engine::general_purpose::STANDARD, Engine};
-use routing_peer_e2e::{veth, Daemon, Netns, VethSpec};
+use routing_peer_testbed::{veth, Daemon, Netns, VethSpec};
 use serde_json::{json, Value};
 
 use crate::util::{self, output, run_cmd, step};
@@ -241,7 +241,7 @@ impl Bench {
             b_addr: "198.51.100.2/24",
         })?;
         dut.sh("sysctl -qw net.ipv4.ip_forward=1")?;
-        let pins = PathBuf::from("/sys/fs/bpf").join(routing_peer_e2e::unique_name("bench"));
+        let pins = PathBuf::from("/sys/fs/bpf").join(routing_peer_testbed::unique_name("bench"));
         let bench = Self {
             bin_dir,
             work: tempfile::tempdir()?,
@@ -356,7 +356,7 @@ impl Bench {
             let started = Instant::now();
             let deadline = started + std::time::Duration::from_secs(10);
             while Instant::now() < deadline {
-                let out = std::process::Command::new(routing_peer_e2e::routing_peer_bin())
+                let out = std::process::Command::new(routing_peer_testbed::routing_peer_bin())
                     .args(["--instance", &instance, "status", "--json"])
                     .output()
                     .ok()?;

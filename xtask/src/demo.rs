@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{bail, Result};
-use routing_peer_e2e::{
+use routing_peer_testbed::{
     dns_query,
     office::{exchange, Office, GRAFANA, ROUTER_OVERLAY, WIKI},
     routing_peer_bin, wait_for, Daemon,

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use routing_peer_e2e::{
+use routing_peer_testbed::{
     office::{Office, WIKI},
     wait_for, Daemon,
 };

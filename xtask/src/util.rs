@@ -29,14 +29,7 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` and returns its stdout; a failure is an error.
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = routing_peer_testbed::run(cmd)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -75,8 +68,7 @@ pub fn debian_cargo(args: &[&str]) -> Result<()> {
     run_cmd(&mut cmd)
 }
 
-/// Prefix of every namespace, interface and instance the tests create.
-pub const TEST_PREFIX: &str = "rpt";
+pub use routing_peer_testbed::TEST_PREFIX;
 
 /// Fails when a test left a namespace, a pin or an nftables table behind.
 /// The host namespace's sysctls a routing peer sets, and their values.

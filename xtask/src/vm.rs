@@ -124,7 +124,7 @@ fn build_binaries() -> Result<Binaries> {
     let packet = test_executables(&["-p", "routing-peer", "--lib"])?;
     let e2e = test_executables(&[
         "-p",
-        "routing-peer-e2e",
+        "routing-peer-testbed",
         "--test",
         "datapath_veth",
         "--test",

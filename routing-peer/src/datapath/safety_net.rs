@@ -144,7 +144,7 @@ mod tests {
     #[test]
     #[ignore = "needs root and network namespaces: cargo xtask test runs it"]
     fn the_kernel_forwards_nothing_unmarked_to_or_from_the_overlay() {
-        use routing_peer_e2e::Netns;
+        use routing_peer_testbed::Netns;
         let (router, client, server) = (
             Netns::new("snr").unwrap(),
             Netns::new("snc").unwrap(),

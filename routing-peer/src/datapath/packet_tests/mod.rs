@@ -17,7 +17,7 @@ use routing_peer_common::{
     map_names, program_names, CtEntry, CtKey, DatapathConfig, DropReason, Hook, ResourceCounters,
     CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_SENT,
 };
-use routing_peer_e2e::Netns;
+use routing_peer_testbed::Netns;
 
 use super::policy_maps::PolicyMaps;
 use crate::{compile, config, datapath, stats};
