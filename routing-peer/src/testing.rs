@@ -81,7 +81,11 @@ pub fn office(overlay_interface: &str, masquerade: bool, extra: &str) -> String 
         &["100.64.0.1/10", "2001:db8:100::1/64"],
         &["Gateways"],
     )
-    .peer("alice", &["100.64.0.2", "2001:db8:100::2"], &["Development"])
+    .peer(
+        "alice",
+        &["100.64.0.2", "2001:db8:100::2"],
+        &["Development"],
+    )
     .peer("bob", &["100.64.0.3"], &["Development"])
     .peer("carol", &["100.64.0.4"], &["Sales"])
     .network("Berlin Office", masquerade)

@@ -2,7 +2,6 @@
 
 mod bench;
 mod demo;
-mod goodput;
 mod setup;
 mod util;
 mod vm;

@@ -173,24 +173,7 @@ fn run_once(
     Ok(bps / 1e9)
 }
 
-fn nft_ruleset(wg: &str) -> String {
-    format!(
-        r#"table inet rptgoodput {{
-  chain prerouting {{
-    type filter hook prerouting priority -150; policy accept;
-    iifname "{wg}" ct state new meta mark set 0x1bd00
-  }}
-  chain forward {{
-    type filter hook forward priority 0; policy accept;
-    ct state established,related accept
-    ip saddr 100.64.0.2 ip daddr 198.51.100.5 tcp dport {{ 443, 5201 }} accept
-    iifname "{wg}" drop
-  }}
-  chain postrouting {{
-    type nat hook postrouting priority 100; policy accept;
-    meta mark 0x1bd00 masquerade
-  }}
-}}
-"#
-    )
+pub(super) fn nft_ruleset(wg: &str) -> String {
+    let rule = "    ip saddr 100.64.0.2 ip daddr 198.51.100.5 tcp dport { 443, 5201 } accept";
+    super::workloads::nft_ruleset("rptgoodput", wg, "", &[rule.to_string()])
 }
