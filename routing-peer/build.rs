@@ -1,7 +1,10 @@
 //! Builds the kernel programs with Debian's rustc for `bpfel-unknown-none`
 //! and hands the object to the daemon, which embeds it.
 
-use std::{env, path::PathBuf};
+use std::{
+    env,
+    path::{Path, PathBuf},
+};
 
 include!("bpf_toolchain.rs");
 
@@ -27,20 +30,38 @@ fn main() {
         panic!("missing {missing}: run `cargo xtask setup` to install it");
     }
 
-    // Its own target dir: the BPF build must not share artifacts (or the
-    // outer cargo's lock) with the host build.
-    let target_dir = workspace.join("target").join("bpf");
-    let status = debian_bpf_cargo(&ebpf_dir)
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // Their own target dirs: the BPF builds must not share artifacts (or the
+    // outer cargo's lock) with the host build, nor with each other.
+    build_object(
+        &ebpf_dir,
+        &workspace.join("target/bpf"),
+        &[],
+        &out_dir.join("routing-peer.bpf.o"),
+    );
+    if env::var_os("CARGO_FEATURE_BENCH").is_some() {
+        build_object(
+            &ebpf_dir,
+            &workspace.join("target/bpf-bench"),
+            &["--features", "bench"],
+            &out_dir.join("routing-peer-bench.bpf.o"),
+        );
+    }
+}
+
+/// Builds the eBPF crate with `features` in `target_dir` and copies the
+/// object to `out`.
+fn build_object(ebpf_dir: &Path, target_dir: &Path, features: &[&str], out: &Path) {
+    let status = debian_bpf_cargo(ebpf_dir)
         .args(["build", "--release", "--locked", "--target", BPF_TARGET])
+        .args(features)
         .arg("--target-dir")
-        .arg(&target_dir)
+        .arg(target_dir)
         .status()
         .unwrap_or_else(|e| panic!("running {DEBIAN_CARGO}: {e}"));
     if !status.success() {
         panic!("building the eBPF programs failed ({status}); see the errors above");
     }
     let object = target_dir.join(BPF_TARGET).join("release/routing-peer");
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
-        .join("routing-peer.bpf.o");
-    std::fs::copy(&object, &out).unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
+    std::fs::copy(&object, out).unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
 }

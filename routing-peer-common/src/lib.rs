@@ -216,6 +216,17 @@ pub struct AddrKey {
     pub addr: [u32; 4],
 }
 
+impl AddrKey {
+    /// The key of `addr` (network byte order words; IPv4 in the first).
+    #[inline(always)]
+    pub const fn new(family: Family, addr: [u32; 4]) -> Self {
+        Self {
+            family: family as u32,
+            addr,
+        }
+    }
+}
+
 /// The family of the destination entry that holds the input chain's class
 /// for any local address the compiler did not list (an address added
 /// later, one on `lo`): `SELF_KEY` with prefix length 32, the family bits
@@ -321,6 +332,33 @@ pub struct CtKey {
     pub proto: u8,
     pub family: u8,
     pub _pad: [u8; 2],
+}
+
+impl CtKey {
+    /// A flow as the overlay peer sees it: from (`peer`, `peer_port`) to
+    /// (`remote`, `remote_port`), whichever direction a packet goes.
+    #[inline(always)]
+    pub const fn new(
+        family: Family,
+        proto: u8,
+        (peer, peer_port): ([u32; 4], u16),
+        (remote, remote_port): ([u32; 4], u16),
+    ) -> Self {
+        Self {
+            peer,
+            remote,
+            peer_port,
+            remote_port,
+            proto,
+            family: family as u8,
+            _pad: [0; 2],
+        }
+    }
+
+    #[inline(always)]
+    pub const fn family(&self) -> Family {
+        Family::from_tag(self.family as u32)
+    }
 }
 
 pub const CT_TCP_SYN_SENT: u8 = 1;

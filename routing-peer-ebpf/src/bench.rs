@@ -17,6 +17,9 @@ use crate::{
     parse::{EthHdr, Ipv4Hdr, Packet, ETH_P_IP},
 };
 
+const ETH_IP_LEN: usize = 14 + 20;
+
+// Maps.
 /// [0] = number of distinct flows the generator cycles through.
 #[map]
 static BENCH_GEN: Array<u32> = Array::with_max_entries(1, 0);
@@ -24,12 +27,12 @@ static BENCH_GEN: Array<u32> = Array::with_max_entries(1, 0);
 /// by user space with a valid IPv4 checksum.
 #[map]
 static BENCH_TEMPLATE: Array<[u32; 11]> = Array::with_max_entries(1, 0);
+/// Per CPU: the generator's next flow number.
 #[map]
 static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+/// Per CPU: packets and bytes the sink received.
 #[map]
 static BENCH_SINK: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(1, 0);
-
-const ETH_IP_LEN: usize = 14 + 20;
 
 /// Writes the whole header of every live frame (the pages are recycled, and
 /// the device under test rewrote MACs, TTL and addresses in place), cycles

@@ -3,6 +3,8 @@
 use aya_ebpf::{macros::map, maps::Array};
 use routing_peer_common::DatapathConfig;
 
+// Maps.
+/// Run-time settings and the live policy slot and generation (one entry).
 #[map]
 static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 

@@ -16,14 +16,20 @@ use routing_peer_common::{
 
 const MAX_FLOWS: u32 = 262144;
 
+// Maps.
+/// Tracked flows by their overlay-side key; LRU, so a full table evicts.
 #[map]
 static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
-
+/// Per CPU: conntrack inserts and removals by kind (`CtEvent`), for evictions.
 #[map]
 static CT_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CtEvent::COUNT, 0);
 /// Written by the daemon's GC; declared here so it is pinned with the rest.
 #[map]
 static CT_GC: aya_ebpf::maps::Array<u64> = aya_ebpf::maps::Array::with_max_entries(1, 0);
+/// Where a new entry is assembled: a 112-byte struct on the 512-byte BPF
+/// stack does not fit beside everything else the fast path holds.
+#[map]
+static CT_SCRATCH: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn count_event(event: CtEvent) {
@@ -32,11 +38,6 @@ fn count_event(event: CtEvent) {
         unsafe { *c += 1 };
     }
 }
-
-/// Where a new entry is assembled: an 88-byte struct on the 512-byte BPF
-/// stack does not fit beside everything else the fast path holds.
-#[map]
-static CT_SCRATCH: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
 
 const CT_ENTRY_WORDS: usize = core::mem::size_of::<CtEntry>() / 8;
 // The scratch is zeroed word by word: the entry must be whole words.

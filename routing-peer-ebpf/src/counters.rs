@@ -5,16 +5,16 @@ use routing_peer_common::{
     DropReason, Handoff, Hook, PacketCounter, ResourceCounters, MAX_RESOURCES,
 };
 
+// Maps.
+/// Per CPU: packets and bytes each hook saw (`Hook`).
 #[map]
 static HOOK_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(Hook::COUNT, 0);
-
+/// Per CPU: packets and bytes dropped, by reason (`DropReason`).
 #[map]
 static DROP_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
-
 /// Packets handed to the kernel, by reason: never without a counted reason.
 #[map]
 static HANDOFF_STATS: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(Handoff::COUNT, 0);
-
 /// Indexed by resource id; ids stay below `MAX_RESOURCES` (the compiler).
 #[map]
 static RESOURCE_STATS: PerCpuArray<ResourceCounters> =

@@ -7,16 +7,19 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::{TcContext, XdpContext},
 };
+use routing_peer_common::DropReason;
 
+/// A write that fails means the frame is shorter than its parse said:
+/// every error is `DropReason::Malformed`.
 pub trait Mangle {
     /// Reads 4 bytes at `offset`, as stored.
-    fn load_u32(&self, offset: usize) -> Result<u32, ()>;
-    fn store_u8(&self, offset: usize, value: u8) -> Result<(), ()>;
+    fn load_u32(&self, offset: usize) -> Result<u32, DropReason>;
+    fn store_u8(&self, offset: usize, value: u8) -> Result<(), DropReason>;
     /// Writes `value` (already in network byte order) at `offset`.
-    fn store_u16(&self, offset: usize, value: u16) -> Result<(), ()>;
-    fn store_u32(&self, offset: usize, value: u32) -> Result<(), ()>;
+    fn store_u16(&self, offset: usize, value: u16) -> Result<(), DropReason>;
+    fn store_u32(&self, offset: usize, value: u32) -> Result<(), DropReason>;
     /// Updates the IPv4 header checksum at `csum_offset` for a 16- or 32-bit change.
-    fn l3_csum(&self, csum_offset: usize, from: u32, to: u32, size: u8) -> Result<(), ()>;
+    fn l3_csum(&self, csum_offset: usize, from: u32, to: u32, size: u8) -> Result<(), DropReason>;
     /// Updates an L4 checksum for a 16- or 32-bit change. `pseudo` marks a
     /// field of the pseudo-header; `udp` keeps a zero (absent) checksum zero.
     fn l4_csum(
@@ -27,34 +30,37 @@ pub trait Mangle {
         size: u8,
         pseudo: bool,
         udp: bool,
-    ) -> Result<(), ()>;
+    ) -> Result<(), DropReason>;
 }
 
 impl Mangle for TcContext {
     #[inline(always)]
-    fn load_u32(&self, offset: usize) -> Result<u32, ()> {
-        self.load::<u32>(offset).map_err(|_| ())
+    fn load_u32(&self, offset: usize) -> Result<u32, DropReason> {
+        self.load::<u32>(offset).map_err(|_| DropReason::Malformed)
     }
 
     #[inline(always)]
-    fn store_u8(&self, offset: usize, value: u8) -> Result<(), ()> {
-        self.store(offset, &value, 0).map_err(|_| ())
+    fn store_u8(&self, offset: usize, value: u8) -> Result<(), DropReason> {
+        self.store(offset, &value, 0)
+            .map_err(|_| DropReason::Malformed)
     }
 
     #[inline(always)]
-    fn store_u16(&self, offset: usize, value: u16) -> Result<(), ()> {
-        self.store(offset, &value, 0).map_err(|_| ())
+    fn store_u16(&self, offset: usize, value: u16) -> Result<(), DropReason> {
+        self.store(offset, &value, 0)
+            .map_err(|_| DropReason::Malformed)
     }
 
     #[inline(always)]
-    fn store_u32(&self, offset: usize, value: u32) -> Result<(), ()> {
-        self.store(offset, &value, 0).map_err(|_| ())
+    fn store_u32(&self, offset: usize, value: u32) -> Result<(), DropReason> {
+        self.store(offset, &value, 0)
+            .map_err(|_| DropReason::Malformed)
     }
 
     #[inline(always)]
-    fn l3_csum(&self, csum_offset: usize, from: u32, to: u32, size: u8) -> Result<(), ()> {
+    fn l3_csum(&self, csum_offset: usize, from: u32, to: u32, size: u8) -> Result<(), DropReason> {
         self.l3_csum_replace(csum_offset, from as u64, to as u64, size as u64)
-            .map_err(|_| ())
+            .map_err(|_| DropReason::Malformed)
     }
 
     #[inline(always)]
@@ -66,7 +72,7 @@ impl Mangle for TcContext {
         size: u8,
         pseudo: bool,
         udp: bool,
-    ) -> Result<(), ()> {
+    ) -> Result<(), DropReason> {
         let mut flags = size as u64;
         if pseudo {
             flags |= BPF_F_PSEUDO_HDR as u64;
@@ -75,7 +81,7 @@ impl Mangle for TcContext {
             flags |= BPF_F_MARK_MANGLED_0 as u64;
         }
         self.l4_csum_replace(csum_offset, from as u64, to as u64, flags)
-            .map_err(|_| ())
+            .map_err(|_| DropReason::Malformed)
     }
 }
 
@@ -85,10 +91,10 @@ impl Mangle for TcContext {
 const XDP_OFFSET_MASK: usize = 0x3ff;
 
 #[inline(always)]
-fn xdp_ptr<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
+fn xdp_ptr<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, DropReason> {
     let at = ctx.data() + (offset & XDP_OFFSET_MASK);
     if at + core::mem::size_of::<T>() > ctx.data_end() {
-        return Err(());
+        return Err(DropReason::Malformed);
     }
     Ok(at as *mut T)
 }
@@ -112,14 +118,14 @@ pub fn csum_update(check: u16, from: u32, to: u32, size: u8) -> u16 {
 
 impl Mangle for XdpContext {
     #[inline(always)]
-    fn load_u32(&self, offset: usize) -> Result<u32, ()> {
+    fn load_u32(&self, offset: usize) -> Result<u32, DropReason> {
         let p: *const u32 = xdp_ptr(self, offset)?;
         // SAFETY: `xdp_ptr` checked the bytes lie inside the frame.
         Ok(unsafe { p.read_unaligned() })
     }
 
     #[inline(always)]
-    fn store_u8(&self, offset: usize, value: u8) -> Result<(), ()> {
+    fn store_u8(&self, offset: usize, value: u8) -> Result<(), DropReason> {
         let p: *mut [u8; 2] = xdp_ptr(self, offset)?;
         // SAFETY: `xdp_ptr` checked the bytes lie inside the frame.
         unsafe { (*p)[0] = value };
@@ -127,7 +133,7 @@ impl Mangle for XdpContext {
     }
 
     #[inline(always)]
-    fn store_u16(&self, offset: usize, value: u16) -> Result<(), ()> {
+    fn store_u16(&self, offset: usize, value: u16) -> Result<(), DropReason> {
         let p: *mut u16 = xdp_ptr(self, offset)?;
         // SAFETY: `xdp_ptr` checked the bytes lie inside the frame.
         unsafe { p.write_unaligned(value) };
@@ -135,7 +141,7 @@ impl Mangle for XdpContext {
     }
 
     #[inline(always)]
-    fn store_u32(&self, offset: usize, value: u32) -> Result<(), ()> {
+    fn store_u32(&self, offset: usize, value: u32) -> Result<(), DropReason> {
         let p: *mut u32 = xdp_ptr(self, offset)?;
         // SAFETY: `xdp_ptr` checked the bytes lie inside the frame.
         unsafe { p.write_unaligned(value) };
@@ -143,7 +149,7 @@ impl Mangle for XdpContext {
     }
 
     #[inline(always)]
-    fn l3_csum(&self, csum_offset: usize, from: u32, to: u32, size: u8) -> Result<(), ()> {
+    fn l3_csum(&self, csum_offset: usize, from: u32, to: u32, size: u8) -> Result<(), DropReason> {
         let p: *mut u16 = xdp_ptr(self, csum_offset)?;
         // SAFETY: `xdp_ptr` checked the bytes lie inside the frame.
         unsafe { *p = csum_update(*p, from, to, size) };
@@ -159,7 +165,7 @@ impl Mangle for XdpContext {
         size: u8,
         _pseudo: bool,
         udp: bool,
-    ) -> Result<(), ()> {
+    ) -> Result<(), DropReason> {
         let p: *mut u16 = xdp_ptr(self, csum_offset)?;
         // SAFETY: `xdp_ptr` checked the bytes lie inside the frame.
         unsafe {

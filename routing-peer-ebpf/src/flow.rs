@@ -2,11 +2,11 @@
 //! re-check of a tracked flow against a changed policy.
 
 use routing_peer_common::{
-    AddrKey, CtEntry, CtKey, DatapathConfig, DropReason, DEST_SELF, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPPROTO_TCP, IPPROTO_UDP,
+    AddrKey, CtEntry, CtKey, DatapathConfig, DropReason, Family, DEST_SELF, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
-use crate::{conntrack, forward, parse::Packet, policy, policy::Verdict};
+use crate::{conntrack, parse::Packet, policy, policy::Verdict};
 
 #[inline(always)]
 pub fn is_icmp(proto: u8) -> bool {
@@ -25,15 +25,12 @@ pub fn policy_port(proto: u8, port: u16) -> u16 {
 
 #[inline(always)]
 pub fn forward_key(pkt: &Packet) -> CtKey {
-    CtKey {
-        peer: pkt.src,
-        remote: pkt.dst,
-        peer_port: pkt.sport,
-        remote_port: if is_icmp(pkt.proto) { 0 } else { pkt.dport },
-        proto: pkt.proto,
-        family: forward::family(pkt.ipv6) as u8,
-        _pad: [0; 2],
-    }
+    CtKey::new(
+        Family::of(pkt.ipv6),
+        pkt.proto,
+        (pkt.src, pkt.sport),
+        (pkt.dst, if is_icmp(pkt.proto) { 0 } else { pkt.dport }),
+    )
 }
 
 /// Re-checks a tracked flow against the current policy when it changed.
@@ -50,25 +47,12 @@ pub fn revalidate(
         return Ok(());
     }
     let slot = cfg.active_slot;
-    let family = key.family as u32;
+    let family = key.family();
     let src_class = match src_class {
         Some(c) => Some(c),
-        None => policy::peer(
-            slot,
-            &AddrKey {
-                family,
-                addr: key.peer,
-            },
-        )
-        .map(|p| p.src_class),
+        None => policy::peer(slot, &AddrKey::new(family, key.peer)).map(|p| p.src_class),
     };
-    let dest = policy::dest(
-        slot,
-        &AddrKey {
-            family,
-            addr: key.remote,
-        },
-    );
+    let dest = policy::dest(slot, &AddrKey::new(family, key.remote));
     if let (Some(src_class), Some(dest)) = (src_class, dest) {
         let port = policy_port(key.proto, key.remote_port);
         if let Verdict::Accept(rule_id) =

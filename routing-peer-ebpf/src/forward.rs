@@ -16,17 +16,25 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
-use routing_peer_common::{Family, FORWARD_MARK};
+use routing_peer_common::{DropReason, Family, FORWARD_MARK};
 
 use crate::{ctx::Mangle, parse::Packet};
 
 const AF_INET_KERNEL: u8 = 2;
 const AF_INET6_KERNEL: u8 = 10;
 
+// Maps.
 /// L2 interfaces XDP may redirect into (each needs an XDP program on its
 /// peer end for veth). Others get the kernel path.
 #[map]
 static XDP_REDIRECT_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+/// Per CPU: the FIB lookup's parameters and result (`Route` points here).
+#[map]
+static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+/// L3 devices (WireGuard, TUN) among the redirect targets: they take the
+/// packet without an Ethernet header.
+#[map]
+static L3_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 
 /// A FIB result, kept in a per-CPU scratch slot: the 64-byte lookup
 /// structure would not fit on the 512-byte BPF stack beside the fast path.
@@ -35,8 +43,9 @@ pub struct Route {
     ipv6: bool,
 }
 
-#[map]
-static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+/// The FIB scratch is zeroed as this many words: it must be exactly that.
+const FIB_WORDS: usize = 8;
+const _: () = assert!(size_of::<bpf_fib_lookup>() == FIB_WORDS * 8);
 
 impl Route {
     #[inline(always)]
@@ -132,8 +141,8 @@ fn fib_lookup<C: EbpfContext>(
     // SAFETY: per-CPU slot; all-zero is a valid bpf_fib_lookup. Zeroed as
     // eight words: a memset would become 64 single-byte stores.
     let p = unsafe {
-        let words = params as *mut [u64; 8];
-        for i in 0..8 {
+        let words = params as *mut [u64; FIB_WORDS];
+        for i in 0..FIB_WORDS {
             (*words)[i] = 0;
         }
         &mut *params
@@ -223,11 +232,6 @@ pub fn lookup_tc(ctx: &TcContext, pkt: &Packet, to: &To, in_ifindex: u32) -> Fib
     }
 }
 
-/// L3 devices (WireGuard, TUN) among the redirect targets: they take the
-/// packet without an Ethernet header.
-#[map]
-static L3_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
-
 /// TC: redirect toward the route's device, the right way for its kind:
 /// plain bpf_redirect for an L3 device (the kernel strips our L2 header),
 /// the neighbour layer for an L2 one.
@@ -243,7 +247,7 @@ pub fn redirect_to(route: &Route, ipv6: bool) -> i32 {
 
 /// Decrements the TTL (hop limit). The caller has checked it is above 1.
 #[inline(always)]
-pub fn decrement_ttl<C: Mangle>(ctx: &C, pkt: &Packet) -> Result<(), ()> {
+pub fn decrement_ttl<C: Mangle>(ctx: &C, pkt: &Packet) -> Result<(), DropReason> {
     if pkt.ipv6 {
         // No header checksum in IPv6.
         return ctx.store_u8(pkt.l3_offset + 7, pkt.ttl - 1);
@@ -259,11 +263,11 @@ pub fn decrement_ttl<C: Mangle>(ctx: &C, pkt: &Packet) -> Result<(), ()> {
 /// Ethernet header. bpf_redirect_neigh drops packets without one; it
 /// replaces it with the real addresses from the neighbour table.
 #[inline(always)]
-pub fn push_l2_header(ctx: &TcContext, ipv6: bool) -> Result<(), ()> {
+pub fn push_l2_header(ctx: &TcContext, ipv6: bool) -> Result<(), DropReason> {
     // SAFETY: plain helper call on our skb.
     let rc = unsafe { aya_ebpf::helpers::generated::bpf_skb_change_head(ctx.skb.skb, 14, 0) };
     if rc != 0 {
-        return Err(());
+        return Err(DropReason::Malformed);
     }
     let proto: u16 = if ipv6 { 0x86DD } else { 0x0800 };
     // Zeroed MACs: unicast, and overwritten by the neighbour layer.

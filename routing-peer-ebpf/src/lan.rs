@@ -7,7 +7,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use routing_peer_common::{
-    AddrKey, CtEntry, CtKey, DatapathConfig, DropReason, Handoff, NatEndpoint, CT_FLAG_MASQUERADE,
+    AddrKey, CtEntry, CtKey, DatapathConfig, DropReason, Family, Handoff, NatEndpoint,
+    CT_FLAG_MASQUERADE,
 };
 
 use crate::{
@@ -40,7 +41,7 @@ pub fn lan_classify(
     cfg: &DatapathConfig,
     now: u64,
 ) -> Result<Option<Reply>, DropReason> {
-    let family = forward::family(pkt.ipv6);
+    let family = Family::of(pkt.ipv6);
     let external = NatEndpoint {
         addr: pkt.dst,
         port: pkt.dport,
@@ -48,15 +49,12 @@ pub fn lan_classify(
         family: family as u8,
     };
     let peer_endpoint = nat::reverse(&external).unwrap_or(external);
-    let key = CtKey {
-        peer: peer_endpoint.addr,
-        remote: pkt.src,
-        peer_port: peer_endpoint.port,
-        remote_port: if is_icmp(pkt.proto) { 0 } else { pkt.sport },
-        proto: pkt.proto,
-        family: family as u8,
-        _pad: [0; 2],
-    };
+    let key = CtKey::new(
+        family,
+        pkt.proto,
+        (peer_endpoint.addr, peer_endpoint.port),
+        (pkt.src, if is_icmp(pkt.proto) { 0 } else { pkt.sport }),
+    );
     let Some(entry) = conntrack::lookup(&key, now, cfg) else {
         if to_peer(pkt, cfg) {
             return Err(DropReason::LanUnsolicited);
@@ -75,10 +73,7 @@ pub fn lan_classify(
 pub fn to_peer(pkt: &Packet, cfg: &DatapathConfig) -> bool {
     policy::peer(
         cfg.active_slot,
-        &AddrKey {
-            family: forward::family(pkt.ipv6),
-            addr: pkt.dst,
-        },
+        &AddrKey::new(Family::of(pkt.ipv6), pkt.dst),
     )
     .is_some()
 }
@@ -103,8 +98,7 @@ pub fn lan_translate<C: Mangle>(
             Side::Destination,
             reply.key.peer,
             reply.key.peer_port,
-        )
-        .map_err(|_| DropReason::Malformed)?;
+        )?;
     }
     Ok(())
 }
@@ -148,7 +142,7 @@ pub fn lan_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
         return Ok(xdp_action::XDP_PASS);
     }
     lan_translate(ctx, pkt, &reply, now)?;
-    forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
+    forward::decrement_ttl(ctx, pkt)?;
     Ok(forward::xdp_redirect(ctx, &route).unwrap_or(xdp_action::XDP_PASS))
 }
 
@@ -183,7 +177,7 @@ pub fn lan_tc(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     }
     lan_translate(ctx, pkt, &reply, now)?;
-    forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
+    forward::decrement_ttl(ctx, pkt)?;
     Ok(forward::redirect_to(&route, pkt.ipv6))
 }
 
@@ -229,7 +223,7 @@ pub fn lan_icmp_error(
         counters::count_handoff(Handoff::LanOther, pkt.l3_len);
         return Ok(TC_ACT_OK);
     };
-    let family = forward::family(pkt.ipv6);
+    let family = Family::of(pkt.ipv6);
     let external = NatEndpoint {
         addr: q.src,
         port: q.sport,
@@ -243,15 +237,7 @@ pub fn lan_icmp_error(
             counters::count_handoff(Handoff::LanOther, pkt.l3_len);
             return Ok(TC_ACT_OK);
         }
-        let quoted_flow = CtKey {
-            peer: q.src,
-            remote: q.dst,
-            peer_port: q.sport,
-            remote_port: q.dport,
-            proto: q.proto,
-            family: family as u8,
-            _pad: [0; 2],
-        };
+        let quoted_flow = CtKey::new(family, q.proto, (q.src, q.sport), (q.dst, q.dport));
         let Some(entry) = conntrack::lookup(&quoted_flow, now, cfg) else {
             return Err(DropReason::LanUnsolicited);
         };
@@ -261,22 +247,13 @@ pub fn lan_icmp_error(
         }
         return icmp_to_overlay(ctx, pkt, &To::dst_of(pkt), entry);
     };
-    let key = CtKey {
-        peer: peer.addr,
-        remote: q.dst,
-        peer_port: peer.port,
-        remote_port: q.dport,
-        proto: q.proto,
-        family: family as u8,
-        _pad: [0; 2],
-    };
+    let key = CtKey::new(family, q.proto, (peer.addr, peer.port), (q.dst, q.dport));
     let Some(entry) = conntrack::lookup(&key, now, cfg) else {
         // About a mapping no flow uses: addressed to our own LAN address.
         counters::count_handoff(Handoff::LanOther, pkt.l3_len);
         return Ok(TC_ACT_OK);
     };
-    nat::translate_icmp_error(ctx, pkt, &q, peer.addr, peer.port)
-        .map_err(|_| DropReason::Malformed)?;
+    nat::translate_icmp_error(ctx, pkt, &q, peer.addr, peer.port)?;
     let to = To {
         addr: peer.addr,
         port: pkt.dport,
@@ -299,6 +276,6 @@ pub fn icmp_to_overlay(
     // SAFETY: map value pointer, valid for this run.
     let resource_id = unsafe { (*entry).resource_id };
     counters::count_resource(resource_id, ResourceEvent::Reply, pkt.l3_len);
-    forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
+    forward::decrement_ttl(ctx, pkt)?;
     Ok(forward::redirect_to(&route, pkt.ipv6))
 }

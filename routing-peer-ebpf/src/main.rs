@@ -12,6 +12,7 @@
 // Inline BPF assembly, for atomic counter adds.
 #![feature(asm_experimental_arch)]
 
+#[cfg(feature = "bench")]
 mod bench;
 mod config;
 mod conntrack;

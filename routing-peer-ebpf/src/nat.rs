@@ -25,12 +25,33 @@ use crate::{ctx::Mangle, parse::Packet};
 
 const MAX_MAPPINGS: u32 = 131072;
 
+// Maps.
+/// Masquerade mappings, peer endpoint → external endpoint.
 #[map]
 static NAT_FWD: LruHashMap<NatEndpoint, NatEndpoint> =
     LruHashMap::with_max_entries(MAX_MAPPINGS, 0);
+/// The same mappings the other way, external endpoint → peer endpoint.
 #[map]
 static NAT_REV: LruHashMap<NatEndpoint, NatEndpoint> =
     LruHashMap::with_max_entries(MAX_MAPPINGS, 0);
+/// Per CPU: the state of one pool scan, for the `bpf_loop` callback.
+#[map]
+static NAT_SCAN: PerCpuArray<Scan> = PerCpuArray::with_max_entries(1, 0);
+/// Per CPU, by pool (address, protocol): until when a scan that found the
+/// pool full stands. New flows there fail at once in the meantime, so a
+/// full pool costs one scan per CPU per second, not one per packet. A port
+/// freed within that second (GC frees mappings after two idle passes, 20 s)
+/// waits for the next scan.
+#[map]
+static NAT_FULL: LruPerCpuHashMap<NatEndpoint, u64> = LruPerCpuHashMap::with_max_entries(1024, 0);
+/// Per CPU: scans of the whole pool started (they are what a full pool costs).
+#[map]
+static NAT_SCANS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// Pool ports that sockets of the routing peer hold (services, clients
+/// that bound their port), written by the daemon: never handed out. Key:
+/// protocol << 16 | port.
+#[map]
+static NAT_RESERVED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
 fn same(a: &NatEndpoint, b: &NatEndpoint) -> bool {
@@ -63,27 +84,7 @@ struct Scan {
     found: u32,
 }
 
-#[map]
-static NAT_SCAN: PerCpuArray<Scan> = PerCpuArray::with_max_entries(1, 0);
-
-/// Per CPU, by pool (address, protocol): until when a scan that found the
-/// pool full stands. New flows there fail at once in the meantime, so a
-/// full pool costs one scan per CPU per second, not one per packet. A port
-/// freed within that second (GC frees mappings after two idle passes, 20 s)
-/// waits for the next scan.
-#[map]
-static NAT_FULL: LruPerCpuHashMap<NatEndpoint, u64> = LruPerCpuHashMap::with_max_entries(1024, 0);
 const FULL_BACKOFF_NS: u64 = 1_000_000_000;
-
-/// Per CPU: scans of the whole pool started (they are what a full pool costs).
-#[map]
-static NAT_SCANS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// Pool ports that sockets of the routing peer hold (services, clients
-/// that bound their port), written by the daemon: never handed out. Key:
-/// protocol << 16 | port.
-#[map]
-static NAT_RESERVED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
 /// Whether `external` is free of the routing peer's own sockets.
 #[inline(always)]
@@ -248,7 +249,7 @@ pub fn rewrite<C: Mangle>(
     side: Side,
     addr: [u32; 4],
     port: u16,
-) -> Result<(), ()> {
+) -> Result<(), DropReason> {
     let udp = pkt.proto == IPPROTO_UDP;
     let l4 = l4_checksum(pkt);
     let (old_addr, old_port) = match side {
@@ -338,7 +339,7 @@ pub fn checksum_is_partial<C: Mangle>(ctx: &C, pkt: &Packet) -> bool {
 /// stack sends MSS as the first option, and only there is it looked for:
 /// a bounded option walk costs more verifier budget than it is worth.
 #[inline(always)]
-pub fn clamp_mss<C: Mangle>(ctx: &C, pkt: &Packet, clamp: u16) -> Result<(), ()> {
+pub fn clamp_mss<C: Mangle>(ctx: &C, pkt: &Packet, clamp: u16) -> Result<(), DropReason> {
     const TCPOPT_MSS: u8 = 2;
     let at = pkt.l4_offset + 20;
     let Ok(first) = ctx.load_u32(at) else {
@@ -463,7 +464,7 @@ pub fn translate_icmp_error<C: Mangle>(
     q: &Quoted,
     peer_addr: [u32; 4],
     peer_port: u16,
-) -> Result<(), ()> {
+) -> Result<(), DropReason> {
     let icmp_csum = pkt.l4_offset + 2;
     if pkt.ipv6 {
         for (i, &word) in peer_addr.iter().enumerate() {

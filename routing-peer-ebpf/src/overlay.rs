@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use routing_peer_common::{
-    AddrKey, CtEntry, DatapathConfig, DropReason, Handoff, NatEndpoint, PeerValue,
+    AddrKey, CtEntry, DatapathConfig, DropReason, Family, Handoff, NatEndpoint, PeerValue,
     CT_FLAG_MASQUERADE, DEST_SELF, IPPROTO_TCP, SELF_KEY, TCP_RST, TCP_SYN,
 };
 
@@ -35,13 +35,7 @@ use crate::{
 #[inline(always)]
 pub fn input_chain(pkt: &Packet, peer: &PeerValue, cfg: &DatapathConfig) -> Result<(), DropReason> {
     let slot = cfg.active_slot;
-    let listed = policy::dest(
-        slot,
-        &AddrKey {
-            family: forward::family(pkt.ipv6),
-            addr: pkt.dst,
-        },
-    );
+    let listed = policy::dest(slot, &AddrKey::new(Family::of(pkt.ipv6), pkt.dst));
     let dst_class = match listed {
         Some(d) if d.flags & DEST_SELF != 0 => d.dst_class,
         _ => {
@@ -72,18 +66,11 @@ pub fn new_flow(
     nat_src: Option<&[u32; 4]>,
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
-    let family = forward::family(pkt.ipv6);
+    let family = Family::of(pkt.ipv6);
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let slot = cfg.active_slot;
-    let dest = policy::dest(
-        slot,
-        &AddrKey {
-            family,
-            addr: pkt.dst,
-        },
-    )
-    .ok_or(DropReason::NoPolicy)?;
+    let dest = policy::dest(slot, &AddrKey::new(family, pkt.dst)).ok_or(DropReason::NoPolicy)?;
     // An address the compiler knew as ours that the FIB no longer calls
     // local: never forwarded.
     if dest.flags & DEST_SELF != 0 {
@@ -195,8 +182,7 @@ pub fn overlay_translate<C: Mangle>(
     let (flags, nat_addr, nat_port) =
         unsafe { ((*entry).flags, (*entry).nat_addr, (*entry).nat_port) };
     if flags & CT_FLAG_MASQUERADE != 0 {
-        nat::rewrite(ctx, pkt, Side::Source, nat_addr, nat_port)
-            .map_err(|_| DropReason::Malformed)?;
+        nat::rewrite(ctx, pkt, Side::Source, nat_addr, nat_port)?;
     }
     if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_SYN != 0 && cfg.mss_clamp != 0 {
         // IPv6 headers are 20 bytes longer than IPv4's.
@@ -205,7 +191,7 @@ pub fn overlay_translate<C: Mangle>(
         } else {
             cfg.mss_clamp
         };
-        nat::clamp_mss(ctx, pkt, clamp).map_err(|_| DropReason::Malformed)?;
+        nat::clamp_mss(ctx, pkt, clamp)?;
     }
     Ok(())
 }
@@ -214,10 +200,7 @@ pub fn overlay_translate<C: Mangle>(
 pub fn source_peer(pkt: &Packet, cfg: &DatapathConfig) -> Result<PeerValue, DropReason> {
     policy::peer(
         cfg.active_slot,
-        &AddrKey {
-            family: forward::family(pkt.ipv6),
-            addr: pkt.src,
-        },
+        &AddrKey::new(Family::of(pkt.ipv6), pkt.src),
     )
     .ok_or(DropReason::UnknownSource)
 }
@@ -266,9 +249,9 @@ pub fn overlay_tc(ctx: &TcContext, pkt: &Packet, l2: bool) -> Result<i32, DropRe
         counters::count_handoff(Handoff::Fragmenting, pkt.l3_len);
         return Ok(TC_ACT_OK);
     }
-    forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
+    forward::decrement_ttl(ctx, pkt)?;
     if !l2 {
-        forward::push_l2_header(ctx, pkt.ipv6).map_err(|_| DropReason::Malformed)?;
+        forward::push_l2_header(ctx, pkt.ipv6)?;
     }
     Ok(forward::redirect_neigh(&route, pkt.ipv6))
 }
@@ -297,6 +280,6 @@ pub fn overlay_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
     let now = unsafe { bpf_ktime_get_ns() };
     let entry = overlay_flow(pkt, &peer, Some(route.src()), &cfg, now)?;
     overlay_translate(ctx, pkt, entry, &cfg)?;
-    forward::decrement_ttl(ctx, pkt).map_err(|_| DropReason::Malformed)?;
+    forward::decrement_ttl(ctx, pkt)?;
     Ok(forward::xdp_redirect(ctx, &route).unwrap_or(xdp_action::XDP_PASS))
 }

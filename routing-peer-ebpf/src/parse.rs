@@ -14,6 +14,15 @@ use core::ffi::c_void;
 use aya_ebpf::{helpers::generated::bpf_loop, macros::map, maps::PerCpuArray};
 use routing_peer_common::{DropReason, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 
+// Maps.
+/// The packet being decided, per CPU: on the 512-byte stack it would
+/// crowd out the fast path (LLVM keeps several copies of it there).
+#[map]
+static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+/// Per CPU: the IPv4 options being walked, for the `bpf_loop` callback.
+#[map]
+static OPTION_WALK: PerCpuArray<OptionWalk> = PerCpuArray::with_max_entries(1, 0);
+
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -135,11 +144,6 @@ impl Frame {
         Ok(at as *mut T)
     }
 }
-
-/// The packet being decided, per CPU: on the 512-byte stack it would
-/// crowd out the fast path (LLVM keeps several copies of it there).
-#[map]
-static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 
 /// The furthest the transport header may start: TC pulls 192 bytes, and
 /// a bound lets XDP writes mask offsets the verifier cannot otherwise see.
@@ -320,9 +324,6 @@ struct OptionWalk {
     at: u32,
     bad: u32,
 }
-
-#[map]
-static OPTION_WALK: PerCpuArray<OptionWalk> = PerCpuArray::with_max_entries(1, 0);
 
 /// IPv4 options: each one's length inside the header, none shorter than 2.
 /// Only packets with options pay for it.

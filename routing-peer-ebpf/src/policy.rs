@@ -24,23 +24,30 @@ const MAX_DESTS: u32 = 262144;
 const MAX_POLICY: u32 = 1 << 20;
 const MAX_MASQ: u32 = 65536;
 
+// Maps.
+/// Overlay address → (peer id, source class), slot 0 of the double buffer.
 #[map]
 static PEERS_0: HashMap<AddrKey, PeerValue> = HashMap::with_max_entries(MAX_PEERS, 0);
+/// Slot 1 of `PEERS_0`.
 #[map]
 static PEERS_1: HashMap<AddrKey, PeerValue> = HashMap::with_max_entries(MAX_PEERS, 0);
+/// Destination prefix → (resource id, destination class, flags), slot 0.
 #[map]
 static DESTS_0: LpmTrie<AddrKey, DestValue> = LpmTrie::with_max_entries(MAX_DESTS, 0);
+/// Slot 1 of `DESTS_0`.
 #[map]
 static DESTS_1: LpmTrie<AddrKey, DestValue> = LpmTrie::with_max_entries(MAX_DESTS, 0);
+/// (source class, destination class, protocol, port) prefix → verdict and rule, slot 0.
 #[map]
 static POLICY_0: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY, 0);
+/// Slot 1 of `POLICY_0`.
 #[map]
 static POLICY_1: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY, 0);
-
 /// (most specific resource, granting rule) → masquerade, for nested
 /// prefixes whose resources disagree on it (`DEST_MASQ_BY_RULE`).
 #[map]
 static MASQ_0: HashMap<MasqKey, u32> = HashMap::with_max_entries(MAX_MASQ, 0);
+/// Slot 1 of `MASQ_0`.
 #[map]
 static MASQ_1: HashMap<MasqKey, u32> = HashMap::with_max_entries(MAX_MASQ, 0);
 

@@ -134,7 +134,7 @@ fn gen(
     src: std::net::Ipv4Addr,
     dst: std::net::Ipv4Addr,
 ) -> Result<()> {
-    let mut ebpf = EbpfLoader::new().load(datapath::EBPF_OBJECT)?;
+    let mut ebpf = EbpfLoader::new().load(datapath::BENCH_OBJECT)?;
     {
         let map = ebpf.map_mut("BENCH_GEN").context("BENCH_GEN")?;
         Array::<_, u32>::try_from(map)?.set(0, flows, 0)?;
@@ -200,7 +200,7 @@ fn attach(iface: &str, program: &str, pin: &std::path::Path) -> Result<()> {
     let mut loader = EbpfLoader::new();
     let sink_pin = pin.join("BENCH_SINK");
     loader.map_pin_path("BENCH_SINK", sink_pin.as_path());
-    let mut ebpf = loader.load(datapath::EBPF_OBJECT)?;
+    let mut ebpf = loader.load(datapath::BENCH_OBJECT)?;
     let prog: &mut Xdp = ebpf
         .program_mut(program)
         .with_context(|| format!("no program {program}"))?

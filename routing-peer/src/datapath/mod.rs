@@ -24,6 +24,11 @@ pub mod safety_net;
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/routing-peer.bpf.o"));
 
+/// The benchmark's programs, a separate object (feature `bench`).
+#[cfg(feature = "bench")]
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/routing-peer-bench.bpf.o"));
+
 /// Where all instances keep their pins.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf/routing-peer";
 
@@ -120,5 +125,7 @@ mod object_tests {
         }
         // And the test can fail.
         assert!(!symbols.iter().any(|s| s == "NO_SUCH_MAP"));
+        // The benchmark's programs are not in the production object.
+        assert!(!symbols.iter().any(|s| s.starts_with("rp_bench")));
     }
 }

@@ -59,7 +59,15 @@ struct Scenario {
 
 pub fn run(quick: bool) -> Result<()> {
     crate::setup::check_toolchain()?;
-    util::cargo(&["build", "--locked", "--release", "-p", "routing-peer"])?;
+    util::cargo(&[
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        "routing-peer",
+        "--features",
+        "bench",
+    ])?;
     let started = Instant::now();
     let bin_dir = util::workspace_root().join("target/release");
     std::env::set_var("ROUTING_PEER_BIN", bin_dir.join("routing-peer"));

@@ -122,24 +122,36 @@ fn ipv6_extension_headers_are_walked() {
     });
 }
 
-/// Every program in the object, the benchmark's included, passes the
-/// verifier: a program no test loads could otherwise break unseen.
+/// Every program in the objects (the benchmark's with feature `bench`,
+/// as `cargo xtask test` builds) passes the verifier: a program no test
+/// loads could otherwise break unseen.
 #[test]
 #[ignore = "needs root and network namespaces: cargo xtask test runs it"]
 fn every_program_in_the_object_passes_the_verifier() {
     in_netns(|| {
-        let mut ebpf = datapath::load(None, datapath::log_level_for(false), &[]).expect("load");
-        let mut loaded = 0;
-        for (name, program) in ebpf.programs_mut() {
-            let result = match program {
-                aya::programs::Program::Xdp(p) => p.load(),
-                aya::programs::Program::SchedClassifier(p) => p.load(),
-                _ => panic!("{name}: a program type we do not attach"),
-            };
-            result.unwrap_or_else(|e| panic!("{name} fails the verifier: {e}"));
-            loaded += 1;
+        let ebpf = datapath::load(None, datapath::log_level_for(false), &[]).expect("load");
+        assert_eq!(load_all(ebpf), 5, "the data path's programs");
+        #[cfg(feature = "bench")]
+        {
+            let bench = aya::EbpfLoader::new()
+                .load(datapath::BENCH_OBJECT)
+                .expect("load the benchmark's object");
+            assert_eq!(load_all(bench), 9, "the data path's and the benchmark's four");
         }
-        // 5 data path programs and 4 benchmark ones.
-        assert_eq!(loaded, 9);
     });
+}
+
+/// Loads every program of `ebpf` into the kernel; returns how many.
+fn load_all(mut ebpf: aya::Ebpf) -> usize {
+    let mut loaded = 0;
+    for (name, program) in ebpf.programs_mut() {
+        let result = match program {
+            aya::programs::Program::Xdp(p) => p.load(),
+            aya::programs::Program::SchedClassifier(p) => p.load(),
+            _ => panic!("{name}: a program type we do not attach"),
+        };
+        result.unwrap_or_else(|e| panic!("{name} fails the verifier: {e}"));
+        loaded += 1;
+    }
+    loaded
 }
