@@ -383,17 +383,17 @@ pub struct CtEntry {
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     /// Peer → remote.
-    pub fwd: PacketCounter,
+    pub forward: PacketCounter,
     /// Remote → peer.
-    pub rev: PacketCounter,
+    pub reply: PacketCounter,
     /// The translated source, when masqueraded.
     pub nat_addr: [u32; 4],
     pub nat_port: u16,
     pub state: u8,
     pub flags: u8,
     /// TCP flags seen, OR-accumulated per direction.
-    pub tcp_flags_fwd: u8,
-    pub tcp_flags_rev: u8,
+    pub tcp_flags_forward: u8,
+    pub tcp_flags_reply: u8,
     pub _pad: [u8; 2],
     pub peer_id: u32,
     pub resource_id: u32,
@@ -402,13 +402,13 @@ pub struct CtEntry {
     pub policy_gen: u32,
     /// TCP, per direction: the last acknowledgement number sent, and the
     /// sequence number after the last segment sent (for the RST check).
-    pub ack_fwd: u32,
-    pub ack_rev: u32,
-    pub seq_end_fwd: u32,
-    pub seq_end_rev: u32,
+    pub ack_forward: u32,
+    pub ack_reply: u32,
+    pub seq_end_forward: u32,
+    pub seq_end_reply: u32,
     /// TCP, per direction: the last advertised window (unscaled).
-    pub win_fwd: u16,
-    pub win_rev: u16,
+    pub win_forward: u16,
+    pub win_reply: u16,
     pub _pad2: u32,
 }
 
@@ -441,8 +441,8 @@ impl CtEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ResourceCounters {
-    pub fwd: PacketCounter,
-    pub rev: PacketCounter,
+    pub forward: PacketCounter,
+    pub reply: PacketCounter,
     pub denied: PacketCounter,
     pub new_flows: u64,
     pub _pad: u64,
@@ -450,8 +450,8 @@ pub struct ResourceCounters {
 
 impl ResourceCounters {
     pub fn add(&mut self, other: &ResourceCounters) {
-        self.fwd.add(&other.fwd);
-        self.rev.add(&other.rev);
+        self.forward.add(&other.forward);
+        self.reply.add(&other.reply);
         self.denied.add(&other.denied);
         self.new_flows += other.new_flows;
     }

@@ -126,7 +126,7 @@ pub fn initial_state(proto: u8, tcp_flags: u8) -> u8 {
 }
 
 #[inline(always)]
-fn next_state(state: u8, dir: Direction, flags_seen_rev: u8, tcp_flags: u8) -> u8 {
+fn next_state(state: u8, dir: Direction, flags_seen_reply: u8, tcp_flags: u8) -> u8 {
     if tcp_flags & TCP_RST != 0 {
         return CT_TCP_RESET;
     }
@@ -137,7 +137,7 @@ fn next_state(state: u8, dir: Direction, flags_seen_rev: u8, tcp_flags: u8) -> u
         // The reply's SYN-ACK, or any ACK after it, establishes the flow.
         CT_TCP_SYN_SENT
             if (dir == Direction::Reply && tcp_flags & TCP_SYN != 0)
-                || (dir == Direction::Forward && flags_seen_rev & TCP_SYN != 0) =>
+                || (dir == Direction::Forward && flags_seen_reply & TCP_SYN != 0) =>
         {
             CT_TCP_ESTABLISHED
         }
@@ -178,18 +178,18 @@ pub fn rst_acceptable(entry: *const CtEntry, dir: Direction, pkt: &Packet) -> bo
     let (other_flags, other_ack, other_win, other_seq_end, own_seq_end) = unsafe {
         match dir {
             Direction::Forward => (
-                (*entry).tcp_flags_rev,
-                (*entry).ack_rev,
-                (*entry).win_rev,
-                (*entry).seq_end_rev,
-                (*entry).seq_end_fwd,
+                (*entry).tcp_flags_reply,
+                (*entry).ack_reply,
+                (*entry).win_reply,
+                (*entry).seq_end_reply,
+                (*entry).seq_end_forward,
             ),
             Direction::Reply => (
-                (*entry).tcp_flags_fwd,
-                (*entry).ack_fwd,
-                (*entry).win_fwd,
-                (*entry).seq_end_fwd,
-                (*entry).seq_end_rev,
+                (*entry).tcp_flags_forward,
+                (*entry).ack_forward,
+                (*entry).win_forward,
+                (*entry).seq_end_forward,
+                (*entry).seq_end_reply,
             ),
         }
     };
@@ -232,8 +232,8 @@ pub fn update(entry: *mut CtEntry, dir: Direction, pkt: &Packet, now: u64) {
     // legal state and the next packet corrects it.
     unsafe {
         let counter = match dir {
-            Direction::Forward => &mut (*entry).fwd,
-            Direction::Reply => &mut (*entry).rev,
+            Direction::Forward => &mut (*entry).forward,
+            Direction::Reply => &mut (*entry).reply,
         };
         atomic_add(&mut counter.packets, 1);
         atomic_add(&mut counter.bytes, len);
@@ -242,26 +242,26 @@ pub fn update(entry: *mut CtEntry, dir: Direction, pkt: &Packet, now: u64) {
             let end = seq_end(pkt);
             match dir {
                 Direction::Forward => {
-                    (*entry).seq_end_fwd = end;
+                    (*entry).seq_end_forward = end;
                     if tcp_flags & TCP_ACK != 0 {
-                        (*entry).ack_fwd = pkt.tcp_ack;
-                        (*entry).win_fwd = pkt.tcp_win;
+                        (*entry).ack_forward = pkt.tcp_ack;
+                        (*entry).win_forward = pkt.tcp_win;
                     }
                 }
                 Direction::Reply => {
-                    (*entry).seq_end_rev = end;
+                    (*entry).seq_end_reply = end;
                     if tcp_flags & TCP_ACK != 0 {
-                        (*entry).ack_rev = pkt.tcp_ack;
-                        (*entry).win_rev = pkt.tcp_win;
+                        (*entry).ack_reply = pkt.tcp_ack;
+                        (*entry).win_reply = pkt.tcp_win;
                     }
                 }
             }
         }
         match dir {
-            Direction::Forward => (*entry).tcp_flags_fwd |= tcp_flags,
-            Direction::Reply => (*entry).tcp_flags_rev |= tcp_flags,
+            Direction::Forward => (*entry).tcp_flags_forward |= tcp_flags,
+            Direction::Reply => (*entry).tcp_flags_reply |= tcp_flags,
         }
-        let rev_flags = (*entry).tcp_flags_rev;
+        let rev_flags = (*entry).tcp_flags_reply;
         let state = (*entry).state;
         let next = next_state(state, dir, rev_flags, tcp_flags);
         if next != state {

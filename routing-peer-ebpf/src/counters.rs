@@ -65,8 +65,8 @@ pub fn count_resource(resource_id: u32, event: ResourceEvent, bytes: usize) {
     // SAFETY: as above.
     let c = unsafe { &mut *c };
     match event {
-        ResourceEvent::Forward => bump(&mut c.fwd, bytes),
-        ResourceEvent::Reply => bump(&mut c.rev, bytes),
+        ResourceEvent::Forward => bump(&mut c.forward, bytes),
+        ResourceEvent::Reply => bump(&mut c.reply, bytes),
         ResourceEvent::Denied => bump(&mut c.denied, bytes),
         ResourceEvent::NewFlow => c.new_flows += 1,
     }

@@ -61,6 +61,10 @@ pub fn open_pinned(pins: &PinDir, name: &str) -> Result<MapData> {
 }
 
 /// One flow as `flows --json` prints it.
+///
+/// Directions: the code says *forward* (peer → resource, the direction
+/// that opened the flow) and *reply*; operators read them as *out* and
+/// *in*, from the peer's side. Here, and only here, one becomes the other.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Flow {
     pub peer: String,
@@ -116,10 +120,10 @@ pub fn read_flows(pins: &PinDir, names: &Names) -> Result<Vec<Flow>> {
             state: state_name(e.state).into(),
             nat,
             rule: name_of(&names.rules, e.rule_id),
-            packets_out: e.fwd.packets,
-            bytes_out: e.fwd.bytes,
-            packets_in: e.rev.packets,
-            bytes_in: e.rev.bytes,
+            packets_out: e.forward.packets,
+            bytes_out: e.forward.bytes,
+            packets_in: e.reply.packets,
+            bytes_in: e.reply.bytes,
             age_secs: now.saturating_sub(e.first_seen_ns) / 1_000_000_000,
             idle_secs: now.saturating_sub(e.last_seen_ns) / 1_000_000_000,
         });
@@ -187,10 +191,10 @@ pub fn read_stats(pins: &PinDir, names: &Names) -> Result<StatsReport> {
         }
         resources.push(ResourceStats {
             resource: name.clone(),
-            packets_out: total.fwd.packets,
-            bytes_out: total.fwd.bytes,
-            packets_in: total.rev.packets,
-            bytes_in: total.rev.bytes,
+            packets_out: total.forward.packets,
+            bytes_out: total.forward.bytes,
+            packets_in: total.reply.packets,
+            bytes_in: total.reply.bytes,
             denied_packets: total.denied.packets,
             new_flows: total.new_flows,
             active_flows: active.get(name.as_str()).copied().unwrap_or(0),

@@ -24,7 +24,10 @@ fn allowed_flow_is_masqueraded_tracked_and_counted() {
         assert_eq!(entry.nat_port, 40000);
         // Flow bytes are IP bytes: the same whether a hook sees L2 or L3.
         let ip_len = |f: &[u8]| (f.len() - ETH_LEN) as u64;
-        assert_eq!((entry.fwd.packets, entry.fwd.bytes), (1, ip_len(&syn)));
+        assert_eq!(
+            (entry.forward.packets, entry.forward.bytes),
+            (1, ip_len(&syn))
+        );
 
         // The reply, addressed to the masquerade address: XDP leaves it to
         // TC (the overlay takes no XDP redirects), which sends it to Alice.
@@ -40,17 +43,23 @@ fn allowed_flow_is_masqueraded_tracked_and_counted() {
         let (_, entry) = dp.flows()[0];
         assert_eq!(entry.state, CT_TCP_ESTABLISHED);
         assert_eq!(
-            (entry.fwd.packets, entry.fwd.bytes),
+            (entry.forward.packets, entry.forward.bytes),
             (2, ip_len(&syn) + ip_len(&data))
         );
-        assert_eq!((entry.rev.packets, entry.rev.bytes), (1, ip_len(&syn_ack)));
+        assert_eq!(
+            (entry.reply.packets, entry.reply.bytes),
+            (1, ip_len(&syn_ack))
+        );
         let wiki = dp.resource(1);
         assert_eq!(wiki.new_flows, 1);
         assert_eq!(
-            (wiki.fwd.packets, wiki.fwd.bytes),
+            (wiki.forward.packets, wiki.forward.bytes),
             (2, ip_len(&syn) + ip_len(&data))
         );
-        assert_eq!((wiki.rev.packets, wiki.rev.bytes), (1, ip_len(&syn_ack)));
+        assert_eq!(
+            (wiki.reply.packets, wiki.reply.bytes),
+            (1, ip_len(&syn_ack))
+        );
 
         let fin = tcp(ALICE, WIKI, 40000, 443, "F", &[]);
         assert_eq!(dp.overlay(&fin).0, TC_ACT_REDIRECT);

@@ -136,7 +136,11 @@ fn every_program_in_the_object_passes_the_verifier() {
             let bench = aya::EbpfLoader::new()
                 .load(datapath::BENCH_OBJECT)
                 .expect("load the benchmark's object");
-            assert_eq!(load_all(bench), 9, "the data path's and the benchmark's four");
+            assert_eq!(
+                load_all(bench),
+                9,
+                "the data path's and the benchmark's four"
+            );
         }
     });
 }

@@ -25,7 +25,7 @@ fn xdp_fast_path_translates_and_redirects_replies() {
             "destination MAC from the FIB"
         );
         assert_eq!(out[ETH_LEN + 8], 63, "TTL decremented");
-        assert_eq!(dp.flows()[0].1.rev.packets, 1);
+        assert_eq!(dp.flows()[0].1.reply.packets, 1);
     });
 }
 
@@ -42,7 +42,7 @@ fn xdp_overlay_forwards_and_masquerades_without_an_skb() {
         assert_eq!(verdict, XDP_REDIRECT);
         assert_eq!(checked(&out), (ip(RP_LAN), ip(WIKI), 40060, 443));
         assert_eq!(&out[..6], &[2, 0, 0, 0, 0, 0x55]);
-        assert_eq!(dp.flows()[0].1.fwd.packets, 1);
+        assert_eq!(dp.flows()[0].1.forward.packets, 1);
         // Denied traffic is dropped right there.
         let (verdict, _) = dp.run(
             program_names::OVERLAY_XDP,
