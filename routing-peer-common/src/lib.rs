@@ -91,7 +91,7 @@ impl Hook {
 pub enum DropReason {
     /// Truncated header, bad IHL, bad lengths, bad version.
     Malformed = 0,
-    /// IP fragment: not tracked, so it can't be matched against policy.
+    /// A later fragment of a datagram whose first fragment was dropped.
     Fragment = 1,
     /// No rule allows it (default deny), or the destination is no resource.
     NoPolicy = 2,
@@ -116,10 +116,18 @@ pub enum DropReason {
     /// A reply too big for the overlay that must not be fragmented, after
     /// the routing peer answered the sender with an ICMP error.
     ReplyTooBig = 12,
+    /// A fragment that would overwrite the transport header the policy
+    /// inspected (RFC 1858, 3128, 5722), and every later fragment of its
+    /// datagram, which is poisoned.
+    FragmentOverlap = 13,
+    /// A first fragment that does not hold the whole transport header.
+    FragmentTiny = 14,
+    /// A later fragment whose first fragment never came while it was held.
+    FragmentOrphan = 15,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 16;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Malformed,
         DropReason::Fragment,
@@ -134,6 +142,9 @@ impl DropReason {
         DropReason::RstOutOfWindow,
         DropReason::TtlExpired,
         DropReason::ReplyTooBig,
+        DropReason::FragmentOverlap,
+        DropReason::FragmentTiny,
+        DropReason::FragmentOrphan,
     ];
 
     pub fn name(self) -> &'static str {
@@ -151,6 +162,9 @@ impl DropReason {
             DropReason::RstOutOfWindow => "rst-out-of-window",
             DropReason::TtlExpired => "ttl-expired",
             DropReason::ReplyTooBig => "reply-too-big",
+            DropReason::FragmentOverlap => "fragment-overlap",
+            DropReason::FragmentTiny => "fragment-tiny",
+            DropReason::FragmentOrphan => "fragment-orphan",
         }
     }
 }
@@ -207,6 +221,75 @@ impl Handoff {
 /// forward (`Handoff::Fragmenting`). The safety-net nftables table drops
 /// every packet the kernel forwards from the overlay without it.
 pub const FORWARD_MARK: u32 = 0x5250_0001;
+
+/// The skb mark of a fragment on its way around the hold (a veth pair with
+/// a netem delay): `HOLD_MARK | direction << 8 | passes so far`.
+pub const HOLD_MARK: u32 = 0x5250_8000;
+pub const HOLD_MARK_MASK: u32 = 0xffff_f000;
+/// Direction bits of the hold mark: from the overlay, or from the LAN.
+pub const HOLD_FROM_OVERLAY: u32 = 0;
+pub const HOLD_FROM_LAN: u32 = 1;
+/// The MAC address of the hold's receiving end, which held frames carry.
+pub const HOLD_MAC: [u8; 6] = [0x02, 0x52, 0x50, 0x00, 0x00, 0x02];
+
+/// What a datagram's first fragment decided, for the fragments after it.
+pub const FRAG_FORWARD: u8 = 1;
+/// A reply: translated back toward the peer.
+pub const FRAG_REPLY: u8 = 2;
+/// To the routing peer itself, allowed (overlay) or the kernel's (LAN).
+pub const FRAG_LOCAL: u8 = 3;
+/// Dropped: every later fragment is dropped too.
+pub const FRAG_DENIED: u8 = 4;
+/// Overlapping fragments were seen: the whole datagram is dropped.
+pub const FRAG_POISONED: u8 = 5;
+
+/// A datagram: (source, destination, IP identification, protocol). IPv6
+/// uses the fragment header's 32-bit identification and next header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// The verdict of a datagram's first fragment. Entries are not refreshed:
+/// one older than the configured timeout counts as absent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragEntry {
+    pub created_ns: u64,
+    /// The flow the datagram belongs to (forward and reply verdicts).
+    pub flow: CtKey,
+    /// `FRAG_FORWARD` … `FRAG_POISONED`.
+    pub verdict: u8,
+    pub _pad: u8,
+    /// Where the first fragment's transport header ends, in datagram
+    /// bytes: a later fragment starting before it overlaps it.
+    pub l4_end: u16,
+    pub _pad2: u32,
+}
+
+/// Fragment counters, per CPU.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FragEvent {
+    /// First fragments whose verdict was recorded.
+    Tracked = 0,
+    /// Later fragments that took their first fragment's verdict.
+    Followed = 1,
+    /// Passes of a fragment around the hold, waiting for its first.
+    Held = 2,
+    /// New datagrams inserted into the map (for evictions, as conntrack's).
+    Inserted = 3,
+}
+
+impl FragEvent {
+    pub const COUNT: u32 = 4;
+}
 
 /// An address with its family, as an exact-match key (peers, NAT).
 #[repr(C)]
@@ -409,7 +492,8 @@ pub struct CtEntry {
     /// TCP, per direction: the last advertised window (unscaled).
     pub win_forward: u16,
     pub win_reply: u16,
-    pub _pad2: u32,
+    /// Fragmented datagrams seen on this flow (either way).
+    pub fragmented: u32,
 }
 
 /// Endpoint-independent SNAT mapping (RFC 4787): one external port per
@@ -477,6 +561,12 @@ pub struct DatapathConfig {
     pub icmp_ns: u64,
     /// How long a reset TCP flow lingers.
     pub tcp_reset_ns: u64,
+    /// How long a first fragment's verdict stands (never refreshed).
+    pub frag_timeout_ns: u64,
+    /// The hold's sending end (0: no hold, an orphan fragment is dropped),
+    /// and how many passes around it a fragment makes before it is.
+    pub hold_ifindex: u32,
+    pub hold_passes: u32,
 }
 
 const SECOND: u64 = 1_000_000_000;
@@ -498,6 +588,9 @@ impl Default for DatapathConfig {
             udp_unreplied_ns: 30 * SECOND,
             icmp_ns: 30 * SECOND,
             tcp_reset_ns: 10 * SECOND,
+            frag_timeout_ns: 30 * SECOND,
+            hold_ifindex: 0,
+            hold_passes: 0,
         }
     }
 }
@@ -539,10 +632,16 @@ pub mod map_names {
     pub const CT_GC: &str = "CT_GC";
     /// Per-CPU hand-off counters, indexed by `Handoff`.
     pub const HANDOFF_STATS: &str = "HANDOFF_STATS";
+    /// Datagrams' verdicts by `FragKey` (LRU).
+    pub const FRAGS: &str = "FRAGS";
+    /// Per-CPU fragment counters, indexed by `FragEvent`.
+    pub const FRAG_STATS: &str = "FRAG_STATS";
 
     /// Every map that holds state worth keeping across a daemon restart.
-    pub const PERSISTENT: [&str; 20] = [
+    pub const PERSISTENT: [&str; 22] = [
         HANDOFF_STATS,
+        FRAGS,
+        FRAG_STATS,
         MASQ[0],
         MASQ[1],
         HOOK_STATS,
@@ -577,6 +676,8 @@ pub mod program_names {
     pub const LAN_XDP: &str = "rp_lan_xdp";
     /// TC ingress on the LAN interface.
     pub const LAN_TC: &str = "rp_lan_tc";
+    /// TC ingress on the hold's receiving end: held fragments come back.
+    pub const HOLD: &str = "rp_hold";
 }
 
 #[cfg(feature = "user")]
@@ -608,6 +709,10 @@ mod user {
     unsafe impl aya::Pod for ResourceCounters {}
     // SAFETY: `DatapathConfig` is `#[repr(C)]` plain data, every byte initialised (above).
     unsafe impl aya::Pod for DatapathConfig {}
+    // SAFETY: `FragKey` is `#[repr(C)]` plain data, every byte initialised (above).
+    unsafe impl aya::Pod for FragKey {}
+    // SAFETY: `FragEntry` is `#[repr(C)]` plain data, every byte initialised (above).
+    unsafe impl aya::Pod for FragEntry {}
 }
 
 #[cfg(test)]
@@ -622,7 +727,9 @@ mod tests {
         assert_eq!(size_of::<CtKey>(), 40);
         assert_eq!(size_of::<CtEntry>(), 112);
         assert_eq!(size_of::<NatEndpoint>(), 20);
-        assert_eq!(size_of::<DatapathConfig>(), 64);
+        assert_eq!(size_of::<DatapathConfig>(), 80);
+        assert_eq!(size_of::<FragKey>(), 40);
+        assert_eq!(size_of::<FragEntry>(), 56);
         assert_eq!(size_of::<ResourceCounters>(), 64);
     }
 

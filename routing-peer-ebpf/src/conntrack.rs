@@ -162,6 +162,22 @@ fn atomic_add(target: &mut u64, value: u64) {
     }
 }
 
+/// A later fragment of a tracked flow: counted, its state untouched (it
+/// carries no transport header).
+#[inline(always)]
+pub fn count_fragment(entry: *mut CtEntry, dir: Direction, pkt: &Packet, now: u64) {
+    // SAFETY: map value pointer; counters are added atomically.
+    unsafe {
+        let counter = match dir {
+            Direction::Forward => &mut (*entry).forward,
+            Direction::Reply => &mut (*entry).reply,
+        };
+        atomic_add(&mut counter.packets, 1);
+        atomic_add(&mut counter.bytes, pkt.l3_len as u64);
+        (*entry).last_seen_ns = now;
+    }
+}
+
 /// RFC 5961's idea, as Linux conntrack does it: a RST counts only inside
 /// the receiver's window. From direction `dir`, its sequence number must lie
 /// between what the receiver last acknowledged and the further of the

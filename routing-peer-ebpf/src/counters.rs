@@ -71,3 +71,16 @@ pub fn count_resource(resource_id: u32, event: ResourceEvent, bytes: usize) {
         ResourceEvent::NewFlow => c.new_flows += 1,
     }
 }
+
+/// A TC verdict, or the drop of a packet for `reason`, counted: for
+/// functions kept out of line, which return a plain verdict.
+#[inline(always)]
+pub fn verdict_or_drop(
+    ctx: &aya_ebpf::programs::TcContext,
+    verdict: Result<i32, DropReason>,
+) -> i32 {
+    verdict.unwrap_or_else(|reason| {
+        count_drop(reason, ctx.len() as usize);
+        aya_ebpf::bindings::TC_ACT_SHOT
+    })
+}

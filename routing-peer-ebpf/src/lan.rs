@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use routing_peer_common::{
     AddrKey, CtEntry, CtKey, DatapathConfig, DropReason, Family, Handoff, NatEndpoint,
-    CT_FLAG_MASQUERADE,
+    CT_FLAG_MASQUERADE, FRAG_LOCAL, FRAG_REPLY, HOLD_FROM_LAN,
 };
 
 use crate::{
@@ -20,9 +20,9 @@ use crate::{
     flow::{is_icmp, revalidate},
     forward,
     forward::{Fib, To},
-    icmp, nat,
+    frag, icmp, nat,
     nat::Side,
-    parse::Packet,
+    parse::{Packet, FRAG_NONE},
     policy,
 };
 
@@ -122,12 +122,14 @@ pub fn lan_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
     let Some(cfg) = config::current() else {
         return Ok(xdp_action::XDP_PASS);
     };
-    if nat::is_icmp_error(pkt) {
-        return Ok(xdp_action::XDP_PASS); // TC translates them, skb checksums and all
+    // ICMP errors: TC translates them, skb checksums and all. Fragments:
+    // TC records and follows verdicts, and holds.
+    if nat::is_icmp_error(pkt) || pkt.frag != FRAG_NONE {
+        return Ok(xdp_action::XDP_PASS);
     }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(reply) = lan_classify(pkt, &cfg, now)? else {
+    let Some(reply) = lan_classify(pkt, cfg, now)? else {
         return Ok(xdp_action::XDP_PASS);
     };
     if pkt.ttl <= 1 {
@@ -146,6 +148,27 @@ pub fn lan_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
     Ok(forward::xdp_redirect(ctx, &route).unwrap_or(xdp_action::XDP_PASS))
 }
 
+/// `lan_tc` in a frame of its own, beside `later` and `icmp_error` (see
+/// `overlay_tc_entry`).
+#[inline(never)]
+pub fn lan_tc_entry(ctx: &TcContext, pkt: &Packet) -> i32 {
+    counters::verdict_or_drop(ctx, lan_tc(ctx, pkt))
+}
+
+/// `lan_icmp_error` in a frame of its own (see `lan_tc_entry`).
+#[inline(never)]
+pub fn icmp_error(ctx: &TcContext, pkt: &Packet) -> i32 {
+    let verdict = match config::current() {
+        // SAFETY: plain helper call.
+        Some(cfg) => lan_icmp_error(ctx, pkt, cfg, unsafe { bpf_ktime_get_ns() }),
+        None => {
+            counters::count_handoff(Handoff::LanOther, pkt.l3_len);
+            Ok(TC_ACT_OK)
+        }
+    };
+    counters::verdict_or_drop(ctx, verdict)
+}
+
 /// TC ingress on the LAN: translate replies and redirect them to the
 /// overlay without the IP stack (an L3 overlay gets no L2 header).
 #[inline(always)]
@@ -156,13 +179,14 @@ pub fn lan_tc(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    if nat::is_icmp_error(pkt) {
-        return lan_icmp_error(ctx, pkt, &cfg, now);
-    }
-    let Some(reply) = lan_classify(pkt, &cfg, now)? else {
+    let Some(reply) = lan_classify(pkt, cfg, now)? else {
+        // The kernel's (to the routing peer itself, or routed elsewhere):
+        // so are the fragments after this one.
+        frag::record(pkt, FRAG_LOCAL, &CtKey::default(), None, cfg)?;
         counters::count_handoff(Handoff::LanOther, pkt.l3_len);
         return Ok(TC_ACT_OK);
     };
+    frag::record(pkt, FRAG_REPLY, &reply.key, Some(reply.entry), cfg)?;
     let (route, too_big) = tc_route_to_overlay(ctx, pkt, &reply_to(&reply))?;
     if too_big {
         if pkt.df {
@@ -177,6 +201,81 @@ pub fn lan_tc(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     }
     lan_translate(ctx, pkt, &reply, now)?;
+    forward::decrement_ttl(ctx, pkt)?;
+    Ok(forward::redirect_to(&route, pkt.ipv6))
+}
+
+/// A later fragment from the LAN: its first fragment's flow and
+/// translation toward the peer, or the kernel's when the first was; one
+/// whose first has not come goes around the hold when it is addressed to
+/// a peer or to the routing peer (a masqueraded reply, or its own traffic:
+/// the kernel's once it has made its passes). Called beside `lan_tc`, not
+/// from it, and not inlined: the two frames are never on the stack together.
+#[inline(never)]
+pub fn later(ctx: &TcContext, pkt: &Packet) -> i32 {
+    counters::verdict_or_drop(ctx, try_later(ctx, pkt))
+}
+
+#[inline(always)]
+fn try_later(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
+    let Some(cfg) = config::current() else {
+        counters::count_handoff(Handoff::LanOther, pkt.l3_len);
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(first) = frag::follow(pkt, now, cfg)? else {
+        if to_peer(pkt, cfg) {
+            return frag::hold(ctx, pkt, true, HOLD_FROM_LAN, cfg);
+        }
+        // SAFETY: reading the skb's ingress ifindex.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        if matches!(
+            forward::lookup_tc(ctx, pkt, &To::dst_of(pkt), ifindex),
+            Fib::Local
+        ) {
+            match frag::hold(ctx, pkt, true, HOLD_FROM_LAN, cfg) {
+                Err(DropReason::FragmentOrphan) => {}
+                held => return held,
+            }
+        }
+        counters::count_handoff(Handoff::LanOther, pkt.l3_len);
+        return Ok(TC_ACT_OK);
+    };
+    if first.verdict == FRAG_LOCAL {
+        counters::count_handoff(Handoff::LanOther, pkt.l3_len);
+        return Ok(TC_ACT_OK);
+    }
+    if first.verdict != FRAG_REPLY {
+        return Err(DropReason::Fragment);
+    }
+    let entry = conntrack::lookup(&first.flow, now, cfg).ok_or(DropReason::FragmentOrphan)?;
+    let to = To {
+        addr: first.flow.peer,
+        port: 0,
+    };
+    let (route, too_big) = tc_route_to_overlay(ctx, pkt, &to)?;
+    if too_big && pkt.df {
+        return Err(DropReason::ReplyTooBig);
+    }
+    conntrack::count_fragment(entry, Direction::Reply, pkt, now);
+    // SAFETY: map value pointer, valid for this run.
+    let (resource_id, masq) = unsafe {
+        (
+            (*entry).resource_id,
+            (*entry).flags & CT_FLAG_MASQUERADE != 0,
+        )
+    };
+    counters::count_resource(resource_id, ResourceEvent::Reply, pkt.l3_len);
+    if masq {
+        // The IP header only: the transport checksum is the first fragment's.
+        nat::rewrite(ctx, pkt, Side::Destination, first.flow.peer, pkt.dport)?;
+    }
+    if too_big {
+        forward::mark_for_kernel(ctx);
+        counters::count_handoff(Handoff::Fragmenting, pkt.l3_len);
+        return Ok(TC_ACT_OK);
+    }
     forward::decrement_ttl(ctx, pkt)?;
     Ok(forward::redirect_to(&route, pkt.ipv6))
 }
@@ -209,7 +308,7 @@ pub fn tc_route_to_overlay(
 /// One toward the overlay that quotes no tracked flow is dropped; others
 /// (about the routing peer's own traffic) are the kernel's.
 #[inline(always)]
-pub fn lan_icmp_error(
+fn lan_icmp_error(
     ctx: &TcContext,
     pkt: &Packet,
     cfg: &DatapathConfig,

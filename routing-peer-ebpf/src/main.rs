@@ -20,6 +20,7 @@ mod counters;
 mod ctx;
 mod flow;
 mod forward;
+mod frag;
 mod icmp;
 mod lan;
 mod nat;
@@ -34,11 +35,11 @@ use aya_ebpf::{
     EbpfContext,
 };
 use aya_log_ebpf::debug;
-use routing_peer_common::{DropReason, Handoff, Hook};
+use routing_peer_common::{DropReason, Handoff, Hook, HOLD_FROM_LAN, HOLD_MARK, HOLD_MARK_MASK};
 
 use crate::{
-    lan::{lan_tc, lan_xdp},
-    overlay::{overlay_tc, overlay_xdp},
+    lan::lan_xdp,
+    overlay::overlay_xdp,
     parse::{parse_packet, Frame},
 };
 
@@ -62,7 +63,11 @@ fn tc_overlay(ctx: &TcContext, l2: bool) -> i32 {
     counters::count_hook(Hook::OverlayIngress, len);
     let frame = Frame::new(ctx.data(), ctx.data_end(), len, l2);
     let verdict = match parse_packet(&frame) {
-        Ok(Some(pkt)) => overlay_tc(ctx, pkt, l2),
+        Ok(Some(pkt)) if frag::is_later(pkt) => Ok(overlay::later(ctx, pkt, l2)),
+        Ok(Some(pkt)) => Ok(frag::deny_if_dropped(
+            pkt,
+            overlay::overlay_tc_entry(ctx, pkt, l2),
+        )),
         Ok(None) => {
             counters::count_handoff(Handoff::NonIp, len);
             Ok(TC_ACT_OK)
@@ -114,11 +119,42 @@ pub fn rp_lan_tc(ctx: TcContext) -> i32 {
     let frame = Frame::new(ctx.data(), ctx.data_end(), len, true);
     // XDP has already counted, and dropped what is malformed.
     let verdict = match parse_packet(&frame) {
-        Ok(Some(pkt)) => lan_tc(&ctx, pkt),
+        Ok(Some(pkt)) if frag::is_later(pkt) => Ok(lan::later(&ctx, pkt)),
+        Ok(Some(pkt)) if nat::is_icmp_error(pkt) => Ok(lan::icmp_error(&ctx, pkt)),
+        Ok(Some(pkt)) => Ok(frag::deny_if_dropped(pkt, lan::lan_tc_entry(&ctx, pkt))),
         Ok(None) => {
             counters::count_handoff(Handoff::NonIp, len);
             Ok(TC_ACT_OK)
         }
+        Err(reason) => Err(reason),
+    };
+    verdict.unwrap_or_else(|reason| {
+        drop_packet(&ctx, reason, len);
+        TC_ACT_SHOT
+    })
+}
+
+/// TC ingress on the hold's receiving end: a fragment that went around
+/// the hold comes back, and is decided as if it arrived again where it
+/// first did. Anything else here is not ours: dropped.
+#[classifier]
+pub fn rp_hold(ctx: TcContext) -> i32 {
+    if ctx.data_end() - ctx.data() < ctx.len().min(TC_PULL_LEN) as usize {
+        let _ = ctx.pull_data(ctx.len().min(TC_PULL_LEN));
+    }
+    let len = ctx.len() as usize;
+    // SAFETY: reading the skb's mark.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if mark & HOLD_MARK_MASK != HOLD_MARK {
+        return TC_ACT_SHOT;
+    }
+    let frame = Frame::new(ctx.data(), ctx.data_end(), len, true);
+    let verdict = match parse_packet(&frame) {
+        // Only later fragments go around the hold.
+        Ok(Some(pkt)) if !frag::is_later(pkt) => Err(DropReason::Malformed),
+        Ok(Some(pkt)) if (mark >> 8) & 0xf == HOLD_FROM_LAN => Ok(lan::later(&ctx, pkt)),
+        Ok(Some(pkt)) => Ok(overlay::later(&ctx, pkt, true)),
+        Ok(None) => Err(DropReason::Malformed),
         Err(reason) => Err(reason),
     };
     verdict.unwrap_or_else(|reason| {

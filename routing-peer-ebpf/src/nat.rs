@@ -21,7 +21,10 @@ use routing_peer_common::{
     DatapathConfig, DropReason, NatEndpoint, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
-use crate::{ctx::Mangle, parse::Packet};
+use crate::{
+    ctx::Mangle,
+    parse::{Packet, FRAG_LATER},
+};
 
 const MAX_MAPPINGS: u32 = 131072;
 
@@ -232,6 +235,10 @@ pub enum Side {
 /// Where the L4 checksum lives, and whether it covers the pseudo-header.
 #[inline(always)]
 fn l4_checksum(pkt: &Packet) -> Option<(usize, bool)> {
+    // A later fragment's transport checksum is in the first fragment.
+    if pkt.frag == FRAG_LATER {
+        return None;
+    }
     match pkt.proto {
         IPPROTO_TCP => Some((pkt.l4_offset + 16, true)),
         IPPROTO_UDP => Some((pkt.l4_offset + 6, true)),

@@ -8,7 +8,8 @@ use aya_ebpf::{
 };
 use routing_peer_common::{
     AddrKey, CtEntry, DatapathConfig, DropReason, Family, Handoff, NatEndpoint, PeerValue,
-    CT_FLAG_MASQUERADE, DEST_SELF, IPPROTO_TCP, SELF_KEY, TCP_RST, TCP_SYN,
+    CT_FLAG_MASQUERADE, DEST_SELF, FRAG_FORWARD, FRAG_LOCAL, HOLD_FROM_OVERLAY, IPPROTO_TCP,
+    SELF_KEY, TCP_RST, TCP_SYN,
 };
 
 use crate::{
@@ -20,9 +21,9 @@ use crate::{
     flow::{forward_key, policy_port, revalidate},
     forward,
     forward::{Fib, To},
-    nat,
+    frag, nat,
     nat::Side,
-    parse::Packet,
+    parse::{Packet, FRAG_NONE},
     policy,
     policy::Verdict,
 };
@@ -205,25 +206,34 @@ pub fn source_peer(pkt: &Packet, cfg: &DatapathConfig) -> Result<PeerValue, Drop
     .ok_or(DropReason::UnknownSource)
 }
 
+/// `overlay_tc` in a frame of its own, beside `later` and `frag::deny`:
+/// together in the entry point's frame, with a callee's, they would pass
+/// 512 bytes.
+#[inline(never)]
+pub fn overlay_tc_entry(ctx: &TcContext, pkt: &Packet, l2: bool) -> i32 {
+    counters::verdict_or_drop(ctx, overlay_tc(ctx, pkt, l2))
+}
+
 /// TC on the overlay: everything, for any overlay (WireGuard is L3).
 /// Every packet ends forwarded, delivered under the input chain, handed
 /// to the kernel for a counted reason after policy, or dropped.
 #[inline(always)]
 pub fn overlay_tc(ctx: &TcContext, pkt: &Packet, l2: bool) -> Result<i32, DropReason> {
     let cfg = config::current().ok_or(DropReason::NoPolicy)?;
-    let peer = source_peer(pkt, &cfg)?;
+    let peer = source_peer(pkt, cfg)?;
     // SAFETY: reading the skb's ingress ifindex.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let (route, too_big) = match forward::lookup_tc(ctx, pkt, &To::dst_of(pkt), ifindex) {
         Fib::Local => {
-            input_chain(pkt, &peer, &cfg)?;
+            input_chain(pkt, &peer, cfg)?;
+            frag::record(pkt, FRAG_LOCAL, &forward_key(pkt), None, cfg)?;
             counters::count_handoff(Handoff::Local, pkt.l3_len);
             return Ok(TC_ACT_OK);
         }
         Fib::Unroutable => {
             // SAFETY: plain helper call.
             let now = unsafe { bpf_ktime_get_ns() };
-            overlay_flow(pkt, &peer, None, &cfg, now)?;
+            overlay_flow(pkt, &peer, None, cfg, now)?;
             return Err(DropReason::NoRoute);
         }
         Fib::Forward(route) => (route, false),
@@ -231,7 +241,8 @@ pub fn overlay_tc(ctx: &TcContext, pkt: &Packet, l2: bool) -> Result<i32, DropRe
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let entry = overlay_flow(pkt, &peer, Some(route.src()), &cfg, now)?;
+    let entry = overlay_flow(pkt, &peer, Some(route.src()), cfg, now)?;
+    frag::record(pkt, FRAG_FORWARD, &forward_key(pkt), Some(entry), cfg)?;
     // The kernel answers these with an ICMP error quoting the packet as
     // the peer sent it, so they go untranslated, and are not forwarded.
     if pkt.ttl <= 1 {
@@ -242,7 +253,7 @@ pub fn overlay_tc(ctx: &TcContext, pkt: &Packet, l2: bool) -> Result<i32, DropRe
         counters::count_handoff(Handoff::FragNeeded, pkt.l3_len);
         return Ok(TC_ACT_OK);
     }
-    overlay_translate(ctx, pkt, entry, &cfg)?;
+    overlay_translate(ctx, pkt, entry, cfg)?;
     if too_big {
         // IPv4 without DF: translated, and fragmented by the kernel.
         forward::mark_for_kernel(ctx);
@@ -256,6 +267,103 @@ pub fn overlay_tc(ctx: &TcContext, pkt: &Packet, l2: bool) -> Result<i32, DropRe
     Ok(forward::redirect_neigh(&route, pkt.ipv6))
 }
 
+/// A later fragment from a peer: its first fragment's verdict, flow and
+/// translation, or the hold until that has come. Called beside
+/// `overlay_tc`, not from it, and not inlined: the two frames are never
+/// on the stack together.
+#[inline(never)]
+pub fn later(ctx: &TcContext, pkt: &Packet, l2: bool) -> i32 {
+    counters::verdict_or_drop(ctx, try_later(ctx, pkt, l2))
+}
+
+#[inline(always)]
+fn try_later(ctx: &TcContext, pkt: &Packet, l2: bool) -> Result<i32, DropReason> {
+    let cfg = config::current().ok_or(DropReason::NoPolicy)?;
+    source_peer(pkt, cfg)?;
+    // SAFETY: reading the skb's ingress ifindex.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match forward::lookup_tc(ctx, pkt, &To::dst_of(pkt), ifindex) {
+        Fib::Local => try_later_local(ctx, pkt, l2, cfg),
+        Fib::Unroutable => Err(DropReason::NoRoute),
+        Fib::Forward(route) => try_later_forward(ctx, pkt, &route, u32::from(l2), cfg),
+        Fib::TooBig(route) => try_later_forward(ctx, pkt, &route, u32::from(l2) | 2, cfg),
+    }
+}
+
+/// Toward the LAN. `flags`: bit 0, an L2 overlay; bit 1, over the egress MTU.
+#[inline(always)]
+fn try_later_forward(
+    ctx: &TcContext,
+    pkt: &Packet,
+    route: &forward::Route,
+    flags: u32,
+    cfg: &DatapathConfig,
+) -> Result<i32, DropReason> {
+    let (l2, too_big) = (flags & 1 != 0, flags & 2 != 0);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(first) = frag::follow(pkt, now, cfg)? else {
+        return frag::hold(ctx, pkt, l2, HOLD_FROM_OVERLAY, cfg);
+    };
+    if first.verdict != FRAG_FORWARD {
+        return Err(DropReason::Fragment);
+    }
+    let entry = conntrack::lookup(&first.flow, now, cfg).ok_or(DropReason::FragmentOrphan)?;
+    conntrack::count_fragment(entry, Direction::Forward, pkt, now);
+    // SAFETY: map value pointer, valid for this run.
+    let (resource_id, masq, nat_addr) = unsafe {
+        (
+            (*entry).resource_id,
+            (*entry).flags & CT_FLAG_MASQUERADE != 0,
+            (*entry).nat_addr,
+        )
+    };
+    counters::count_resource(resource_id, ResourceEvent::Forward, pkt.l3_len);
+    if pkt.ttl <= 1 {
+        counters::count_handoff(Handoff::TtlExpired, pkt.l3_len);
+        return Ok(TC_ACT_OK);
+    }
+    if too_big && pkt.df {
+        counters::count_handoff(Handoff::FragNeeded, pkt.l3_len);
+        return Ok(TC_ACT_OK);
+    }
+    if masq {
+        // The IP header only: the transport checksum is the first fragment's.
+        nat::rewrite(ctx, pkt, Side::Source, nat_addr, pkt.sport)?;
+    }
+    if too_big {
+        forward::mark_for_kernel(ctx);
+        counters::count_handoff(Handoff::Fragmenting, pkt.l3_len);
+        return Ok(TC_ACT_OK);
+    }
+    forward::decrement_ttl(ctx, pkt)?;
+    if !l2 {
+        forward::push_l2_header(ctx, pkt.ipv6)?;
+    }
+    Ok(forward::redirect_neigh(route, pkt.ipv6))
+}
+
+/// To the routing peer itself: delivered (the kernel reassembles it) when
+/// its first fragment was.
+#[inline(always)]
+fn try_later_local(
+    ctx: &TcContext,
+    pkt: &Packet,
+    l2: bool,
+    cfg: &DatapathConfig,
+) -> Result<i32, DropReason> {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(first) = frag::follow(pkt, now, cfg)? else {
+        return frag::hold(ctx, pkt, l2, HOLD_FROM_OVERLAY, cfg);
+    };
+    if first.verdict != FRAG_LOCAL {
+        return Err(DropReason::Fragment);
+    }
+    counters::count_handoff(Handoff::Local, pkt.l3_len);
+    Ok(TC_ACT_OK)
+}
+
 /// XDP on an L2 overlay: the whole forward path without an skb, where the
 /// egress takes XDP redirects and the frame is one XDP can translate.
 /// Anything else passes untouched to TC, which decides it.
@@ -264,7 +372,8 @@ pub fn overlay_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
     let Some(cfg) = config::current() else {
         return Ok(xdp_action::XDP_PASS);
     };
-    if pkt.ttl <= 1 {
+    // Fragments are TC's: it records and follows verdicts, and holds.
+    if pkt.ttl <= 1 || pkt.frag != FRAG_NONE {
         return Ok(xdp_action::XDP_PASS);
     }
     // SAFETY: reading the frame's ingress ifindex.
@@ -275,11 +384,11 @@ pub fn overlay_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
     if !forward::xdp_redirect_allowed(route.ifindex()) || nat::checksum_is_partial(ctx, pkt) {
         return Ok(xdp_action::XDP_PASS);
     }
-    let peer = source_peer(pkt, &cfg)?;
+    let peer = source_peer(pkt, cfg)?;
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let entry = overlay_flow(pkt, &peer, Some(route.src()), &cfg, now)?;
-    overlay_translate(ctx, pkt, entry, &cfg)?;
+    let entry = overlay_flow(pkt, &peer, Some(route.src()), cfg, now)?;
+    overlay_translate(ctx, pkt, entry, cfg)?;
     forward::decrement_ttl(ctx, pkt)?;
     Ok(forward::xdp_redirect(ctx, &route).unwrap_or(xdp_action::XDP_PASS))
 }

@@ -41,6 +41,15 @@ const IPV4_OPT_NOP: u8 = 1;
 /// Option bytes an IPv4 header can hold (60 − 20).
 const IPV4_MAX_OPTION_BYTES: usize = 40;
 const IP_DF: u16 = 0x4000;
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
+
+/// Not a fragment (or an IPv6 atomic fragment, RFC 6946).
+pub const FRAG_NONE: u8 = 0;
+/// The first fragment: it carries the transport header.
+pub const FRAG_FIRST: u8 = 1;
+/// A later fragment: payload only.
+pub const FRAG_LATER: u8 = 2;
 
 #[repr(C)]
 pub struct EthHdr {
@@ -77,6 +86,15 @@ pub struct Ipv6Hdr {
 struct Ipv6ExtHdr {
     next_hdr: u8,
     len: u8,
+}
+
+#[repr(C)]
+struct Ipv6FragHdr {
+    next_hdr: u8,
+    _reserved: u8,
+    /// Offset in 8-byte units << 3, then two reserved bits and M.
+    offset_flags: u16,
+    id: u32,
 }
 
 #[repr(C)]
@@ -179,6 +197,27 @@ pub struct Packet {
     pub tcp_win: u16,
     /// L4 payload bytes (TCP: after the options).
     pub l4_payload: u16,
+    /// `FRAG_NONE`, `FRAG_FIRST` or `FRAG_LATER`.
+    pub frag: u8,
+    /// The protocol a fragment's datagram is keyed by (IPv6: the fragment
+    /// header's next header), and its identification.
+    pub frag_proto: u8,
+    pub frag_id: u32,
+    /// A fragment's offset in its datagram, in bytes.
+    pub frag_offset: u16,
+    /// A first fragment: where its transport header ends, in datagram bytes.
+    pub l4_end: u16,
+}
+
+/// The fragment fields of a `Packet`.
+#[derive(Clone, Copy, Default)]
+struct Frag {
+    kind: u8,
+    proto: u8,
+    id: u32,
+    offset: u16,
+    /// Where the fragmentable part starts in the frame.
+    start: usize,
 }
 
 /// What the transport header tells.
@@ -192,18 +231,44 @@ struct L4 {
     tcp_ack: u32,
     tcp_win: u16,
     payload: u16,
+    /// The transport header's length.
+    header: u16,
 }
 
 /// `Ok(None)` is a valid non-IP frame (ARP, LLDP, …) that the stack should see.
 #[inline(always)]
 pub fn parse_packet(frame: &Frame) -> Result<Option<&'static Packet>, DropReason> {
-    let slot = PACKET.get_ptr_mut(0).ok_or(DropReason::Malformed)?;
+    match parse_frame(frame) {
+        IS_IP => {
+            let slot = PACKET.get_ptr(0).ok_or(DropReason::Malformed)?;
+            // SAFETY: this CPU's slot, filled by `parse_frame` just now.
+            Ok(Some(unsafe { &*slot }))
+        }
+        NOT_IP => Ok(None),
+        code => Err(DropReason::ALL
+            .get((-code - 1) as usize)
+            .copied()
+            .unwrap_or(DropReason::Malformed)),
+    }
+}
+
+const IS_IP: i64 = 1;
+const NOT_IP: i64 = 0;
+
+/// Fills this CPU's packet slot: `IS_IP`, `NOT_IP`, or a drop reason as
+/// −(reason + 1). Not inlined: a plain integer comes back, and its frame is
+/// gone before the packet is decided (the deciding path needs the stack).
+#[inline(never)]
+fn parse_frame(frame: &Frame) -> i64 {
+    let Some(slot) = PACKET.get_ptr_mut(0) else {
+        return -(DropReason::Malformed as i64 + 1);
+    };
     // SAFETY: this CPU's slot, used by one program run at a time.
     let pkt = unsafe { &mut *slot };
-    if parse_into(frame, pkt)? {
-        Ok(Some(pkt))
-    } else {
-        Ok(None)
+    match parse_into(frame, pkt) {
+        Ok(true) => IS_IP,
+        Ok(false) => NOT_IP,
+        Err(reason) => -(reason as i64 + 1),
     }
 }
 
@@ -260,12 +325,11 @@ fn parse_ipv4(frame: &Frame, l3_offset: usize, pkt: &mut Packet) -> Result<(), D
     if header_len > size_of::<Ipv4Hdr>() {
         ipv4_options_ok(frame, l3_offset, header_len)?;
     }
-    // MF set or a non-zero offset: a fragment.
-    if frag_off & 0x3fff != 0 {
-        return Err(DropReason::Fragment);
-    }
     let l4_offset = l3_offset + header_len;
-    let l4 = parse_l4(frame, l4_offset, l3_offset + tot_len, proto)?;
+    // SAFETY: bounds checked by `ptr_at` above.
+    let id = u16::from_be(unsafe { (*ip).id });
+    let frag = ipv4_frag(frag_off, id, proto, l4_offset);
+    let l4 = parse_l4(frame, l4_offset, l3_offset + tot_len, proto, &frag)?;
     *pkt = Packet {
         ipv6: false,
         l3_offset,
@@ -284,8 +348,41 @@ fn parse_ipv4(frame: &Frame, l3_offset: usize, pkt: &mut Packet) -> Result<(), D
         tcp_ack: l4.tcp_ack,
         tcp_win: l4.tcp_win,
         l4_payload: l4.payload,
+        frag: frag.kind,
+        frag_proto: frag.proto,
+        frag_id: frag.id,
+        frag_offset: frag.offset,
+        l4_end: (l4_offset - frag.start) as u16 + l4.header,
     };
     Ok(())
+}
+
+/// MF set or a non-zero offset: a fragment.
+#[inline(always)]
+fn ipv4_frag(frag_off: u16, id: u16, proto: u8, l4_offset: usize) -> Frag {
+    if frag_off & (IP_MF | IP_OFFSET) == 0 {
+        return Frag::default();
+    }
+    let offset = (frag_off & IP_OFFSET) * 8;
+    Frag {
+        kind: if offset == 0 { FRAG_FIRST } else { FRAG_LATER },
+        proto,
+        id: id as u32,
+        offset,
+        start: l4_offset,
+    }
+}
+
+/// The smallest transport header of `proto`: a later fragment starting
+/// inside it would overwrite what the policy inspected.
+#[inline(always)]
+fn min_l4_header(proto: u8) -> u16 {
+    match proto {
+        IPPROTO_TCP => size_of::<TcpHdr>() as u16,
+        IPPROTO_UDP => size_of::<UdpHdr>() as u16,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => size_of::<IcmpHdr>() as u16,
+        _ => 0,
+    }
 }
 
 /// The IPv4 header checksum, as `ip_rcv` verifies it: the one's-complement
@@ -415,9 +512,39 @@ fn parse_ipv6(frame: &Frame, l3_offset: usize, pkt: &mut Packet) -> Result<(), D
         return Err(DropReason::Malformed);
     }
     let mut l4_offset = l3_offset + size_of::<Ipv6Hdr>();
+    let mut frag = Frag::default();
     for _ in 0..IPV6_MAX_EXT_HEADERS {
         match next_hdr {
-            IPV6_FRAGMENT => return Err(DropReason::Fragment),
+            // A later fragment's payload is no header chain.
+            _ if frag.kind == FRAG_LATER => break,
+            IPV6_FRAGMENT if frag.kind != FRAG_NONE => return Err(DropReason::Malformed),
+            IPV6_FRAGMENT => {
+                let fh: *const Ipv6FragHdr = frame.ptr_at(l4_offset)?;
+                // SAFETY: bounds checked by `ptr_at`.
+                let (next, offset_flags, id) = unsafe {
+                    (
+                        (*fh).next_hdr,
+                        u16::from_be((*fh).offset_flags),
+                        u32::from_be((*fh).id),
+                    )
+                };
+                l4_offset += size_of::<Ipv6FragHdr>();
+                if l4_offset > l3_end {
+                    return Err(DropReason::Malformed);
+                }
+                let offset = offset_flags & 0xfff8;
+                // Offset 0 without M is an atomic fragment: a whole datagram.
+                if offset != 0 || offset_flags & 1 != 0 {
+                    frag = Frag {
+                        kind: if offset == 0 { FRAG_FIRST } else { FRAG_LATER },
+                        proto: next,
+                        id,
+                        offset,
+                        start: l4_offset,
+                    };
+                }
+                next_hdr = next;
+            }
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
                 let ext: *const Ipv6ExtHdr = frame.ptr_at(l4_offset)?;
                 // SAFETY: bounds checked by `ptr_at`.
@@ -432,14 +559,19 @@ fn parse_ipv6(frame: &Frame, l3_offset: usize, pkt: &mut Packet) -> Result<(), D
             _ => break,
         }
     }
-    if matches!(
-        next_hdr,
-        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT
-    ) {
+    if frag.kind != FRAG_LATER
+        && matches!(
+            next_hdr,
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT
+        )
+    {
         // More extension headers than we walk: refuse rather than skip policy.
         return Err(DropReason::Malformed);
     }
-    let l4 = parse_l4(frame, l4_offset, l3_end, next_hdr)?;
+    if frag.kind == FRAG_NONE {
+        frag.start = l4_offset;
+    }
+    let l4 = parse_l4(frame, l4_offset, l3_end, next_hdr, &frag)?;
     *pkt = Packet {
         ipv6: true,
         l3_offset,
@@ -458,19 +590,43 @@ fn parse_ipv6(frame: &Frame, l3_offset: usize, pkt: &mut Packet) -> Result<(), D
         tcp_ack: l4.tcp_ack,
         tcp_win: l4.tcp_win,
         l4_payload: l4.payload,
+        frag: frag.kind,
+        frag_proto: frag.proto,
+        frag_id: frag.id,
+        frag_offset: frag.offset,
+        l4_end: (l4_offset - frag.start) as u16 + l4.header,
     };
     Ok(())
 }
 
 /// The transport header, which must lie inside the IP datagram
 /// (`l4_offset..l3_end`). Other protocols carry no ports and match
-/// port-less rules only.
+/// port-less rules only. A later fragment has none; one that starts inside
+/// the smallest header of its protocol overlaps it (RFC 1858, 3128). A
+/// first fragment must hold the whole header; its UDP length is the
+/// datagram's, longer than the fragment.
 #[inline(always)]
-fn parse_l4(frame: &Frame, l4_offset: usize, l3_end: usize, proto: u8) -> Result<L4, DropReason> {
+fn parse_l4(
+    frame: &Frame,
+    l4_offset: usize,
+    l3_end: usize,
+    proto: u8,
+    frag: &Frag,
+) -> Result<L4, DropReason> {
     if l4_offset > l3_end || l4_offset > MAX_L4_OFFSET {
         return Err(DropReason::Malformed);
     }
     let segment = l3_end - l4_offset;
+    if frag.kind == FRAG_LATER {
+        if frag.offset < min_l4_header(frag.proto) {
+            return Err(DropReason::FragmentOverlap);
+        }
+        return Ok(L4::default());
+    }
+    let first = frag.kind == FRAG_FIRST;
+    if first && segment < min_l4_header(proto) as usize {
+        return Err(DropReason::FragmentTiny);
+    }
     match proto {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = frame.ptr_at(l4_offset)?;
@@ -486,6 +642,9 @@ fn parse_l4(frame: &Frame, l4_offset: usize, l3_end: usize, proto: u8) -> Result
                 )
             };
             let header = ((doff_flags >> 12) as usize) * 4;
+            if first && header > segment {
+                return Err(DropReason::FragmentTiny);
+            }
             if header < size_of::<TcpHdr>() || header > segment {
                 return Err(DropReason::Malformed);
             }
@@ -497,6 +656,7 @@ fn parse_l4(frame: &Frame, l4_offset: usize, l3_end: usize, proto: u8) -> Result
                 tcp_ack: u32::from_be(ack),
                 tcp_win: u16::from_be(win),
                 payload: (segment - header) as u16,
+                header: header as u16,
                 ..L4::default()
             })
         }
@@ -505,13 +665,14 @@ fn parse_l4(frame: &Frame, l4_offset: usize, l3_end: usize, proto: u8) -> Result
             // SAFETY: bounds checked by `ptr_at`.
             let (source, dest, len) = unsafe { ((*udp).source, (*udp).dest, (*udp).len) };
             let len = u16::from_be(len) as usize;
-            if len < size_of::<UdpHdr>() || len > segment {
+            if len < size_of::<UdpHdr>() || (len > segment && !first) {
                 return Err(DropReason::Malformed);
             }
             Ok(L4 {
                 sport: u16::from_be(source),
                 dport: u16::from_be(dest),
                 payload: (len - size_of::<UdpHdr>()) as u16,
+                header: size_of::<UdpHdr>() as u16,
                 ..L4::default()
             })
         }
@@ -532,6 +693,7 @@ fn parse_l4(frame: &Frame, l4_offset: usize, l3_end: usize, proto: u8) -> Result
                 sport: id,
                 dport: id,
                 icmp_type: kind,
+                header: size_of::<IcmpHdr>() as u16,
                 ..L4::default()
             })
         }

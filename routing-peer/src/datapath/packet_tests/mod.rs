@@ -61,6 +61,7 @@ impl Dp {
             program_names::OVERLAY_L2,
             program_names::OVERLAY_L3,
             program_names::LAN_TC,
+            program_names::HOLD,
         ] {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             tc.load().expect("TC program passes the verifier");
@@ -122,10 +123,24 @@ impl Dp {
     }
 
     fn run(&mut self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let (verdict, out, _) = self.run_marked(program, frame, 0);
+        (verdict, out)
+    }
+
+    /// Runs a TC program on `frame` carrying the skb mark `mark`; returns
+    /// the verdict, the frame and the mark after it.
+    fn run_marked(&mut self, program: &str, frame: &[u8], mark: u32) -> (u32, Vec<u8>, u32) {
+        // struct __sk_buff: len, pkt_type, mark, …; 192 bytes in all.
+        let mut ctx_in = [0u8; 192];
+        ctx_in[8..12].copy_from_slice(&mark.to_ne_bytes());
+        let mut ctx_out = [0u8; 192];
+        let xdp = matches!(program, program_names::LAN_XDP | program_names::OVERLAY_XDP);
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: (!xdp).then_some(&ctx_in[..]),
+            ctx_out: (!xdp).then_some(&mut ctx_out[..]),
             ..Default::default()
         };
         let prog = self.ebpf.program_mut(program).unwrap();
@@ -141,7 +156,8 @@ impl Dp {
         }
         .expect("BPF_PROG_TEST_RUN");
         out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        let mark_out = u32::from_ne_bytes([ctx_out[8], ctx_out[9], ctx_out[10], ctx_out[11]]);
+        (result.return_value, out, mark_out)
     }
 
     /// Overlay → LAN through the TC program (the L2 entry: the kernel's skb
@@ -257,6 +273,14 @@ fn checked(frame: &[u8]) -> (IpAddr, IpAddr, u16, u16) {
             assert_eq!(h.checksum, want, "UDP checksum");
             (h.source_port, h.destination_port)
         }
+        (TransportSlice::Udp(u), Some(NetSlice::Ipv6(ip))) => {
+            let h = u.to_header();
+            let want = h
+                .calc_checksum_ipv6(&ip.header().to_header(), u.payload())
+                .unwrap();
+            assert_eq!(h.checksum, want, "UDPv6 checksum");
+            (h.source_port, h.destination_port)
+        }
         (TransportSlice::Tcp(t), Some(NetSlice::Ipv6(ip))) => {
             let h = t.to_header();
             let want = h
@@ -340,6 +364,7 @@ fn udp_v6(payload: &[u8]) -> Vec<u8> {
 
 mod conntrack;
 mod fail_closed;
+mod frag;
 mod fuzz;
 mod icmp;
 mod nat;
