@@ -139,6 +139,33 @@ pub fn render(pins: &PinDir, status: &SharedStatus) -> Result<String> {
     )?;
     evictions.inc_by(stats.conntrack_evictions);
     r.register(Box::new(evictions))?;
+    let f = &stats.fragments;
+    gauge(
+        &r,
+        "routing_peer_fragment_datagrams",
+        "Datagrams whose first-fragment verdict the fragment map holds.",
+        f.datagrams as i64,
+    )?;
+    gauge(
+        &r,
+        "routing_peer_fragment_capacity",
+        "Fragment map capacity (fragments.max_datagrams).",
+        i64::from(f.capacity),
+    )?;
+    let frag_events = counter_vec(
+        &r,
+        "routing_peer_fragment_events_total",
+        "Fragments: first ones tracked, later ones followed, hold passes, datagrams evicted.",
+        &["event"],
+    )?;
+    for (event, n) in [
+        ("tracked", f.tracked),
+        ("followed", f.followed),
+        ("held", f.held),
+        ("evicted", f.evictions),
+    ] {
+        frag_events.with_label_values(&[event]).inc_by(n);
+    }
     if let Some((used, cap)) = observe::occupancy(pins, map_names::NAT_FWD) {
         gauge(
             &r,

@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::IpAddr};
 use anyhow::Result;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use routing_peer_common::{
-    map_names, CtEntry, CtKey, DatapathConfig, Family, ResourceCounters, CT_FLAG_MASQUERADE,
+    map_names, CtEntry, CtKey, DatapathConfig, Family, FragEntry, FragEvent, FragKey, ResourceCounters, CT_FLAG_MASQUERADE,
     CT_ICMP, CT_OTHER, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_RESET, CT_TCP_SYN_SENT,
     CT_UDP_REPLIED, CT_UDP_UNREPLIED, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -84,6 +84,8 @@ pub struct Flow {
     pub bytes_in: u64,
     pub age_secs: u64,
     pub idle_secs: u64,
+    /// Fragmented datagrams seen on this flow, either way.
+    pub fragmented_datagrams: u32,
 }
 
 pub fn read_flows(pins: &PinDir, names: &Names) -> Result<Vec<Flow>> {
@@ -126,6 +128,7 @@ pub fn read_flows(pins: &PinDir, names: &Names) -> Result<Vec<Flow>> {
             bytes_in: e.reply.bytes,
             age_secs: now.saturating_sub(e.first_seen_ns) / 1_000_000_000,
             idle_secs: now.saturating_sub(e.last_seen_ns) / 1_000_000_000,
+            fragmented_datagrams: e.fragmented,
         });
     }
     Ok(flows)
@@ -168,6 +171,48 @@ pub struct StatsReport {
     pub conntrack_capacity: u32,
     /// Entries the LRU table evicted to make room (derived; see `CtAccounting`).
     pub conntrack_evictions: u64,
+    pub fragments: FragmentStats,
+}
+
+/// The fragment map's pressure and what fragments did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct FragmentStats {
+    /// Datagrams whose first-fragment verdict the map holds (expired ones
+    /// included until the LRU reuses their room).
+    pub datagrams: u64,
+    pub capacity: u32,
+    /// Datagrams the LRU evicted to make room: inserted − held now.
+    pub evictions: u64,
+    /// First fragments recorded; later fragments that followed them;
+    /// passes around the hold.
+    pub tracked: u64,
+    pub followed: u64,
+    pub held: u64,
+}
+
+/// The fragment map and counters, read from the pins.
+pub fn read_fragments(pins: &PinDir) -> Result<FragmentStats> {
+    let data = open_pinned(pins, map_names::FRAGS)?;
+    let capacity = data.info()?.max_entries();
+    let datagrams = BpfHashMap::<_, FragKey, FragEntry>::try_from(Map::LruHashMap(data))?
+        .keys()
+        .count() as u64;
+    let data = open_pinned(pins, map_names::FRAG_STATS)?;
+    let events = PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(data))?;
+    let sum = |event: FragEvent| -> u64 {
+        events
+            .get(&(event as u32), 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    };
+    Ok(FragmentStats {
+        datagrams,
+        capacity,
+        evictions: sum(FragEvent::Inserted).saturating_sub(datagrams),
+        tracked: sum(FragEvent::Tracked),
+        followed: sum(FragEvent::Followed),
+        held: sum(FragEvent::Held),
+    })
 }
 
 pub fn read_stats(pins: &PinDir, names: &Names) -> Result<StatsReport> {
@@ -223,6 +268,7 @@ pub fn read_stats(pins: &PinDir, names: &Names) -> Result<StatsReport> {
         conntrack_entries: entries,
         conntrack_capacity: capacity,
         conntrack_evictions: accounting.evictions,
+        fragments: read_fragments(pins)?,
     })
 }
 
@@ -234,6 +280,12 @@ pub fn occupancy(pins: &PinDir, name: &str) -> Option<(u64, u32)> {
     let used = match name {
         n if n == map_names::CONNTRACK => {
             BpfHashMap::<_, CtKey, CtEntry>::try_from(Map::LruHashMap(data))
+                .ok()?
+                .keys()
+                .count()
+        }
+        n if n == map_names::FRAGS => {
+            BpfHashMap::<_, FragKey, FragEntry>::try_from(Map::LruHashMap(data))
                 .ok()?
                 .keys()
                 .count()

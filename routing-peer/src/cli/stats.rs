@@ -65,6 +65,11 @@ pub fn print_stats(report: &StatsReport, rates: Option<&Rates>) {
         "\nconntrack: {} / {} entries, {} evicted (LRU)",
         report.conntrack_entries, report.conntrack_capacity, report.conntrack_evictions
     );
+    let f = &report.fragments;
+    println!(
+        "fragments: {} / {} datagrams, {} evicted (LRU); {} first fragments tracked, {} later ones followed, {} hold passes",
+        f.datagrams, f.capacity, f.evictions, f.tracked, f.followed, f.held
+    );
 }
 
 pub fn run(instance: &str, pins: &PinDir, json: bool, watching: bool) -> Result<()> {

@@ -120,6 +120,7 @@ pub fn print_status(status: &Status, running: bool, pins: &PinDir) {
     let mut t = Table::new(&["MAP", "ENTRIES", "CAPACITY"]);
     for name in [
         map_names::CONNTRACK,
+        map_names::FRAGS,
         map_names::NAT_FWD,
         map_names::PEERS[0],
         map_names::DESTS[0],
@@ -156,6 +157,7 @@ pub fn down(instance: &str, pins: &PinDir) -> Result<()> {
         }
     }
     datapath::safety_net::remove(instance).context("removing the safety-net table")?;
+    datapath::hold::remove(instance).context("removing the fragment hold")?;
     sysctl::restore(&dir.join("sysctl.json"))?;
     let _ = std::fs::remove_dir_all(&dir);
     println!("routing-peer instance {instance} is down");

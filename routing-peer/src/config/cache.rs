@@ -170,7 +170,7 @@ fn parse_entry(chunk: &Chunk<'_>) -> Option<Entry> {
 
 /// What a header line opens.
 enum Header {
-    /// `[routing_peer]`, `[conntrack]`, `[dns]`: parsed with the head.
+    /// `[routing_peer]`, `[conntrack]`, `[dns]`, `[fragments]`: parsed with the head.
     Section,
     Entry(Kind),
 }
@@ -195,7 +195,7 @@ fn header(line: &str) -> Result<Option<Header>, ()> {
     } else {
         let (name, rest) = t[1..].split_once(']').ok_or(())?;
         match name.trim() {
-            "routing_peer" | "conntrack" | "dns" => (Header::Section, rest),
+            "routing_peer" | "conntrack" | "dns" | "fragments" => (Header::Section, rest),
             _ => return Err(()),
         }
     };

@@ -15,6 +15,8 @@ pub struct Config {
     #[serde(default)]
     pub dns: Dns,
     #[serde(default)]
+    pub fragments: Fragments,
+    #[serde(default)]
     pub peers: Vec<Peer>,
     #[serde(default)]
     pub networks: Vec<Network>,
@@ -105,6 +107,24 @@ impl Default for Conntrack {
             udp_unreplied_secs: 30,
             icmp_secs: 30,
             tcp_reset_secs: 10,
+        }
+    }
+}
+
+/// IP fragments: how many datagrams' first-fragment verdicts the data path
+/// keeps (an LRU), and how long each stands (never refreshed).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fragments {
+    pub max_datagrams: u32,
+    pub timeout_secs: u64,
+}
+
+impl Default for Fragments {
+    fn default() -> Self {
+        Self {
+            max_datagrams: 8192,
+            timeout_secs: 30,
         }
     }
 }

@@ -75,6 +75,22 @@ fn routing_peer(r: &mut Report, config: &Config) {
             "needs at least one LAN interface, e.g. `[\"eth0\"]`",
         );
     }
+    let frags = &config.fragments;
+    if frags.max_datagrams < 64 {
+        r.error(
+            "fragments.max_datagrams",
+            format!("{} is too small; use at least 64", frags.max_datagrams),
+        );
+    }
+    if !(1..=120).contains(&frags.timeout_secs) {
+        r.error(
+            "fragments.timeout_secs",
+            format!(
+                "{} is out of range; use 1 to 120 seconds (30, as Linux's ipfrag_time, by default)",
+                frags.timeout_secs
+            ),
+        );
+    }
     if config.conntrack.max_flows < 1024 {
         r.error(
             "conntrack.max_flows",

@@ -68,6 +68,7 @@ pub fn datapath_config(config: &Config) -> DatapathConfig {
         udp_unreplied_ns: ns(ct.udp_unreplied_secs),
         icmp_ns: ns(ct.icmp_secs),
         tcp_reset_ns: ns(ct.tcp_reset_secs),
+        frag_timeout_ns: ns(config.fragments.timeout_secs),
         ..defaults
     }
 }
@@ -133,7 +134,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     start::host(&config, &opts.instance)?;
     let own = self_addresses(&config);
     let (mut ebpf, policy, compiled) = start::datapath(&config, &opts, &pins, &own, read_ms)?;
-    let programs = start::attach_all(&mut ebpf, &config, &pins)?;
+    let programs = start::attach_all(&mut ebpf, &config, &opts.instance, &pins)?;
     let status = start::status(&config, &opts, &wg, policy.config.policy_gen, programs, own);
     share_names(&status, &opts.instance, &compiled.names)?;
     record_applied(&opts.instance, parse_cache.last_text());

@@ -63,7 +63,10 @@ pub(super) fn datapath(
     read_ms: u64,
 ) -> Result<(Ebpf, PolicyMaps, Compiled)> {
     let adopting = pins.exists();
-    let sizes = [(map_names::CONNTRACK, config.conntrack.max_flows)];
+    let sizes = [
+        (map_names::CONNTRACK, config.conntrack.max_flows),
+        (map_names::FRAGS, config.fragments.max_datagrams),
+    ];
     let mut ebpf = datapath::load(
         Some(pins),
         datapath::log_level_for(opts.verbose_datapath),
@@ -77,6 +80,8 @@ pub(super) fn datapath(
         PolicyMaps::init(&mut ebpf, datapath_config(config))?
     };
     policy.set_config(datapath_config(config))?;
+    let hold = datapath::hold::ensure(&opts.instance).context("creating the fragment hold")?;
+    policy.set_hold(hold.ifindex, hold.passes)?;
     let previous = adopting
         .then(|| control::read_names(&opts.instance))
         .flatten();
@@ -108,10 +113,12 @@ pub(super) fn datapath(
 }
 
 /// Attaches every program: the overlay's at TC (and XDP on an L2 overlay),
-/// XDP and TC on each LAN interface. Returns what `status` shows.
+/// XDP and TC on each LAN interface, TC on the fragment hold. Returns
+/// what `status` shows.
 pub(super) fn attach_all(
     ebpf: &mut Ebpf,
     config: &Config,
+    instance: &str,
     pins: &PinDir,
 ) -> Result<Vec<ProgramReport>> {
     let rp = &config.routing_peer;
@@ -141,6 +148,9 @@ pub(super) fn attach_all(
         map_names::XDP_REDIRECT_IFACES,
         &rp.xdp_redirect_interfaces,
     )?;
+    let (_, hold) = datapath::hold::names(instance);
+    datapath::attach_tc(ebpf, program_names::HOLD, &hold, pins)?;
+    report(program_names::HOLD, "tc-ingress (tcx), fragment hold", &hold);
     for lan in &rp.lan_interfaces {
         datapath::attach_xdp(ebpf, program_names::LAN_XDP, lan, pins)?;
         datapath::attach_tc(ebpf, program_names::LAN_TC, lan, pins)?;

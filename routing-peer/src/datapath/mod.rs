@@ -12,6 +12,7 @@ use thiserror::Error;
 
 mod attach;
 pub mod gc;
+pub mod hold;
 mod iface;
 #[cfg(test)]
 mod packet_tests;
@@ -116,6 +117,7 @@ mod object_tests {
             program_names::OVERLAY_XDP,
             program_names::LAN_XDP,
             program_names::LAN_TC,
+            program_names::HOLD,
         ]);
         for name in names {
             assert!(

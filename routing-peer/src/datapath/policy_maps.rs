@@ -174,13 +174,23 @@ impl PolicyMaps {
         Ok(diff.stats())
     }
 
-    /// Changes run-time settings without touching the policy.
+    /// Changes run-time settings without touching the policy (or the hold).
     pub fn set_config(&mut self, config: DatapathConfig) -> Result<(), MapError> {
         self.config = DatapathConfig {
             active_slot: self.config.active_slot,
             policy_gen: self.config.policy_gen,
+            hold_ifindex: self.config.hold_ifindex,
+            hold_passes: self.config.hold_passes,
             ..config
         };
+        self.write_config()
+    }
+
+    /// Where fragments that came before their first are held, and for how
+    /// many passes (see `datapath::hold`).
+    pub fn set_hold(&mut self, ifindex: u32, passes: u32) -> Result<(), MapError> {
+        self.config.hold_ifindex = ifindex;
+        self.config.hold_passes = passes;
         self.write_config()
     }
 
