@@ -1,0 +1,156 @@
+//! Fragments end to end through wireguard-go, with the overlay at its
+//! default MTU of 1280: datagrams larger than that cross in fragments both
+//! ways, masqueraded, and nothing of a denied datagram reaches the LAN.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use routing_peer_testbed::{
+    office::{Office, GRAFANA, LAPTOP_OVERLAY, ROUTER_LAN, WIKI},
+    wait_for, Daemon, Netns,
+};
+
+const DEV_UDP_ICMP: &str = "\n[[policies]]\nname = \"Development UDP\"\nsources = [\"Development\"]\n\
+                            destinations = [\"Internal Apps\"]\nprotocol = \"udp\"\n\n\
+                            [[policies]]\nname = \"Development ping\"\nsources = [\"Development\"]\n\
+                            destinations = [\"Internal Apps\"]\nprotocol = \"icmp\"\n";
+
+fn udp_in(ns: &Netns, bind: &str) -> Result<UdpSocket> {
+    let addr: SocketAddr = bind.parse()?;
+    let socket = ns.enter(move || UdpSocket::bind(addr))??;
+    socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+    // Fragmented by the sending kernel, never refused for its size.
+    let value = libc::IP_PMTUDISC_DONT;
+    // SAFETY: setsockopt on a socket we own, with an int-sized value.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as u32,
+        )
+    };
+    anyhow::ensure!(rc == 0, "setsockopt: {}", std::io::Error::last_os_error());
+    Ok(socket)
+}
+
+fn stat(daemon: &Daemon, table: &str, name: &str) -> Result<u64> {
+    let stats = daemon.stats_json()?;
+    stats[table]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|d| d["name"] == name))
+        .and_then(|d| d["packets"].as_u64())
+        .with_context(|| format!("no {table} counter {name}"))
+}
+
+fn datagram(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
+fn six_kilobyte_datagrams_cross_both_ways_in_fragments() -> Result<()> {
+    let mut office = Office::new()?;
+    let path = office.write_config(DEV_UDP_ICMP)?;
+    let daemon = Daemon::start(&office.router, &path, &[])?;
+    office.connect_clients()?;
+    let server = udp_in(&office.lan, &format!("{WIKI}:9100"))?;
+    let client = udp_in(&office.laptop.ns, &format!("{LAPTOP_OVERLAY}:0"))?;
+    let request = datagram(6000, 1);
+    let mut buf = vec![0u8; 65536];
+    // The tunnel may still be coming up: bounded retries.
+    let (len, from) = wait_for(Duration::from_secs(15), || {
+        client.send_to(&request, format!("{WIKI}:9100"))?;
+        Ok(server.recv_from(&mut buf).ok())
+    })?;
+    assert_eq!(&buf[..len], &request[..], "the request, reassembled whole");
+    assert_eq!(from.ip().to_string(), ROUTER_LAN, "masqueraded");
+
+    let reply = datagram(6000, 2);
+    let mut got = None;
+    for _ in 0..20 {
+        server.send_to(&reply, from)?;
+        if let Ok((n, src)) = client.recv_from(&mut buf) {
+            got = Some((n, src));
+            break;
+        }
+    }
+    let (n, src) = got.context("the fragmented reply never reached the laptop")?;
+    assert_eq!(&buf[..n], &reply[..], "the reply, reassembled whole");
+    assert_eq!(src.to_string(), format!("{WIKI}:9100"));
+
+    for reason in ["fragment", "fragment-overlap", "fragment-orphan", "fragment-tiny"] {
+        assert_eq!(stat(&daemon, "drops", reason)?, 0, "{reason}");
+    }
+    let stats = daemon.stats_json()?;
+    assert!(stats["fragments"]["tracked"].as_u64() >= Some(2), "{stats}");
+    assert!(stats["fragments"]["followed"].as_u64() >= Some(8), "{stats}");
+    let flows = daemon.cli_json(&["flows", "--json", "--proto", "udp"])?;
+    let flow = flows
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["remote_port"] == 9100))
+        .context("no flow for the datagrams")?;
+    assert!(flow["fragmented_datagrams"].as_u64() >= Some(2), "{flow}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
+fn a_ping_of_4000_bytes_gets_its_fragmented_answer() -> Result<()> {
+    let mut office = Office::new()?;
+    let path = office.write_config(DEV_UDP_ICMP)?;
+    let daemon = Daemon::start(&office.router, &path, &[])?;
+    office.connect_clients()?;
+    wait_for(Duration::from_secs(15), || {
+        let out = office
+            .laptop
+            .ns
+            .cmd("ping")
+            .args(["-c", "1", "-W", "1", "-s", "4000", WIKI])
+            .output()?;
+        Ok(out.status.success().then_some(()))
+    })
+    .context("no answer to a 4000-byte ping")?;
+    assert_eq!(stat(&daemon, "drops", "fragment-orphan")?, 0);
+    assert_eq!(stat(&daemon, "drops", "fragment")?, 0);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
+fn no_fragment_of_a_denied_datagram_reaches_the_lan() -> Result<()> {
+    let mut office = Office::new()?;
+    let path = office.write_config(DEV_UDP_ICMP)?;
+    let daemon = Daemon::start(&office.router, &path, &[])?;
+    office.connect_clients()?;
+    // The tunnel is up once an allowed datagram gets through.
+    let allowed = udp_in(&office.lan, &format!("{WIKI}:9101"))?;
+    let client = udp_in(&office.laptop.ns, &format!("{LAPTOP_OVERLAY}:0"))?;
+    let mut buf = vec![0u8; 65536];
+    wait_for(Duration::from_secs(15), || {
+        client.send_to(b"up?", format!("{WIKI}:9101"))?;
+        Ok(allowed.recv_from(&mut buf).ok())
+    })?;
+    // Grafana takes no UDP from Development.
+    let denied = udp_in(&office.lan, &format!("{GRAFANA}:9102"))?;
+    for _ in 0..3 {
+        client.send_to(&datagram(6000, 3), format!("{GRAFANA}:9102"))?;
+    }
+    assert!(
+        denied.recv_from(&mut buf).is_err(),
+        "a denied datagram arrived"
+    );
+    let followers = wait_for(Duration::from_secs(5), || {
+        let n = stat(&daemon, "drops", "fragment")?;
+        Ok((n >= 12).then_some(n))
+    })
+    .context("the later fragments were not dropped as `fragment`")?;
+    assert!(stat(&daemon, "drops", "no-policy")? >= 3);
+    assert!(followers >= 12, "4 later fragments of each of 3 datagrams");
+    Ok(())
+}
