@@ -54,9 +54,27 @@ fn datagram(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 #[ignore = "needs root and network namespaces: cargo xtask test runs it"]
-fn six_kilobyte_datagrams_cross_both_ways_in_fragments() -> Result<()> {
+fn six_kilobyte_datagrams_cross_both_ways_in_fragments_masqueraded() -> Result<()> {
+    big_datagrams_both_ways(true)
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
+fn six_kilobyte_datagrams_cross_both_ways_in_fragments_unmasqueraded() -> Result<()> {
+    big_datagrams_both_ways(false)
+}
+
+fn big_datagrams_both_ways(masquerade: bool) -> Result<()> {
     let mut office = Office::new()?;
     let path = office.write_config(DEV_UDP_ICMP)?;
+    if !masquerade {
+        let text = std::fs::read_to_string(&path)?;
+        std::fs::write(&path, text.replace("masquerade = true", "masquerade = false"))?;
+        // The LAN routes the overlay back through the routing peer.
+        office
+            .lan
+            .ip(&format!("route add 100.64.0.0/10 via {ROUTER_LAN}"))?;
+    }
     let daemon = Daemon::start(&office.router, &path, &[])?;
     office.connect_clients()?;
     let server = udp_in(&office.lan, &format!("{WIKI}:9100"))?;
@@ -69,7 +87,8 @@ fn six_kilobyte_datagrams_cross_both_ways_in_fragments() -> Result<()> {
         Ok(server.recv_from(&mut buf).ok())
     })?;
     assert_eq!(&buf[..len], &request[..], "the request, reassembled whole");
-    assert_eq!(from.ip().to_string(), ROUTER_LAN, "masqueraded");
+    let source = if masquerade { ROUTER_LAN } else { LAPTOP_OVERLAY };
+    assert_eq!(from.ip().to_string(), source);
 
     let reply = datagram(6000, 2);
     let mut got = None;
