@@ -49,7 +49,9 @@ fn stat(daemon: &Daemon, table: &str, name: &str) -> Result<u64> {
 }
 
 fn datagram(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 #[test]
@@ -69,7 +71,10 @@ fn big_datagrams_both_ways(masquerade: bool) -> Result<()> {
     let path = office.write_config(DEV_UDP_ICMP)?;
     if !masquerade {
         let text = std::fs::read_to_string(&path)?;
-        std::fs::write(&path, text.replace("masquerade = true", "masquerade = false"))?;
+        std::fs::write(
+            &path,
+            text.replace("masquerade = true", "masquerade = false"),
+        )?;
         // The LAN routes the overlay back through the routing peer.
         office
             .lan
@@ -87,7 +92,11 @@ fn big_datagrams_both_ways(masquerade: bool) -> Result<()> {
         Ok(server.recv_from(&mut buf).ok())
     })?;
     assert_eq!(&buf[..len], &request[..], "the request, reassembled whole");
-    let source = if masquerade { ROUTER_LAN } else { LAPTOP_OVERLAY };
+    let source = if masquerade {
+        ROUTER_LAN
+    } else {
+        LAPTOP_OVERLAY
+    };
     assert_eq!(from.ip().to_string(), source);
 
     let reply = datagram(6000, 2);
@@ -103,12 +112,20 @@ fn big_datagrams_both_ways(masquerade: bool) -> Result<()> {
     assert_eq!(&buf[..n], &reply[..], "the reply, reassembled whole");
     assert_eq!(src.to_string(), format!("{WIKI}:9100"));
 
-    for reason in ["fragment", "fragment-overlap", "fragment-orphan", "fragment-tiny"] {
+    for reason in [
+        "fragment",
+        "fragment-overlap",
+        "fragment-orphan",
+        "fragment-tiny",
+    ] {
         assert_eq!(stat(&daemon, "drops", reason)?, 0, "{reason}");
     }
     let stats = daemon.stats_json()?;
     assert!(stats["fragments"]["tracked"].as_u64() >= Some(2), "{stats}");
-    assert!(stats["fragments"]["followed"].as_u64() >= Some(8), "{stats}");
+    assert!(
+        stats["fragments"]["followed"].as_u64() >= Some(8),
+        "{stats}"
+    );
     let flows = daemon.cli_json(&["flows", "--json", "--proto", "udp"])?;
     let flow = flows
         .as_array()

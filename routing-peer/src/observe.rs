@@ -7,9 +7,10 @@ use std::{collections::HashMap, net::IpAddr};
 use anyhow::Result;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use routing_peer_common::{
-    map_names, CtEntry, CtKey, DatapathConfig, Family, FragEntry, FragEvent, FragKey, ResourceCounters, CT_FLAG_MASQUERADE,
-    CT_ICMP, CT_OTHER, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_RESET, CT_TCP_SYN_SENT,
-    CT_UDP_REPLIED, CT_UDP_UNREPLIED, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    map_names, CtEntry, CtKey, DatapathConfig, Family, FragEntry, FragEvent, FragKey,
+    ResourceCounters, CT_FLAG_MASQUERADE, CT_ICMP, CT_OTHER, CT_TCP_CLOSING, CT_TCP_ESTABLISHED,
+    CT_TCP_RESET, CT_TCP_SYN_SENT, CT_UDP_REPLIED, CT_UDP_UNREPLIED, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 use serde::Serialize;
 

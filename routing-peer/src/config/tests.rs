@@ -258,8 +258,14 @@ destinations = ["Development"]
 fn fragment_settings_are_bounded() {
     let text = example() + "\n[fragments]\nmax_datagrams = 10\ntimeout_secs = 0\n";
     let fields: Vec<String> = problems(&text).into_iter().map(|p| p.field).collect();
-    assert!(fields.contains(&"fragments.max_datagrams".to_string()), "{fields:?}");
-    assert!(fields.contains(&"fragments.timeout_secs".to_string()), "{fields:?}");
+    assert!(
+        fields.contains(&"fragments.max_datagrams".to_string()),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"fragments.timeout_secs".to_string()),
+        "{fields:?}"
+    );
     let ok = example() + "\n[fragments]\nmax_datagrams = 100000\ntimeout_secs = 60\n";
     let loaded = parse(Path::new("rp.toml"), &ok).unwrap();
     assert_eq!(loaded.config.fragments.max_datagrams, 100_000);

@@ -150,7 +150,11 @@ pub(super) fn attach_all(
     )?;
     let (_, hold) = datapath::hold::names(instance);
     datapath::attach_tc(ebpf, program_names::HOLD, &hold, pins)?;
-    report(program_names::HOLD, "tc-ingress (tcx), fragment hold", &hold);
+    report(
+        program_names::HOLD,
+        "tc-ingress (tcx), fragment hold",
+        &hold,
+    );
     for lan in &rp.lan_interfaces {
         datapath::attach_xdp(ebpf, program_names::LAN_XDP, lan, pins)?;
         datapath::attach_tc(ebpf, program_names::LAN_TC, lan, pins)?;

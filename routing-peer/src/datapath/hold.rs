@@ -32,9 +32,9 @@ pub struct Hold {
 /// The sending and receiving ends' names for `instance`.
 pub fn names(instance: &str) -> (String, String) {
     // FNV-1a: stable across builds, short enough for IFNAMSIZ.
-    let hash = instance
-        .bytes()
-        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let hash = instance.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
     (format!("rph-{hash:08x}"), format!("rpq-{hash:08x}"))
 }
 
@@ -67,7 +67,9 @@ pub fn ensure(instance: &str) -> Result<Hold> {
         ip(&["link", "set", dev, "up"])?;
     }
     let delayed = Command::new("tc")
-        .args(["qdisc", "replace", "dev", &send, "root", "netem", "delay", DELAY])
+        .args([
+            "qdisc", "replace", "dev", &send, "root", "netem", "delay", DELAY,
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     let passes = if delayed {

@@ -123,14 +123,15 @@ fn markdown(doc: &Value) -> String {
             .join(", "),
     );
     s += "\nPer-packet cost of the overlay program (BPF_PROG_TEST_RUN, mean over the repeats), and the policy compiler:\n\n";
-    s += "| rules + resources | peers | established | new flow | denied | policy entries | compile | install (both slots) | one-rule change, in place | the same, full recompile |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| rules + resources | peers | established | later fragment | new flow | denied | policy entries | compile | install (both slots) | one-rule change, in place | the same, full recompile |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for c in doc["per_packet_cost"].as_array().into_iter().flatten() {
         let ms = |k: &str| c[k].as_f64().unwrap_or(0.0);
         s += &format!(
-            "| {} | {} | {:.0} ns | {:.0} ns | {:.0} ns | {} | {:.0} ms | {:.0} ms | {:.1} ms ({} entries written) | {:.0} ms |\n",
+            "| {} | {} | {:.0} ns | {:.0} ns | {:.0} ns | {:.0} ns | {} | {:.0} ms | {:.0} ms | {:.1} ms ({} entries written) | {:.0} ms |\n",
             c["rules"],
             c["peers"],
             ms("established_ns"),
+            ms("later_fragment_ns"),
             ms("new_flow_ns"),
             ms("denied_ns"),
             c["policy_entries"],
