@@ -292,7 +292,7 @@ fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
     // The kernel repeats a run on the same skb without restoring it: after
     // the first, a forwarded packet is already translated (its source is
     // no peer's any more). What is forwarded is timed run by run.
-    let mut each = |data: &[u8], n: u32| -> Result<(u32, f64)> {
+    let each = |data: &[u8], n: u32| -> Result<(u32, f64)> {
         let mut total = 0.0;
         let mut verdict = 0;
         for _ in 0..n {
