@@ -20,9 +20,10 @@ use crate::{
 const ETH_IP_LEN: usize = 14 + 20;
 
 // Maps.
-/// [0] = number of distinct flows the generator cycles through.
+/// [0] = number of distinct flows the generator cycles through; [1] = 1
+/// to send each datagram as three IPv4 fragments.
 #[map]
-static BENCH_GEN: Array<u32> = Array::with_max_entries(1, 0);
+static BENCH_GEN: Array<u32> = Array::with_max_entries(2, 0);
 /// The frame's Ethernet + IPv4 + UDP headers (42 bytes, padded), written
 /// by user space with a valid IPv4 checksum.
 #[map]
@@ -59,6 +60,9 @@ pub fn rp_bench_gen(ctx: XdpContext) -> u32 {
     if ctx.store_u16(40, template[10] as u16).is_err() {
         return xdp_action::XDP_ABORTED;
     }
+    if BENCH_GEN.get(1).copied().unwrap_or(0) == 1 {
+        return fragment(&ctx, n, flows);
+    }
     let flow = n % flows;
     let sport = 1024 + (flow % 50_000) as u16;
     let dport = 10_000 + (flow / 50_000) as u16;
@@ -71,6 +75,58 @@ pub fn rp_bench_gen(ctx: XdpContext) -> u32 {
     } else {
         xdp_action::XDP_ABORTED
     }
+}
+
+/// Fragment mode: frame `n` is fragment `n % 3` of datagram `n / 3`, a
+/// 4008-byte UDP datagram in 1480-byte pieces. The template is the first
+/// fragment's headers; the fields that differ are written here, and the
+/// IPv4 header checksum computed afresh.
+#[inline(always)]
+fn fragment(ctx: &XdpContext, n: u32, flows: u32) -> u32 {
+    const LAST_PAYLOAD: usize = 4008 - 2 * 1480;
+    let k = n % 3;
+    let datagram = n / 3;
+    let (frag_off, tot_len): (u16, u16) = match k {
+        0 => (0x2000, 1500),
+        1 => (0x2000 | 185, 1500),
+        _ => (370, (20 + LAST_PAYLOAD) as u16),
+    };
+    let ok = ctx.store_u16(14 + 2, tot_len.to_be()).is_ok()
+        && ctx.store_u16(14 + 4, (datagram as u16).to_be()).is_ok()
+        && ctx.store_u16(14 + 6, frag_off.to_be()).is_ok()
+        && ctx.store_u16(14 + 10, 0).is_ok();
+    if !ok {
+        return xdp_action::XDP_ABORTED;
+    }
+    // One bound for the whole header (per-word loads make LLVM compare
+    // against `data_end + 1`, which the verifier refuses).
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 14 + 20 > end {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: the 20 header bytes lie inside the frame, checked above.
+    let words = unsafe { ((start + 14) as *const [u16; 10]).read_unaligned() };
+    let mut sum: u32 = words.iter().map(|w| u32::from(*w)).sum();
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    if ctx.store_u16(14 + 10, !(sum as u16)).is_err() {
+        return xdp_action::XDP_ABORTED;
+    }
+    if k == 0 {
+        let flow = datagram % flows;
+        let sport = 1024 + (flow % 50_000) as u16;
+        if ctx.store_u16(ETH_IP_LEN, sport.to_be()).is_err() {
+            return xdp_action::XDP_ABORTED;
+        }
+    }
+    if k == 2 {
+        let shrink = (ctx.data_end() - ctx.data()) as i32 - (14 + 20 + LAST_PAYLOAD) as i32;
+        // SAFETY: plain helper call on our frame.
+        if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_tail(ctx.ctx, -shrink) } != 0 {
+            return xdp_action::XDP_ABORTED;
+        }
+    }
+    xdp_action::XDP_TX
 }
 
 /// Counts and drops.

@@ -47,6 +47,10 @@ enum Command {
         src: std::net::Ipv4Addr,
         #[arg(long)]
         dst: std::net::Ipv4Addr,
+        /// Send each `size`-byte UDP datagram as IPv4 fragments of 1480
+        /// bytes (`size` must be 4008: three fragments).
+        #[arg(long)]
+        fragments: bool,
     },
     /// Attach one of the bench XDP programs to `iface`, pinned under `pin`.
     Attach {
@@ -96,6 +100,7 @@ fn main() -> Result<()> {
             dst_mac,
             src,
             dst,
+            fragments,
         } => gen(
             &iface,
             seconds,
@@ -105,6 +110,7 @@ fn main() -> Result<()> {
             mac(&dst_mac)?,
             src,
             dst,
+            fragments,
         ),
         Command::Attach {
             iface,
@@ -133,11 +139,18 @@ fn gen(
     dst_mac: [u8; 6],
     src: std::net::Ipv4Addr,
     dst: std::net::Ipv4Addr,
+    fragments: bool,
 ) -> Result<()> {
+    anyhow::ensure!(
+        !fragments || size == 4008,
+        "--fragments sends 4008-byte datagrams: pass --size 4008"
+    );
     let mut ebpf = EbpfLoader::new().load(datapath::BENCH_OBJECT)?;
     {
         let map = ebpf.map_mut("BENCH_GEN").context("BENCH_GEN")?;
-        Array::<_, u32>::try_from(map)?.set(0, flows, 0)?;
+        let mut gen = Array::<_, u32>::try_from(map)?;
+        gen.set(0, flows, 0)?;
+        gen.set(1, u32::from(fragments), 0)?;
     }
     {
         let prog: &mut Xdp = ebpf
@@ -146,12 +159,24 @@ fn gen(
             .try_into()?;
         prog.load()?;
     }
-    let payload = vec![0x5au8; size.saturating_sub(14 + 20 + 8)];
+    // `size` is the frame; with fragments, the UDP datagram, whose first
+    // 1480 bytes fill a 1514-byte frame (the program writes the rest).
+    let payload = if fragments {
+        vec![0x5au8; size - 8]
+    } else {
+        vec![0x5au8; size.saturating_sub(14 + 20 + 8)]
+    };
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(src_mac, dst_mac)
         .ipv4(src.octets(), dst.octets(), 64)
         .udp(1024, 10_000)
         .write(&mut frame, &payload)?;
+    if fragments {
+        frame.truncate(14 + 1500);
+        // No UDP checksum: legal for IPv4, and nothing to recompute.
+        frame[14 + 20 + 6] = 0;
+        frame[14 + 20 + 7] = 0;
+    }
     {
         let mut words = [0u32; 11];
         for (i, w) in words.iter_mut().enumerate() {

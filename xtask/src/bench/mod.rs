@@ -50,6 +50,10 @@ impl Mode {
     }
 }
 
+/// The size of a scenario whose frames are the three IPv4 fragments of a
+/// 4008-byte UDP datagram.
+const FRAGMENTED: usize = 4008;
+
 #[derive(Clone, Copy, Debug)]
 struct Scenario {
     flows: u32,
@@ -124,6 +128,11 @@ pub fn run(quick: bool) -> Result<()> {
                 rules: 1000,
                 size: 64,
             },
+            Scenario {
+                flows: 1,
+                rules: 1000,
+                size: FRAGMENTED,
+            },
         ]
     } else {
         let mut v = Vec::new();
@@ -150,6 +159,11 @@ pub fn run(quick: bool) -> Result<()> {
             flows: NEW_FLOWS,
             rules: 1000,
             size: 64,
+        });
+        v.push(Scenario {
+            flows: 1,
+            rules: 1000,
+            size: FRAGMENTED,
         });
         v
     };

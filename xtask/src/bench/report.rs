@@ -5,7 +5,7 @@ use std::process::Command;
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use super::{rig::Bench, Mode, NEW_FLOWS};
+use super::{rig::Bench, Mode, FRAGMENTED, NEW_FLOWS};
 use crate::util::{self, output};
 
 impl Bench {
@@ -74,11 +74,16 @@ fn markdown(doc: &Value) -> String {
         } else {
             r["flows"].to_string()
         };
+        let frame = if r["size"] == FRAGMENTED {
+            "4008-B UDP datagram in 3 fragments".to_string()
+        } else {
+            format!("{} B", r["size"])
+        };
         s += &format!(
-            "| {} | {} | {} B | {} | {:.3} [{:.3}–{:.3}] | {:.2}× | {:.0}% |\n",
+            "| {} | {} | {} | {} | {:.3} [{:.3}–{:.3}] | {:.2}× | {:.0}% |\n",
             flows,
             r["rules"],
-            r["size"],
+            frame,
             r["mode"].as_str().unwrap_or(""),
             r["median_mpps"].as_f64().unwrap_or(0.0),
             r["min_mpps"].as_f64().unwrap_or(0.0),

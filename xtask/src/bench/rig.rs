@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use routing_peer_testbed::{veth, Daemon, Netns, VethSpec};
 use serde_json::Value;
 
-use super::{workloads, Mode, Scenario};
+use super::{workloads, Mode, Scenario, FRAGMENTED};
 use crate::util::{output, run_cmd};
 
 const GEN_MAC: &str = "02:00:00:00:0b:01";
@@ -117,6 +117,9 @@ impl Bench {
         .args(["--flows", &flows.to_string(), "--size", &size.to_string()])
         .args(["--src-mac", GEN_MAC, "--dst-mac", OV_MAC])
         .args(["--src", "100.64.0.2", "--dst", "198.51.100.2"]);
+        if size == FRAGMENTED {
+            cmd.arg("--fragments");
+        }
         cmd
     }
 

@@ -178,11 +178,7 @@ fn a_fragment_before_its_first_goes_around_the_hold_and_then_through() {
         ip_in_ns("link set hold0 up");
         ip_in_ns("link set hold1 up");
         let hold = crate::datapath::ifindex("hold0").unwrap();
-        dp.set_config(DatapathConfig {
-            hold_ifindex: hold,
-            hold_passes: 4,
-            ..DatapathConfig::default()
-        });
+        dp.state.set_hold(hold, 4).unwrap();
         let (verdict, held, mark) = dp.run_marked(program_names::OVERLAY_L2, &fragments[2], 0);
         assert_eq!(verdict, TC_ACT_REDIRECT, "sent around the hold");
         assert_eq!(mark, HOLD_MARK | HOLD_FROM_OVERLAY << 8 | 1);

@@ -111,7 +111,7 @@ fn every_program_in_the_object_passes_the_verifier() {
                 .expect("load the benchmark's object");
             assert_eq!(
                 load_all(bench),
-                9,
+                10,
                 "the data path's and the benchmark's four"
             );
         }
