@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use routing_peer_testbed::{
-    office::{Office, GRAFANA, LAPTOP_OVERLAY, ROUTER_LAN, WIKI},
+    office::{Office, GRAFANA, LAPTOP_OVERLAY, ROUTER_LAN, ROUTER_OVERLAY, WIKI},
     wait_for, Daemon, Netns,
 };
 
@@ -188,5 +188,70 @@ fn no_fragment_of_a_denied_datagram_reaches_the_lan() -> Result<()> {
     .context("the later fragments were not dropped as `fragment`")?;
     assert!(stat(&daemon, "drops", "no-policy")? >= 3);
     assert!(followers >= 12, "4 later fragments of each of 3 datagrams");
+    Ok(())
+}
+
+/// A TXT query for `name` with EDNS0 offering 4096 bytes, as raw DNS.
+fn txt_query(name: &str) -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 16, 0, 1]); // root, TXT, IN
+                                            // OPT: root name, type 41, class = UDP payload size, TTL 0, no data.
+    q.extend_from_slice(&[0, 0, 41, 0x10, 0x00, 0, 0, 0, 0, 0, 0]);
+    q
+}
+
+/// An upstream answer larger than the LAN's MTU reaches the forwarder in
+/// fragments (to the routing peer's own address: the kernel's, once the
+/// first fragment was), and the peer gets it whole.
+#[test]
+#[ignore = "needs root and network namespaces: cargo xtask test runs it"]
+fn a_dns_answer_over_1232_bytes_comes_through_the_forwarders_upstream_path() -> Result<()> {
+    let mut office = Office::new()?;
+    office.grafana_address = "grafana.berlin.internal".into();
+    office.grafana_groups = vec!["Internal Apps".into()];
+    // Nine strings of 240 bytes: an answer of about 2.2 kB.
+    let long: Vec<String> = (b'a'..=b'i')
+        .map(|c| char::from(c).to_string().repeat(240))
+        .collect();
+    office.dnsmasq_extra = vec![
+        "--edns-packet-max=4096".into(),
+        format!("--txt-record=grafana.berlin.internal,{}", long.join(",")),
+    ];
+    office.start_dnsmasq()?;
+    let path = office.write_config("")?;
+    let daemon = Daemon::start(&office.router, &path, &[])?;
+    office.connect_clients()?;
+    let query = txt_query("grafana.berlin.internal");
+    let server: SocketAddr = format!("{ROUTER_OVERLAY}:53").parse()?;
+    let answer = wait_for(Duration::from_secs(20), || {
+        let query = query.clone();
+        let reply = office
+            .laptop
+            .ns
+            .enter(move || -> Result<Option<Vec<u8>>> {
+                let socket = UdpSocket::bind("0.0.0.0:0")?;
+                socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+                socket.send_to(&query, server)?;
+                let mut buf = vec![0u8; 65536];
+                Ok(socket.recv(&mut buf).ok().map(|n| buf[..n].to_vec()))
+            })??;
+        Ok(reply)
+    })?;
+    assert_eq!(answer[3] & 0x0f, 0, "rcode NOERROR");
+    assert!(answer.len() > 1232, "{} bytes", answer.len());
+    assert!(
+        u16::from_be_bytes([answer[6], answer[7]]) >= 1,
+        "an answer record"
+    );
+    assert_eq!(stat(&daemon, "drops", "fragment")?, 0);
+    let stats = daemon.stats_json()?;
+    assert!(
+        stats["fragments"]["followed"].as_u64() >= Some(1),
+        "{stats}"
+    );
     Ok(())
 }

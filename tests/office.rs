@@ -267,6 +267,8 @@ pub struct Office {
     /// The Grafana resource's address: its IP, or `grafana.berlin.internal`.
     pub grafana_address: String,
     dnsmasq: Option<std::process::Child>,
+    /// More dnsmasq arguments (records), for tests that need them.
+    pub dnsmasq_extra: Vec<String>,
     pub wg_iface: String,
     pub router_public_key: String,
     pub router_key_file: PathBuf,
@@ -328,6 +330,7 @@ impl Office {
             grafana_groups: vec!["Dashboards".into()],
             grafana_address: format!("{GRAFANA}/32"),
             dnsmasq: None,
+            dnsmasq_extra: Vec::new(),
             wg_iface: unique_ifname("r"),
             router_public_key: public,
             router_key_file,
@@ -386,6 +389,7 @@ impl Office {
                 &format!("--host-record=wiki.berlin.internal,{WIKI}"),
                 "--cname=dash.berlin.internal,grafana.berlin.internal",
             ])
+            .args(&self.dnsmasq_extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
