@@ -9,19 +9,20 @@
 
 use core::mem::size_of;
 
-use core::ffi::c_void;
-
-use aya_ebpf::{helpers::generated::bpf_loop, macros::map, maps::PerCpuArray};
+use aya_ebpf::{macros::map, maps::PerCpuArray};
 use routing_peer_common::{DropReason, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
+
+pub use crate::headers::*;
+use crate::{
+    headers::{Ipv6ExtHdr, Ipv6FragHdr},
+    options::ipv4_options_ok,
+};
 
 // Maps.
 /// The packet being decided, per CPU: on the 512-byte stack it would
 /// crowd out the fast path (LLVM keeps several copies of it there).
 #[map]
 static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
-/// Per CPU: the IPv4 options being walked, for the `bpf_loop` callback.
-#[map]
-static OPTION_WALK: PerCpuArray<OptionWalk> = PerCpuArray::with_max_entries(1, 0);
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
@@ -36,10 +37,6 @@ const IPV6_DSTOPTS: u8 = 60;
 /// Extension headers walked before giving up; a bound the verifier can see.
 const IPV6_MAX_EXT_HEADERS: usize = 4;
 const IPV4_MAX_HEADER_WORDS: usize = 15;
-const IPV4_OPT_EOL: u8 = 0;
-const IPV4_OPT_NOP: u8 = 1;
-/// Option bytes an IPv4 header can hold (60 − 20).
-const IPV4_MAX_OPTION_BYTES: usize = 40;
 const IP_DF: u16 = 0x4000;
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
@@ -50,81 +47,6 @@ pub const FRAG_NONE: u8 = 0;
 pub const FRAG_FIRST: u8 = 1;
 /// A later fragment: payload only.
 pub const FRAG_LATER: u8 = 2;
-
-#[repr(C)]
-pub struct EthHdr {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
-    pub proto: u16,
-}
-
-#[repr(C)]
-pub struct Ipv4Hdr {
-    pub version_ihl: u8,
-    pub tos: u8,
-    pub tot_len: u16,
-    pub id: u16,
-    pub frag_off: u16,
-    pub ttl: u8,
-    pub proto: u8,
-    pub check: u16,
-    pub src: u32,
-    pub dst: u32,
-}
-
-#[repr(C)]
-pub struct Ipv6Hdr {
-    pub vtc_flow: u32,
-    pub payload_len: u16,
-    pub next_hdr: u8,
-    pub hop_limit: u8,
-    pub src: [u32; 4],
-    pub dst: [u32; 4],
-}
-
-#[repr(C)]
-struct Ipv6ExtHdr {
-    next_hdr: u8,
-    len: u8,
-}
-
-#[repr(C)]
-struct Ipv6FragHdr {
-    next_hdr: u8,
-    _reserved: u8,
-    /// Offset in 8-byte units << 3, then two reserved bits and M.
-    offset_flags: u16,
-    id: u32,
-}
-
-#[repr(C)]
-pub struct TcpHdr {
-    pub source: u16,
-    pub dest: u16,
-    pub seq: u32,
-    pub ack_seq: u32,
-    pub doff_flags: u16,
-    pub window: u16,
-    pub check: u16,
-    pub urg_ptr: u16,
-}
-
-#[repr(C)]
-pub struct UdpHdr {
-    pub source: u16,
-    pub dest: u16,
-    pub len: u16,
-    pub check: u16,
-}
-
-#[repr(C)]
-pub struct IcmpHdr {
-    pub kind: u8,
-    pub code: u8,
-    pub check: u16,
-    pub id: u16,
-    pub seq: u16,
-}
 
 /// The bytes of one packet as the hook sees them.
 pub struct Frame {
@@ -409,88 +331,6 @@ fn ipv4_checksum_ok(frame: &Frame, l3_offset: usize, header_len: usize) -> Resul
         return Err(DropReason::Malformed);
     }
     Ok(())
-}
-
-/// The IPv4 options being walked, per CPU: copied out of the header so
-/// that a `bpf_loop` callback, verified once whatever the number of steps,
-/// walks them. An open-coded walk of 40 steps costs the verifier seconds.
-#[repr(C)]
-struct OptionWalk {
-    bytes: [u8; IPV4_MAX_OPTION_BYTES],
-    end: u32,
-    at: u32,
-    bad: u32,
-}
-
-/// IPv4 options: each one's length inside the header, none shorter than 2.
-/// Only packets with options pay for it.
-#[inline(always)]
-fn ipv4_options_ok(frame: &Frame, l3_offset: usize, header_len: usize) -> Result<(), DropReason> {
-    let walk = OPTION_WALK.get_ptr_mut(0).ok_or(DropReason::Malformed)?;
-    let words = (header_len - size_of::<Ipv4Hdr>()) / 4;
-    let base = l3_offset + size_of::<Ipv4Hdr>();
-    for i in 0..IPV4_MAX_OPTION_BYTES / 4 {
-        if i >= words {
-            break;
-        }
-        let w: *const u32 = frame.ptr_at(base + 4 * i)?;
-        // SAFETY: `ptr_at` checked the word is inside the frame; the slot
-        // is this CPU's, and `4 * i + 4 <= 40` by the loop bound.
-        unsafe {
-            let to = (*walk).bytes.as_mut_ptr().add(4 * i) as *mut u32;
-            to.write_unaligned(w.read_unaligned());
-        }
-    }
-    // SAFETY: this CPU's slot.
-    unsafe {
-        (*walk).end = (words * 4) as u32;
-        (*walk).at = 0;
-        (*walk).bad = 0;
-        bpf_loop(
-            IPV4_MAX_OPTION_BYTES as u32,
-            option_step as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        );
-        if (*walk).bad != 0 {
-            return Err(DropReason::Malformed);
-        }
-    }
-    Ok(())
-}
-
-/// One option; 1 stops the walk (the end, EOL, or a bad length).
-extern "C" fn option_step(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(walk) = OPTION_WALK.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: this CPU's slot, used by one program run at a time.
-    let walk = unsafe { &mut *walk };
-    let (at, end) = (walk.at as usize, walk.end as usize);
-    // `at < 40` also bounds the index for the verifier.
-    if at >= end || at >= IPV4_MAX_OPTION_BYTES {
-        return 1;
-    }
-    match walk.bytes[at] {
-        IPV4_OPT_EOL => 1,
-        IPV4_OPT_NOP => {
-            walk.at += 1;
-            0
-        }
-        _ => {
-            let len = if at + 1 < end && at + 1 < IPV4_MAX_OPTION_BYTES {
-                walk.bytes[at + 1] as usize
-            } else {
-                0
-            };
-            if len < 2 || at + len > end {
-                walk.bad = 1;
-                return 1;
-            }
-            walk.at += len as u32;
-            0
-        }
-    }
 }
 
 #[inline(always)]
