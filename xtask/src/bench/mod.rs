@@ -28,21 +28,26 @@ const NEW_FLOWS: u32 = 5_000_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
     RoutingPeer,
+    /// The same daemon without `xdp_redirect_interfaces`: the overlay's TC
+    /// program does the work, as on a WireGuard (L3) overlay.
+    RoutingPeerTc,
     Nftables,
     KernelForward,
     XdpRedirect,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [
+    const ALL: [Mode; 5] = [
         Mode::RoutingPeer,
+        Mode::RoutingPeerTc,
         Mode::Nftables,
         Mode::KernelForward,
         Mode::XdpRedirect,
     ];
     fn name(self) -> &'static str {
         match self {
-            Mode::RoutingPeer => "routing-peer (eBPF)",
+            Mode::RoutingPeer => "routing-peer (eBPF), XDP path",
+            Mode::RoutingPeerTc => "routing-peer (eBPF), TC path",
             Mode::Nftables => "nftables + conntrack + masquerade",
             Mode::KernelForward => "kernel forwarding, no rules",
             Mode::XdpRedirect => "XDP redirect, stateless",

@@ -167,7 +167,7 @@ fn svg(results: &[Value]) -> String {
         .filter_map(|r| r["max_mpps"].as_f64())
         .fold(0.1, f64::max);
     let (w, h, bar, gap) = (220.0 * groups.len() as f64 + 80.0, 340.0, 40.0, 20.0);
-    let colors = ["#2b7bb9", "#d95f02", "#7570b3", "#999999"];
+    let colors = ["#2b7bb9", "#66a61e", "#d95f02", "#7570b3", "#999999"];
     let mut s = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
     );

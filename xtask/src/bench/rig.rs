@@ -147,9 +147,13 @@ impl Bench {
     pub(super) fn measure(&self, mode: Mode, sc: &Scenario) -> Result<f64> {
         let mut daemon = None;
         match mode {
-            Mode::RoutingPeer => {
+            Mode::RoutingPeer | Mode::RoutingPeerTc => {
                 let path = self.work.path().join("rp.toml");
-                std::fs::write(&path, workloads::bench_config(sc.rules))?;
+                let mut config = workloads::bench_config(sc.rules);
+                if mode == Mode::RoutingPeerTc {
+                    config = config.replace("xdp_redirect_interfaces = [\"lan0\"]", "");
+                }
+                std::fs::write(&path, config)?;
                 // routing-peer attaches its own XDP program to the L2 overlay.
                 self.detach("ov0")?;
                 daemon = Some(Daemon::start(&self.dut, &path, &[])?);
@@ -169,7 +173,7 @@ impl Bench {
         let secs = self.generate(sc)?;
         let received = self.sink_count()? - before;
         match mode {
-            Mode::RoutingPeer => {
+            Mode::RoutingPeer | Mode::RoutingPeerTc => {
                 drop(daemon.take());
                 self.attach(&self.dut, "ov0", "rp_bench_pass", "ov0")?;
             }
