@@ -252,30 +252,29 @@ fn parse_ipv4(frame: &Frame, l3_offset: usize, pkt: &mut Packet) -> Result<(), D
     let id = u16::from_be(unsafe { (*ip).id });
     let frag = ipv4_frag(frag_off, id, proto, l4_offset);
     let l4 = parse_l4(frame, l4_offset, l3_offset + tot_len, proto, &frag)?;
-    *pkt = Packet {
-        ipv6: false,
-        l3_offset,
-        l4_offset,
-        l3_len: tot_len,
-        proto,
-        src: [src, 0, 0, 0],
-        dst: [dst, 0, 0, 0],
-        sport: l4.sport,
-        dport: l4.dport,
-        ttl,
-        tcp_flags: l4.tcp_flags,
-        icmp_type: l4.icmp_type,
-        df: frag_off & IP_DF != 0,
-        tcp_seq: l4.tcp_seq,
-        tcp_ack: l4.tcp_ack,
-        tcp_win: l4.tcp_win,
-        l4_payload: l4.payload,
-        frag: frag.kind,
-        frag_proto: frag.proto,
-        frag_id: frag.id,
-        frag_offset: frag.offset,
-        l4_end: (l4_offset - frag.start) as u16 + l4.header,
-    };
+    // Field by field: a struct literal is built on the stack, then copied.
+    pkt.ipv6 = false;
+    pkt.l3_offset = l3_offset;
+    pkt.l4_offset = l4_offset;
+    pkt.l3_len = tot_len;
+    pkt.proto = proto;
+    pkt.src = [src, 0, 0, 0];
+    pkt.dst = [dst, 0, 0, 0];
+    pkt.sport = l4.sport;
+    pkt.dport = l4.dport;
+    pkt.ttl = ttl;
+    pkt.tcp_flags = l4.tcp_flags;
+    pkt.icmp_type = l4.icmp_type;
+    pkt.df = frag_off & IP_DF != 0;
+    pkt.tcp_seq = l4.tcp_seq;
+    pkt.tcp_ack = l4.tcp_ack;
+    pkt.tcp_win = l4.tcp_win;
+    pkt.l4_payload = l4.payload;
+    pkt.frag = frag.kind;
+    pkt.frag_proto = frag.proto;
+    pkt.frag_id = frag.id;
+    pkt.frag_offset = frag.offset;
+    pkt.l4_end = (l4_offset - frag.start) as u16 + l4.header;
     Ok(())
 }
 
@@ -412,30 +411,29 @@ fn parse_ipv6(frame: &Frame, l3_offset: usize, pkt: &mut Packet) -> Result<(), D
         frag.start = l4_offset;
     }
     let l4 = parse_l4(frame, l4_offset, l3_end, next_hdr, &frag)?;
-    *pkt = Packet {
-        ipv6: true,
-        l3_offset,
-        l4_offset,
-        l3_len: size_of::<Ipv6Hdr>() + payload_len,
-        proto: next_hdr,
-        src,
-        dst,
-        sport: l4.sport,
-        dport: l4.dport,
-        ttl,
-        tcp_flags: l4.tcp_flags,
-        icmp_type: l4.icmp_type,
-        df: true,
-        tcp_seq: l4.tcp_seq,
-        tcp_ack: l4.tcp_ack,
-        tcp_win: l4.tcp_win,
-        l4_payload: l4.payload,
-        frag: frag.kind,
-        frag_proto: frag.proto,
-        frag_id: frag.id,
-        frag_offset: frag.offset,
-        l4_end: (l4_offset - frag.start) as u16 + l4.header,
-    };
+    // Field by field: a struct literal is built on the stack, then copied.
+    pkt.ipv6 = true;
+    pkt.l3_offset = l3_offset;
+    pkt.l4_offset = l4_offset;
+    pkt.l3_len = size_of::<Ipv6Hdr>() + payload_len;
+    pkt.proto = next_hdr;
+    pkt.src = src;
+    pkt.dst = dst;
+    pkt.sport = l4.sport;
+    pkt.dport = l4.dport;
+    pkt.ttl = ttl;
+    pkt.tcp_flags = l4.tcp_flags;
+    pkt.icmp_type = l4.icmp_type;
+    pkt.df = true;
+    pkt.tcp_seq = l4.tcp_seq;
+    pkt.tcp_ack = l4.tcp_ack;
+    pkt.tcp_win = l4.tcp_win;
+    pkt.l4_payload = l4.payload;
+    pkt.frag = frag.kind;
+    pkt.frag_proto = frag.proto;
+    pkt.frag_id = frag.id;
+    pkt.frag_offset = frag.offset;
+    pkt.l4_end = (l4_offset - frag.start) as u16 + l4.header;
     Ok(())
 }
 
