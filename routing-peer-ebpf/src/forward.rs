@@ -213,9 +213,14 @@ pub fn lookup_xdp(ctx: &XdpContext, pkt: &Packet, to: &To, in_ifindex: u32) -> F
 pub fn lookup_tc(ctx: &TcContext, pkt: &Packet, to: &To, in_ifindex: u32) -> Fib {
     let (rc, route) = fib_lookup(ctx, pkt, to, in_ifindex, true);
     match classify(rc, route) {
-        Fib::Forward(r) => {
+        // The helper checks the whole skb, L2 header included, against the
+        // egress MTU plus the egress's own header: from an Ethernet LAN into
+        // an L3 overlay it calls a packet of up to 10 bytes under the MTU
+        // too big (every 1280-byte IPv6 packet into a 1280 overlay). The IP
+        // length is what must fit; both answers carry the MTU.
+        Fib::Forward(r) | Fib::TooBig(r) => {
             // SAFETY: reading the skb's GSO size; the route's MTU is in
-            // the union member the helper filled on success.
+            // the union member the helper filled.
             let (gso_size, mtu) = unsafe {
                 (
                     (*ctx.skb.skb).gso_size,
