@@ -260,12 +260,19 @@ fn parse_ipv4(frame: &Frame, l3_offset: usize, pkt: &mut Packet) -> Result<(), D
     pkt.proto = proto;
     pkt.src = [src, 0, 0, 0];
     pkt.dst = [dst, 0, 0, 0];
+    pkt.ttl = ttl;
+    pkt.df = frag_off & IP_DF != 0;
+    set_l4(pkt, &l4, &frag, l4_offset);
+    Ok(())
+}
+
+/// The transport and fragment fields both families share, written in place.
+#[inline(always)]
+fn set_l4(pkt: &mut Packet, l4: &L4, frag: &Frag, l4_offset: usize) {
     pkt.sport = l4.sport;
     pkt.dport = l4.dport;
-    pkt.ttl = ttl;
     pkt.tcp_flags = l4.tcp_flags;
     pkt.icmp_type = l4.icmp_type;
-    pkt.df = frag_off & IP_DF != 0;
     pkt.tcp_seq = l4.tcp_seq;
     pkt.tcp_ack = l4.tcp_ack;
     pkt.tcp_win = l4.tcp_win;
@@ -275,7 +282,6 @@ fn parse_ipv4(frame: &Frame, l3_offset: usize, pkt: &mut Packet) -> Result<(), D
     pkt.frag_id = frag.id;
     pkt.frag_offset = frag.offset;
     pkt.l4_end = (l4_offset - frag.start) as u16 + l4.header;
-    Ok(())
 }
 
 /// MF set or a non-zero offset: a fragment.
@@ -419,21 +425,9 @@ fn parse_ipv6(frame: &Frame, l3_offset: usize, pkt: &mut Packet) -> Result<(), D
     pkt.proto = next_hdr;
     pkt.src = src;
     pkt.dst = dst;
-    pkt.sport = l4.sport;
-    pkt.dport = l4.dport;
     pkt.ttl = ttl;
-    pkt.tcp_flags = l4.tcp_flags;
-    pkt.icmp_type = l4.icmp_type;
     pkt.df = true;
-    pkt.tcp_seq = l4.tcp_seq;
-    pkt.tcp_ack = l4.tcp_ack;
-    pkt.tcp_win = l4.tcp_win;
-    pkt.l4_payload = l4.payload;
-    pkt.frag = frag.kind;
-    pkt.frag_proto = frag.proto;
-    pkt.frag_id = frag.id;
-    pkt.frag_offset = frag.offset;
-    pkt.l4_end = (l4_offset - frag.start) as u16 + l4.header;
+    set_l4(pkt, &l4, &frag, l4_offset);
     Ok(())
 }
 
