@@ -54,6 +54,34 @@ fn datagram(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// A 6000-byte request from `client` to `server` at `to` (retried while the
+/// tunnel comes up) and a 6000-byte reply back, each checked whole on
+/// arrival: where the server saw the request from, and where the client
+/// saw the reply from (`None`: it never came).
+fn datagrams_both_ways(
+    client: &UdpSocket,
+    server: &UdpSocket,
+    to: &str,
+    seed: u8,
+) -> Result<(SocketAddr, Option<SocketAddr>)> {
+    let request = datagram(6000, seed);
+    let mut buf = vec![0u8; 65536];
+    let (len, from) = wait_for(Duration::from_secs(15), || {
+        client.send_to(&request, to)?;
+        Ok(server.recv_from(&mut buf).ok())
+    })?;
+    assert_eq!(&buf[..len], &request[..], "the request, reassembled whole");
+    let reply = datagram(6000, seed + 1);
+    for _ in 0..20 {
+        server.send_to(&reply, from)?;
+        if let Ok((n, src)) = client.recv_from(&mut buf) {
+            assert_eq!(&buf[..n], &reply[..], "the reply, reassembled whole");
+            return Ok((from, Some(src)));
+        }
+    }
+    Ok((from, None))
+}
+
 #[test]
 #[ignore = "needs root and network namespaces: cargo xtask test runs it"]
 fn six_kilobyte_datagrams_cross_both_ways_in_fragments_masqueraded() -> Result<()> {
@@ -84,32 +112,14 @@ fn big_datagrams_both_ways(masquerade: bool) -> Result<()> {
     office.connect_clients()?;
     let server = udp_in(&office.lan, &format!("{WIKI}:9100"))?;
     let client = udp_in(&office.laptop.ns, &format!("{LAPTOP_OVERLAY}:0"))?;
-    let request = datagram(6000, 1);
-    let mut buf = vec![0u8; 65536];
-    // The tunnel may still be coming up: bounded retries.
-    let (len, from) = wait_for(Duration::from_secs(15), || {
-        client.send_to(&request, format!("{WIKI}:9100"))?;
-        Ok(server.recv_from(&mut buf).ok())
-    })?;
-    assert_eq!(&buf[..len], &request[..], "the request, reassembled whole");
+    let (from, back) = datagrams_both_ways(&client, &server, &format!("{WIKI}:9100"), 1)?;
     let source = if masquerade {
         ROUTER_LAN
     } else {
         LAPTOP_OVERLAY
     };
     assert_eq!(from.ip().to_string(), source);
-
-    let reply = datagram(6000, 2);
-    let mut got = None;
-    for _ in 0..20 {
-        server.send_to(&reply, from)?;
-        if let Ok((n, src)) = client.recv_from(&mut buf) {
-            got = Some((n, src));
-            break;
-        }
-    }
-    let (n, src) = got.context("the fragmented reply never reached the laptop")?;
-    assert_eq!(&buf[..n], &reply[..], "the reply, reassembled whole");
+    let src = back.context("the fragmented reply never reached the laptop")?;
     assert_eq!(src.to_string(), format!("{WIKI}:9100"));
 
     for reason in [
@@ -306,30 +316,14 @@ fn six_kilobyte_ipv6_datagrams_cross_both_ways_in_fragments() -> Result<()> {
     };
     let server = bind(&office.lan, format!("[{WIKI6}]:9103"))?;
     let client = bind(&office.laptop.ns, format!("[{LAPTOP6}]:0"))?;
-    let request = datagram(6000, 4);
-    let mut buf = vec![0u8; 65536];
-    let (len, from) = wait_for(Duration::from_secs(15), || {
-        client.send_to(&request, format!("[{WIKI6}]:9103"))?;
-        Ok(server.recv_from(&mut buf).ok())
-    })?;
-    assert_eq!(&buf[..len], &request[..], "the request, reassembled whole");
+    let (from, back) = datagrams_both_ways(&client, &server, &format!("[{WIKI6}]:9103"), 4)?;
     assert_eq!(from.ip().to_string(), "2001:db8:1::1", "masqueraded");
-    let reply = datagram(6000, 5);
-    let mut got = None;
-    for _ in 0..20 {
-        server.send_to(&reply, from)?;
-        if let Ok((n, src)) = client.recv_from(&mut buf) {
-            got = Some((n, src));
-            break;
-        }
-    }
-    let Some((n, src)) = got else {
+    let Some(src) = back else {
         anyhow::bail!(
             "the fragmented IPv6 reply never reached the laptop: {}",
             daemon.stats_json()?
         );
     };
-    assert_eq!(&buf[..n], &reply[..], "the reply, reassembled whole");
     assert_eq!(src.ip().to_string(), WIKI6);
     Ok(())
 }

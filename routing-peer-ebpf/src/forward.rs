@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
-use routing_peer_common::{DropReason, Family, FORWARD_MARK};
+use routing_peer_common::{DropReason, FORWARD_MARK};
 
 use crate::{ctx::Mangle, parse::Packet};
 
@@ -339,10 +339,4 @@ pub fn xdp_redirect<C: Mangle>(ctx: &C, route: &Route) -> Option<u32> {
     }
     // SAFETY: plain helper call.
     Some(unsafe { bpf_redirect(route.ifindex(), 0) } as u32)
-}
-
-/// The family tag of our map keys (not the kernel's AF_* values above).
-#[inline(always)]
-pub fn family(ipv6: bool) -> u32 {
-    Family::of(ipv6) as u32
 }

@@ -248,16 +248,18 @@ pub fn is_later(pkt: &Packet) -> bool {
     pkt.frag == FRAG_LATER
 }
 
-/// Passes a held fragment has made so far, from its mark.
+/// The skb's mark, when it is a held fragment's.
 #[inline(always)]
-pub fn passes(ctx: &TcContext) -> u32 {
+pub fn hold_mark(ctx: &TcContext) -> Option<u32> {
     // SAFETY: reading the skb's mark.
     let mark = unsafe { (*ctx.skb.skb).mark };
-    if mark & HOLD_MARK_MASK == HOLD_MARK {
-        mark & 0xff
-    } else {
-        0
-    }
+    (mark & HOLD_MARK_MASK == HOLD_MARK).then_some(mark)
+}
+
+/// Passes a held fragment has made so far, from its mark.
+#[inline(always)]
+fn passes(ctx: &TcContext) -> u32 {
+    hold_mark(ctx).map_or(0, |mark| mark & 0xff)
 }
 
 /// Sends a later fragment whose first has not been seen around the hold,

@@ -37,7 +37,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use aya_log_ebpf::debug;
-use routing_peer_common::{DropReason, Handoff, Hook, HOLD_FROM_LAN, HOLD_MARK, HOLD_MARK_MASK};
+use routing_peer_common::{DropReason, Handoff, Hook, HOLD_FROM_LAN};
 
 use crate::{
     lan::lan_xdp,
@@ -145,11 +145,9 @@ pub fn rp_hold(ctx: TcContext) -> i32 {
         let _ = ctx.pull_data(ctx.len().min(TC_PULL_LEN));
     }
     let len = ctx.len() as usize;
-    // SAFETY: reading the skb's mark.
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    if mark & HOLD_MARK_MASK != HOLD_MARK {
+    let Some(mark) = frag::hold_mark(&ctx) else {
         return TC_ACT_SHOT;
-    }
+    };
     let frame = Frame::new(ctx.data(), ctx.data_end(), len, true);
     let verdict = match parse_packet(&frame) {
         // Only later fragments go around the hold.

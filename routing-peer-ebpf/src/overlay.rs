@@ -124,7 +124,7 @@ pub fn map_new_flow(pkt: &Packet, cfg: &DatapathConfig) -> Result<(), DropReason
         addr: pkt.src,
         port: pkt.sport,
         proto: pkt.proto,
-        family: forward::family(pkt.ipv6) as u8,
+        family: Family::of(pkt.ipv6) as u8,
     };
     let external = nat::snat_mapping(&peer_endpoint, &entry.nat_addr, cfg)?;
     entry.nat_addr = external.addr;
