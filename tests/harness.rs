@@ -203,8 +203,15 @@ pub struct VethSpec<'a> {
 }
 
 pub fn veth(spec: VethSpec<'_>) -> Result<()> {
+    veth_queues(spec, 1)
+}
+
+/// A veth pair with `queues` receive and transmit queues on each end (veth
+/// picks the receiving queue of an XDP frame by CPU, so each CPU gets its own).
+pub fn veth_queues(spec: VethSpec<'_>, queues: u32) -> Result<()> {
     spec.a.ip(&format!(
-        "link add {} address {} type veth peer name {} address {} netns {}",
+        "link add {} address {} numtxqueues {queues} numrxqueues {queues} type veth \
+         peer name {} address {} numtxqueues {queues} numrxqueues {queues} netns {}",
         spec.a_if, spec.a_mac, spec.b_if, spec.b_mac, spec.b.name
     ))?;
     spec.a

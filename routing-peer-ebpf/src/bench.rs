@@ -4,10 +4,10 @@
 //! upper bound. They are loaded only by `cargo xtask bench`.
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{map, xdp},
+    bindings::{xdp_action, TC_ACT_SHOT},
+    macros::{classifier, map, xdp},
     maps::{Array, PerCpuArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use routing_peer_common::PacketCounter;
 
@@ -20,14 +20,37 @@ use crate::{
 const ETH_IP_LEN: usize = 14 + 20;
 
 // Maps.
-/// [0] = number of distinct flows the generator cycles through; [1] = 1
-/// to send each datagram as three IPv4 fragments.
+/// The generator's settings, indexed by the `GEN_*` constants below.
 #[map]
-static BENCH_GEN: Array<u32> = Array::with_max_entries(2, 0);
+static BENCH_GEN: Array<u32> = Array::with_max_entries(4, 0);
 /// The frame's Ethernet + IPv4 + UDP headers (42 bytes, padded), written
 /// by user space with a valid IPv4 checksum.
 #[map]
 static BENCH_TEMPLATE: Array<[u32; 11]> = Array::with_max_entries(1, 0);
+
+/// Distinct flows the generator cycles through.
+const GEN_FLOWS: u32 = 0;
+/// 1: each datagram as three IPv4 fragments.
+const GEN_FRAGMENTS: u32 = 1;
+/// The first flow's number (two generators send distinct flows).
+const GEN_FIRST: u32 = 2;
+/// 1: the reply direction (the flow's port is the destination port).
+const GEN_REPLY: u32 = 3;
+
+/// A flow's two ports: the client's (40000 + up to 20000, inside the
+/// default masquerade pool, so translation keeps it and replies can be
+/// addressed to it) and the service's (10000 + up to 128, the policy's).
+#[inline(always)]
+fn flow_ports(flow: u32) -> (u16, u16) {
+    (
+        40_000 + (flow % 20_000) as u16,
+        10_000 + ((flow / 20_000) % 128) as u16,
+    )
+}
+
+fn setting(index: u32) -> u32 {
+    BENCH_GEN.get(index).copied().unwrap_or(0)
+}
 /// Per CPU: the generator's next flow number.
 #[map]
 static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
@@ -37,10 +60,10 @@ static BENCH_SINK: PerCpuArray<PacketCounter> = PerCpuArray::with_max_entries(1,
 
 /// Writes the whole header of every live frame (the pages are recycled, and
 /// the device under test rewrote MACs, TTL and addresses in place), cycles
-/// the UDP ports through `flows` flows, and transmits the frame.
+/// the UDP ports through the flows, and transmits the frame.
 #[xdp]
 pub fn rp_bench_gen(ctx: XdpContext) -> u32 {
-    let flows = BENCH_GEN.get(0).copied().unwrap_or(1).max(1);
+    let flows = setting(GEN_FLOWS).max(1);
     let Some(seq) = BENCH_SEQ.get_ptr_mut(0) else {
         return xdp_action::XDP_ABORTED;
     };
@@ -60,12 +83,16 @@ pub fn rp_bench_gen(ctx: XdpContext) -> u32 {
     if ctx.store_u16(40, template[10] as u16).is_err() {
         return xdp_action::XDP_ABORTED;
     }
-    if BENCH_GEN.get(1).copied().unwrap_or(0) == 1 {
-        return fragment(&ctx, n, flows);
+    let first = setting(GEN_FIRST);
+    if setting(GEN_FRAGMENTS) == 1 {
+        return fragment(&ctx, n, first, flows);
     }
-    let flow = n % flows;
-    let sport = 1024 + (flow % 50_000) as u16;
-    let dport = 10_000 + (flow / 50_000) as u16;
+    let (client, service) = flow_ports(first.wrapping_add(n % flows));
+    let (sport, dport) = if setting(GEN_REPLY) == 1 {
+        (service, client)
+    } else {
+        (client, service)
+    };
     let ok = ctx.store_u16(ETH_IP_LEN, sport.to_be()).is_ok()
         && ctx.store_u16(ETH_IP_LEN + 2, dport.to_be()).is_ok()
         // No UDP checksum (legal for IPv4): nothing to recompute per frame.
@@ -82,8 +109,9 @@ pub fn rp_bench_gen(ctx: XdpContext) -> u32 {
 /// fragment's headers; the fields that differ are written here, and the
 /// IPv4 header checksum computed afresh.
 #[inline(always)]
-fn fragment(ctx: &XdpContext, n: u32, flows: u32) -> u32 {
+fn fragment(ctx: &XdpContext, n: u32, first: u32, flows: u32) -> u32 {
     const LAST_PAYLOAD: usize = 4008 - 2 * 1480;
+    let ip = 14;
     let k = n % 3;
     let datagram = n / 3;
     let (frag_off, tot_len): (u16, u16) = match k {
@@ -91,42 +119,47 @@ fn fragment(ctx: &XdpContext, n: u32, flows: u32) -> u32 {
         1 => (0x2000 | 185, 1500),
         _ => (370, (20 + LAST_PAYLOAD) as u16),
     };
-    let ok = ctx.store_u16(14 + 2, tot_len.to_be()).is_ok()
-        && ctx.store_u16(14 + 4, (datagram as u16).to_be()).is_ok()
-        && ctx.store_u16(14 + 6, frag_off.to_be()).is_ok()
-        && ctx.store_u16(14 + 10, 0).is_ok();
+    let ok = ctx.store_u16(ip + 2, tot_len.to_be()).is_ok()
+        && ctx.store_u16(ip + 4, (datagram as u16).to_be()).is_ok()
+        && ctx.store_u16(ip + 6, frag_off.to_be()).is_ok()
+        && ipv4_checksum(ctx, ip);
     if !ok {
         return xdp_action::XDP_ABORTED;
     }
-    // One bound for the whole header (per-word loads make LLVM compare
-    // against `data_end + 1`, which the verifier refuses).
-    let (start, end) = (ctx.data(), ctx.data_end());
-    if start + 14 + 20 > end {
-        return xdp_action::XDP_ABORTED;
-    }
-    // SAFETY: the 20 header bytes lie inside the frame, checked above.
-    let words = unsafe { ((start + 14) as *const [u16; 10]).read_unaligned() };
-    let mut sum: u32 = words.iter().map(|w| u32::from(*w)).sum();
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    if ctx.store_u16(14 + 10, !(sum as u16)).is_err() {
-        return xdp_action::XDP_ABORTED;
-    }
     if k == 0 {
-        let flow = datagram % flows;
-        let sport = 1024 + (flow % 50_000) as u16;
-        if ctx.store_u16(ETH_IP_LEN, sport.to_be()).is_err() {
+        let (client, _) = flow_ports(first.wrapping_add(datagram % flows));
+        if ctx.store_u16(ip + 20, client.to_be()).is_err() {
             return xdp_action::XDP_ABORTED;
         }
     }
     if k == 2 {
-        let shrink = (ctx.data_end() - ctx.data()) as i32 - (14 + 20 + LAST_PAYLOAD) as i32;
+        let shrink = (ctx.data_end() - ctx.data()) as i32 - (ip + 20 + LAST_PAYLOAD) as i32;
         // SAFETY: plain helper call on our frame.
         if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_tail(ctx.ctx, -shrink) } != 0 {
             return xdp_action::XDP_ABORTED;
         }
     }
     xdp_action::XDP_TX
+}
+
+/// Writes the checksum of the IPv4 header at `at` (no options).
+#[inline(always)]
+fn ipv4_checksum(ctx: &XdpContext, at: usize) -> bool {
+    if ctx.store_u16(at + 10, 0).is_err() {
+        return false;
+    }
+    // One bound for the whole header (per-word loads make LLVM compare
+    // against `data_end + 1`, which the verifier refuses).
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + at + 20 > end {
+        return false;
+    }
+    // SAFETY: the 20 header bytes lie inside the frame, checked above.
+    let words = unsafe { ((start + at) as *const [u16; 10]).read_unaligned() };
+    let mut sum: u32 = words.iter().map(|w| u32::from(*w)).sum();
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    ctx.store_u16(at + 10, !(sum as u16)).is_ok()
 }
 
 /// Counts and drops.
@@ -140,6 +173,20 @@ pub fn rp_bench_sink(ctx: XdpContext) -> u32 {
         }
     }
     xdp_action::XDP_DROP
+}
+
+/// Counts and drops at a device's TC egress: the sink of an L3 device
+/// (TUN), where its reader (wireguard-go) would take the packet.
+#[classifier]
+pub fn rp_bench_tc_sink(ctx: TcContext) -> i32 {
+    if let Some(c) = BENCH_SINK.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += u64::from(ctx.len());
+        }
+    }
+    TC_ACT_SHOT
 }
 
 #[xdp]

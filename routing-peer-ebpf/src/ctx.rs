@@ -1,6 +1,9 @@
 //! Packet writes behind one interface, so NAT and forwarding code serve both
-//! hooks. TC goes through the skb helpers, which keep CHECKSUM_PARTIAL skbs
-//! right; XDP frames are always fully checksummed, so direct writes with an
+//! hooks. TC writes bytes straight into the packet where it is linear (the
+//! entry points pull the headers in; the verifier's prologue unclones a
+//! shared skb) and falls back to the store helper past that; its checksums
+//! go through the skb helpers, which keep CHECKSUM_PARTIAL skbs right. XDP
+//! frames are always fully checksummed, so direct writes with an
 //! incremental (RFC 1624) update are exact there.
 
 use aya_ebpf::{
@@ -33,28 +36,62 @@ pub trait Mangle {
     ) -> Result<(), DropReason>;
 }
 
+/// A pointer to `T` at `offset` in the skb's linear data, if it lies there.
+#[inline(always)]
+fn tc_ptr<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+    let at = ctx.data() + (offset & OFFSET_MASK);
+    if at + core::mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some(at as *mut T)
+}
+
+/// Writes `value` at `offset`: directly when linear (a store through the
+/// helper cost 13% of an established packet in the profile), else by the
+/// helper, which pulls what it needs.
+#[inline(always)]
+fn tc_store<T: Copy>(ctx: &TcContext, offset: usize, value: T) -> Result<(), DropReason> {
+    if let Some(p) = tc_ptr::<T>(ctx, offset) {
+        // SAFETY: `tc_ptr` checked the bytes lie inside the linear data.
+        unsafe { p.write_unaligned(value) };
+        return Ok(());
+    }
+    ctx.store(offset, &value, 0)
+        .map_err(|_| DropReason::Malformed)
+}
+
 impl Mangle for TcContext {
     #[inline(always)]
     fn load_u32(&self, offset: usize) -> Result<u32, DropReason> {
+        if let Some(p) = tc_ptr::<u32>(self, offset) {
+            // SAFETY: `tc_ptr` checked the bytes lie inside the linear data.
+            return Ok(unsafe { p.read_unaligned() });
+        }
         self.load::<u32>(offset).map_err(|_| DropReason::Malformed)
     }
 
     #[inline(always)]
     fn store_u8(&self, offset: usize, value: u8) -> Result<(), DropReason> {
+        // Checked as two bytes, as on XDP: LLVM turns a one-byte bound into
+        // a form the verifier does not learn the packet range from. The
+        // byte after a TTL or hop limit is always there.
+        if let Some(p) = tc_ptr::<[u8; 2]>(self, offset) {
+            // SAFETY: `tc_ptr` checked the bytes lie inside the linear data.
+            unsafe { (*p)[0] = value };
+            return Ok(());
+        }
         self.store(offset, &value, 0)
             .map_err(|_| DropReason::Malformed)
     }
 
     #[inline(always)]
     fn store_u16(&self, offset: usize, value: u16) -> Result<(), DropReason> {
-        self.store(offset, &value, 0)
-            .map_err(|_| DropReason::Malformed)
+        tc_store(self, offset, value)
     }
 
     #[inline(always)]
     fn store_u32(&self, offset: usize, value: u32) -> Result<(), DropReason> {
-        self.store(offset, &value, 0)
-            .map_err(|_| DropReason::Malformed)
+        tc_store(self, offset, value)
     }
 
     #[inline(always)]
@@ -88,11 +125,11 @@ impl Mangle for TcContext {
 /// Offsets come from the per-CPU packet slot, where the verifier sees no
 /// bounds: masking gives it one (parse refuses transport headers past
 /// `MAX_L4_OFFSET`, so no real offset reaches the mask).
-const XDP_OFFSET_MASK: usize = 0x3ff;
+const OFFSET_MASK: usize = 0x3ff;
 
 #[inline(always)]
 fn xdp_ptr<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, DropReason> {
-    let at = ctx.data() + (offset & XDP_OFFSET_MASK);
+    let at = ctx.data() + (offset & OFFSET_MASK);
     if at + core::mem::size_of::<T>() > ctx.data_end() {
         return Err(DropReason::Malformed);
     }

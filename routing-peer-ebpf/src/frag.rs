@@ -20,7 +20,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::{bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_redirect},
     macros::map,
     maps::{LruHashMap, PerCpuArray},
     programs::TcContext,
@@ -31,6 +31,7 @@ use routing_peer_common::{
 };
 
 use crate::{
+    clock,
     ctx::Mangle,
     forward,
     parse::{Packet, FRAG_FIRST, FRAG_LATER},
@@ -118,8 +119,7 @@ fn record_first(
     entry: *mut CtEntry,
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now();
     let scratch = FRAG_SCRATCH
         .get_ptr_mut(0)
         .ok_or(DropReason::FragmentOrphan)?;
@@ -192,8 +192,7 @@ pub fn deny(pkt: &Packet) {
 
 #[inline(never)]
 fn deny_first(pkt: &Packet) {
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now();
     let value = FragEntry {
         created_ns: now,
         verdict: FRAG_DENIED,

@@ -3,7 +3,6 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
     programs::{TcContext, XdpContext},
 };
 use routing_peer_common::{
@@ -12,6 +11,7 @@ use routing_peer_common::{
 };
 
 use crate::{
+    clock,
     config, conntrack,
     conntrack::Direction,
     counters,
@@ -127,8 +127,7 @@ pub fn lan_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
     if nat::is_icmp_error(pkt) || pkt.frag != FRAG_NONE {
         return Ok(xdp_action::XDP_PASS);
     }
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now();
     let Some(reply) = lan_classify(pkt, cfg, now)? else {
         return Ok(xdp_action::XDP_PASS);
     };
@@ -160,7 +159,7 @@ pub fn lan_tc_entry(ctx: &TcContext, pkt: &Packet) -> i32 {
 pub fn icmp_error(ctx: &TcContext, pkt: &Packet) -> i32 {
     let verdict = match config::current() {
         // SAFETY: plain helper call.
-        Some(cfg) => lan_icmp_error(ctx, pkt, cfg, unsafe { bpf_ktime_get_ns() }),
+        Some(cfg) => lan_icmp_error(ctx, pkt, cfg, clock::now()),
         None => {
             counters::count_handoff(Handoff::LanOther, pkt.l3_len);
             Ok(TC_ACT_OK)
@@ -177,8 +176,7 @@ pub fn lan_tc(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
         counters::count_handoff(Handoff::LanOther, pkt.l3_len);
         return Ok(TC_ACT_OK);
     };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now();
     let Some(reply) = lan_classify(pkt, cfg, now)? else {
         // The kernel's (to the routing peer itself, or routed elsewhere):
         // so are the fragments after this one.
@@ -202,7 +200,7 @@ pub fn lan_tc(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
     }
     lan_translate(ctx, pkt, &reply, now)?;
     forward::decrement_ttl(ctx, pkt)?;
-    Ok(forward::redirect_to(&route, pkt.ipv6))
+    forward::redirect_tc(ctx, &route, pkt.ipv6, true)
 }
 
 /// A later fragment from the LAN: its first fragment's flow and
@@ -222,8 +220,7 @@ fn try_later(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
         counters::count_handoff(Handoff::LanOther, pkt.l3_len);
         return Ok(TC_ACT_OK);
     };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now();
     let Some(first) = frag::follow(pkt, now, cfg)? else {
         if to_peer(pkt, cfg) {
             return frag::hold(ctx, pkt, true, HOLD_FROM_LAN, cfg);
@@ -277,7 +274,7 @@ fn try_later(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     }
     forward::decrement_ttl(ctx, pkt)?;
-    Ok(forward::redirect_to(&route, pkt.ipv6))
+    forward::redirect_tc(ctx, &route, pkt.ipv6, true)
 }
 
 /// TC on the LAN: the route of a translated reply (to `to`) toward the
@@ -376,5 +373,5 @@ pub fn icmp_to_overlay(
     let resource_id = unsafe { (*entry).resource_id };
     counters::count_resource(resource_id, ResourceEvent::Reply, pkt.l3_len);
     forward::decrement_ttl(ctx, pkt)?;
-    Ok(forward::redirect_to(&route, pkt.ipv6))
+    forward::redirect_tc(ctx, &route, pkt.ipv6, true)
 }

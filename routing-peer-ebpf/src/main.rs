@@ -14,6 +14,7 @@
 
 #[cfg(feature = "bench")]
 mod bench;
+mod clock;
 mod config;
 mod conntrack;
 mod counters;

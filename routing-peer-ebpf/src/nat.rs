@@ -13,7 +13,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_loop},
+    helpers::{bpf_get_prandom_u32, generated::bpf_loop},
     macros::map,
     maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
@@ -22,6 +22,7 @@ use routing_peer_common::{
 };
 
 use crate::{
+    clock,
     ctx::Mangle,
     parse::{Packet, FRAG_LATER},
 };
@@ -186,8 +187,7 @@ fn allocate(cfg: &DatapathConfig) -> u32 {
         proto: scan.peer.proto,
         family: scan.peer.family,
     };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now();
     // SAFETY: copied out at once.
     if let Some(until) = unsafe { NAT_FULL.get(pool).copied() } {
         if now < until {

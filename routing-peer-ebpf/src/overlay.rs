@@ -3,7 +3,6 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
-    helpers::bpf_ktime_get_ns,
     programs::{TcContext, XdpContext},
 };
 use routing_peer_common::{
@@ -13,6 +12,7 @@ use routing_peer_common::{
 };
 
 use crate::{
+    clock,
     config, conntrack,
     conntrack::Direction,
     counters,
@@ -68,8 +68,7 @@ pub fn new_flow(
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
     let family = Family::of(pkt.ipv6);
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now();
     let slot = cfg.active_slot;
     let dest = policy::dest(slot, &AddrKey::new(family, pkt.dst)).ok_or(DropReason::NoPolicy)?;
     // An address the compiler knew as ours that the FIB no longer calls
@@ -133,11 +132,13 @@ pub fn map_new_flow(pkt: &Packet, cfg: &DatapathConfig) -> Result<(), DropReason
 }
 
 /// Overlay → LAN, shared by both overlay hooks: conntrack or policy, the
-/// RST check, accounting. Returns the flow, allowed and accounted.
+/// RST check, accounting. Returns the flow, allowed and accounted. A flow
+/// tracked under the current policy generation needs no peer lookup: its
+/// source was a peer then, and any change of peers is a new generation
+/// (whose first packet re-checks the flow, peer included).
 #[inline(always)]
 pub fn overlay_flow(
     pkt: &Packet,
-    peer: &PeerValue,
     nat_src: Option<[u32; 4]>,
     cfg: &DatapathConfig,
     now: u64,
@@ -145,14 +146,15 @@ pub fn overlay_flow(
     let key = forward_key(pkt);
     let entry = match conntrack::lookup(&key, now, cfg) {
         Some(entry) => {
-            revalidate(entry, &key, Some(peer.src_class), cfg)?;
+            revalidate(entry, &key, None, cfg)?;
             if nat_src.is_none() {
                 return Err(DropReason::NoRoute);
             }
             entry
         }
         None => {
-            new_flow(pkt, peer, nat_src.as_ref(), cfg)?;
+            let peer = source_peer(pkt, cfg)?;
+            new_flow(pkt, &peer, nat_src.as_ref(), cfg)?;
             map_new_flow(pkt, cfg)?;
             let tracked = conntrack::create_from_scratch(&key).ok_or(DropReason::CtFull)?;
             // SAFETY: map value pointer, valid for this run.
@@ -220,28 +222,26 @@ pub fn overlay_tc_entry(ctx: &TcContext, pkt: &Packet, l2: bool) -> i32 {
 #[inline(always)]
 pub fn overlay_tc(ctx: &TcContext, pkt: &Packet, l2: bool) -> Result<i32, DropReason> {
     let cfg = config::current().ok_or(DropReason::NoPolicy)?;
-    let peer = source_peer(pkt, cfg)?;
     // SAFETY: reading the skb's ingress ifindex.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let (route, too_big) = match forward::lookup_tc(ctx, pkt, &To::dst_of(pkt), ifindex) {
         Fib::Local => {
+            let peer = source_peer(pkt, cfg)?;
             input_chain(pkt, &peer, cfg)?;
             frag::record(pkt, FRAG_LOCAL, &forward_key(pkt), None, cfg)?;
             counters::count_handoff(Handoff::Local, pkt.l3_len);
             return Ok(TC_ACT_OK);
         }
         Fib::Unroutable => {
-            // SAFETY: plain helper call.
-            let now = unsafe { bpf_ktime_get_ns() };
-            overlay_flow(pkt, &peer, None, cfg, now)?;
+            let now = clock::now();
+            overlay_flow(pkt, None, cfg, now)?;
             return Err(DropReason::NoRoute);
         }
         Fib::Forward(route) => (route, false),
         Fib::TooBig(route) => (route, true),
     };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let entry = overlay_flow(pkt, &peer, Some(route.src()), cfg, now)?;
+    let now = clock::now();
+    let entry = overlay_flow(pkt, Some(route.src()), cfg, now)?;
     frag::record(pkt, FRAG_FORWARD, &forward_key(pkt), Some(entry), cfg)?;
     // The kernel answers these with an ICMP error quoting the packet as
     // the peer sent it, so they go untranslated, and are not forwarded.
@@ -261,10 +261,7 @@ pub fn overlay_tc(ctx: &TcContext, pkt: &Packet, l2: bool) -> Result<i32, DropRe
         return Ok(TC_ACT_OK);
     }
     forward::decrement_ttl(ctx, pkt)?;
-    if !l2 {
-        forward::push_l2_header(ctx, pkt.ipv6)?;
-    }
-    Ok(forward::redirect_neigh(&route, pkt.ipv6))
+    forward::redirect_tc(ctx, &route, pkt.ipv6, l2)
 }
 
 /// A later fragment from a peer: its first fragment's verdict, flow and
@@ -300,8 +297,7 @@ fn try_later_forward(
     cfg: &DatapathConfig,
 ) -> Result<i32, DropReason> {
     let (l2, too_big) = (flags & 1 != 0, flags & 2 != 0);
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now();
     let Some(first) = frag::follow(pkt, now, cfg)? else {
         return frag::hold(ctx, pkt, l2, HOLD_FROM_OVERLAY, cfg);
     };
@@ -337,10 +333,7 @@ fn try_later_forward(
         return Ok(TC_ACT_OK);
     }
     forward::decrement_ttl(ctx, pkt)?;
-    if !l2 {
-        forward::push_l2_header(ctx, pkt.ipv6)?;
-    }
-    Ok(forward::redirect_neigh(route, pkt.ipv6))
+    forward::redirect_tc(ctx, route, pkt.ipv6, l2)
 }
 
 /// To the routing peer itself: delivered (the kernel reassembles it) when
@@ -352,8 +345,7 @@ fn try_later_local(
     l2: bool,
     cfg: &DatapathConfig,
 ) -> Result<i32, DropReason> {
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now();
     let Some(first) = frag::follow(pkt, now, cfg)? else {
         return frag::hold(ctx, pkt, l2, HOLD_FROM_OVERLAY, cfg);
     };
@@ -384,10 +376,8 @@ pub fn overlay_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
     if !forward::xdp_redirect_allowed(route.ifindex()) || nat::checksum_is_partial(ctx, pkt) {
         return Ok(xdp_action::XDP_PASS);
     }
-    let peer = source_peer(pkt, cfg)?;
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let entry = overlay_flow(pkt, &peer, Some(route.src()), cfg, now)?;
+    let now = clock::now();
+    let entry = overlay_flow(pkt, Some(route.src()), cfg, now)?;
     overlay_translate(ctx, pkt, entry, cfg)?;
     forward::decrement_ttl(ctx, pkt)?;
     Ok(forward::xdp_redirect(ctx, &route).unwrap_or(xdp_action::XDP_PASS))

@@ -32,9 +32,13 @@ enum Command {
     Demo,
     /// Measure the data path against nftables, kernel forwarding and XDP redirect.
     Bench {
-        /// A short run (under 3 minutes).
+        /// A short run: each scenario once, at 1k rules.
         #[arg(long)]
         quick: bool,
+        /// Run only the throughput scenarios whose label contains this,
+        /// print them and write no report (development).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Boot Debian's kernels in QEMU and run the kernel WireGuard suite there.
     VmTest {
@@ -74,9 +78,9 @@ fn run(command: Command) -> Result<()> {
             setup::run()?;
             demo::run()
         }
-        Command::Bench { quick } => {
+        Command::Bench { quick, only } => {
             setup::run()?;
-            bench::run(quick)
+            bench::run(quick, only.as_deref())
         }
         Command::VmTest { kernel, only } => {
             setup::run()?;

@@ -26,6 +26,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "iperf3",
     "ethtool",
+    // The benchmark empties the kernel's connection table between samples.
+    "conntrack",
     "kmod",
     // The VM suite copies the host's sysctl and strips binaries with objcopy.
     "procps",

@@ -148,6 +148,11 @@ pub(super) fn attach_all(
         map_names::XDP_REDIRECT_IFACES,
         &rp.xdp_redirect_interfaces,
     )?;
+    // The LAN's XDP program can only ever redirect replies into an L2
+    // overlay listed as an XDP target; anywhere else (WireGuard is L3) it
+    // would parse and look up every reply only to pass it to TC.
+    let lan_xdp =
+        l3_overlay.is_empty() && rp.xdp_redirect_interfaces.contains(&rp.overlay_interface);
     let (_, hold) = datapath::hold::names(instance);
     datapath::attach_tc(ebpf, program_names::HOLD, &hold, pins)?;
     report(
@@ -156,9 +161,11 @@ pub(super) fn attach_all(
         &hold,
     );
     for lan in &rp.lan_interfaces {
-        datapath::attach_xdp(ebpf, program_names::LAN_XDP, lan, pins)?;
+        if lan_xdp {
+            datapath::attach_xdp(ebpf, program_names::LAN_XDP, lan, pins)?;
+            report(program_names::LAN_XDP, "xdp", lan);
+        }
         datapath::attach_tc(ebpf, program_names::LAN_TC, lan, pins)?;
-        report(program_names::LAN_XDP, "xdp", lan);
         report(program_names::LAN_TC, "tc-ingress (tcx)", lan);
     }
     Ok(programs)

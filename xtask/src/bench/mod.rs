@@ -14,6 +14,7 @@ use routing_peer_testbed::Netns;
 use serde_json::{json, Value};
 
 mod goodput;
+mod profile;
 mod report;
 mod rig;
 mod workloads;
@@ -22,36 +23,55 @@ use rig::Bench;
 
 use crate::util::{self, output, step};
 
-/// More distinct flows than one sample sends packets: every packet opens a
-/// new flow (conntrack entry, masquerade mapping), so Mpps is the new-flow rate.
-const NEW_FLOWS: u32 = 5_000_000;
+/// More distinct flows than one sample sends packets (20000 client ports ×
+/// 128 service ports): every packet opens a new flow (conntrack entry,
+/// masquerade mapping), so Mpps is the new-flow rate.
+const NEW_FLOWS: u32 = 2_560_000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
-    RoutingPeer,
-    /// The same daemon without `xdp_redirect_interfaces`: the overlay's TC
-    /// program does the work, as on a WireGuard (L3) overlay.
-    RoutingPeerTc,
+    /// The deployment: an L3 overlay (as `wg0`), the TC programs.
+    RoutingPeerL3,
     Nftables,
     KernelForward,
+    /// The XDP fast path on an L2 (veth) overlay with XDP redirect.
+    RoutingPeerXdp,
+    /// The same daemon on the L2 overlay without XDP redirect.
+    RoutingPeerL2Tc,
     XdpRedirect,
 }
 
 impl Mode {
-    const ALL: [Mode; 5] = [
-        Mode::RoutingPeer,
-        Mode::RoutingPeerTc,
+    const ALL: [Mode; 6] = [
+        Mode::RoutingPeerL3,
         Mode::Nftables,
         Mode::KernelForward,
+        Mode::RoutingPeerXdp,
+        Mode::RoutingPeerL2Tc,
         Mode::XdpRedirect,
     ];
     fn name(self) -> &'static str {
         match self {
-            Mode::RoutingPeer => "routing-peer (eBPF), XDP path",
-            Mode::RoutingPeerTc => "routing-peer (eBPF), TC path",
-            Mode::Nftables => "nftables + conntrack + masquerade",
-            Mode::KernelForward => "kernel forwarding, no rules",
-            Mode::XdpRedirect => "XDP redirect, stateless",
+            Mode::RoutingPeerL3 => "routing-peer, TC path, L3 overlay",
+            Mode::Nftables => "nftables + conntrack + masquerade, L3 overlay",
+            Mode::KernelForward => "kernel forwarding, no rules, L3 overlay",
+            Mode::RoutingPeerXdp => "routing-peer, XDP path, L2 overlay",
+            Mode::RoutingPeerL2Tc => "routing-peer, TC path, L2 overlay",
+            Mode::XdpRedirect => "XDP redirect bound, stateless, L2",
         }
+    }
+    /// The overlay is the IPIP device (an L3 device, as WireGuard's).
+    fn l3(self) -> bool {
+        matches!(
+            self,
+            Mode::RoutingPeerL3 | Mode::Nftables | Mode::KernelForward
+        )
+    }
+    fn routing_peer(self) -> bool {
+        matches!(
+            self,
+            Mode::RoutingPeerL3 | Mode::RoutingPeerXdp | Mode::RoutingPeerL2Tc
+        )
     }
 }
 
@@ -59,14 +79,65 @@ impl Mode {
 /// 4008-byte UDP datagram.
 const FRAGMENTED: usize = 4008;
 
+/// Which way the traffic goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    /// Overlay → LAN: the peer's requests.
+    Forward,
+    /// LAN → overlay: the answers to flows the forward direction opened
+    /// (reverse NAT, redirect into the L3 device).
+    Reply,
+    /// Both at once, on one CPU.
+    Both,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Scenario {
     flows: u32,
     rules: usize,
     size: usize,
+    direction: Direction,
+    /// Generators, one per CPU, each sending `flows` flows of its own.
+    cpus: u32,
 }
 
-pub fn run(quick: bool) -> Result<()> {
+impl Scenario {
+    pub(super) const fn forward(flows: u32, rules: usize, size: usize) -> Self {
+        Self {
+            flows,
+            rules,
+            size,
+            direction: Direction::Forward,
+            cpus: 1,
+        }
+    }
+    /// `1000 flows, 1000 rules, 64 B, reply, 2 CPUs`.
+    fn label(&self) -> String {
+        format!(
+            "{} flows, {} rules, {} B, {}, {} CPU{}",
+            self.flows,
+            self.rules,
+            self.size,
+            format!("{:?}", self.direction).to_lowercase(),
+            self.cpus,
+            if self.cpus > 1 { "s" } else { "" }
+        )
+    }
+    /// The modes a scenario runs: the L2 rows only in the forward
+    /// direction on one CPU (they exist to compare the XDP path).
+    fn modes(&self) -> Vec<Mode> {
+        Mode::ALL
+            .into_iter()
+            .filter(|m| {
+                m.l3()
+                    || (self.direction == Direction::Forward && self.cpus == 1)
+                    || (*m == Mode::XdpRedirect && self.direction == Direction::Forward)
+            })
+            .collect()
+    }
+}
+
+pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
     crate::setup::check_toolchain()?;
     util::cargo(&[
         "build",
@@ -81,6 +152,9 @@ pub fn run(quick: bool) -> Result<()> {
     let bin_dir = util::workspace_root().join("target/release");
     std::env::set_var("ROUTING_PEER_BIN", bin_dir.join("routing-peer"));
 
+    if let Some(only) = only {
+        return run_only(&bin_dir, quick, only);
+    }
     step("per-packet cost (BPF_PROG_TEST_RUN, repeat)");
     let rule_counts: &[usize] = if quick {
         &[10, 100_000]
@@ -111,108 +185,120 @@ pub fn run(quick: bool) -> Result<()> {
     step("throughput: generator → device under test → sink, modes interleaved");
     let bench = Bench::new(bin_dir, if quick { 1.3 } else { 3.0 })?;
     let repeats = 5;
-    let scenarios: Vec<Scenario> = if quick {
-        vec![
-            Scenario {
-                flows: 1,
-                rules: 1000,
-                size: 64,
-            },
-            Scenario {
-                flows: 1000,
-                rules: 1000,
-                size: 64,
-            },
-            Scenario {
-                flows: 1,
-                rules: 1000,
-                size: 1400,
-            },
-            Scenario {
-                flows: NEW_FLOWS,
-                rules: 1000,
-                size: 64,
-            },
-            Scenario {
-                flows: 1,
-                rules: 1000,
-                size: FRAGMENTED,
-            },
-        ]
-    } else {
-        let mut v = Vec::new();
-        for flows in [1, 1000, 100_000] {
-            v.push(Scenario {
-                flows,
-                rules: 1000,
-                size: 64,
-            });
-        }
-        for rules in [10, 100_000] {
-            v.push(Scenario {
-                flows: 1,
-                rules,
-                size: 64,
-            });
-        }
-        v.push(Scenario {
-            flows: 1,
-            rules: 1000,
-            size: 1400,
-        });
-        v.push(Scenario {
-            flows: NEW_FLOWS,
-            rules: 1000,
-            size: 64,
-        });
-        v.push(Scenario {
-            flows: 1,
-            rules: 1000,
-            size: FRAGMENTED,
-        });
-        v
-    };
-    let mut results: Vec<Value> = Vec::new();
-    for sc in &scenarios {
-        let mut samples: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
-        for rep in 0..repeats {
-            for mode in Mode::ALL {
-                let mpps = bench.measure(mode, sc)?;
-                eprintln!(
-                    "  {:>6} flows {:>6} rules {:>4} B  rep {rep}  {:<36} {mpps:.3} Mpps",
-                    sc.flows,
-                    sc.rules,
-                    sc.size,
-                    mode.name()
-                );
-                samples.entry(mode).or_default().push(mpps);
-            }
-        }
-        let nft = median(&samples[&Mode::Nftables]);
-        let xdp = median(&samples[&Mode::XdpRedirect]);
-        for (mode, s) in &samples {
-            let m = median(s);
-            results.push(json!({
-                "flows": sc.flows, "rules": sc.rules, "size": sc.size, "mode": mode.name(),
-                "median_mpps": m, "min_mpps": min(s), "max_mpps": max(s), "samples": s,
-                "ratio_to_nftables": m / nft, "ratio_to_xdp_redirect": m / xdp,
-            }));
-        }
-    }
+    let scenarios = scenarios(quick);
+    let results = throughput(&bench, &scenarios, repeats)?;
+    step("profile: an established flow on the TC path of the L3 overlay (perf, cpu-clock)");
+    let profile = bench.profile_l3(1000)?;
+    eprintln!("  {profile}");
     step("a 100k-rule reload while traffic flows");
     let reload = bench.reload_under_load(100_000)?;
     eprintln!("  {reload}");
     step("goodput: iperf3 through userspace WireGuard, routing-peer vs nftables, interleaved");
     let goodput = goodput::measure(if quick { 3 } else { 5 }, if quick { 2 } else { 5 })?;
     eprintln!("  {goodput}");
-    bench.report(
-        &costs,
-        &results,
-        &goodput,
-        &reload,
-        quick,
-        started.elapsed().as_secs_f64(),
-    )
+    let measured = report::Measured {
+        costs,
+        results,
+        goodput,
+        reload,
+        profile,
+    };
+    bench.report(&measured, quick, started.elapsed().as_secs_f64())
+}
+
+/// Runs every mode of every scenario `repeats` times, interleaved; one
+/// result per scenario and mode, with the ratios of the same run.
+fn throughput(bench: &Bench, scenarios: &[Scenario], repeats: usize) -> Result<Vec<Value>> {
+    let mut results: Vec<Value> = Vec::new();
+    let mut bound: BTreeMap<u32, f64> = BTreeMap::new();
+    for sc in scenarios {
+        let mut samples: BTreeMap<Mode, Vec<f64>> = BTreeMap::new();
+        for rep in 0..repeats {
+            for mode in sc.modes() {
+                let mpps = bench.measure(mode, sc)?;
+                eprintln!(
+                    "  {:<44} rep {rep}  {:<46} {mpps:.3} Mpps",
+                    sc.label(),
+                    mode.name()
+                );
+                samples.entry(mode).or_default().push(mpps);
+            }
+        }
+        let nft = median(&samples[&Mode::Nftables]);
+        let kernel = median(&samples[&Mode::KernelForward]);
+        // Replies have no stateless bound of their own (XDP cannot redirect
+        // into an L3 device): they are held against the forward one.
+        if let Some(s) = samples.get(&Mode::XdpRedirect) {
+            bound.insert(sc.cpus, median(s));
+        }
+        let xdp = bound.get(&sc.cpus).copied().unwrap_or(f64::NAN);
+        for (mode, s) in &samples {
+            let m = median(s);
+            results.push(json!({
+                "flows": sc.flows, "rules": sc.rules, "size": sc.size, "mode": mode.name(),
+                "direction": format!("{:?}", sc.direction).to_lowercase(), "cpus": sc.cpus,
+                "median_mpps": m, "min_mpps": min(s), "max_mpps": max(s), "samples": s,
+                "ratio_to_nftables": m / nft, "ratio_to_kernel": m / kernel,
+                "ratio_to_xdp_redirect": m / xdp,
+            }));
+        }
+    }
+    Ok(results)
+}
+
+/// `--only`: the matching scenarios, three repeats, printed (`profile`:
+/// the TC-path profile).
+fn run_only(bin_dir: &std::path::Path, quick: bool, only: &str) -> Result<()> {
+    let bench = Bench::new(bin_dir.to_path_buf(), 1.3)?;
+    if only == "profile" {
+        println!("{}", bench.profile_l3(1000)?);
+        return Ok(());
+    }
+    let picked: Vec<Scenario> = scenarios(quick)
+        .into_iter()
+        .filter(|s| s.label().contains(only))
+        .collect();
+    anyhow::ensure!(!picked.is_empty(), "no scenario matches {only:?}");
+    let results = throughput(&bench, &picked, 3)?;
+    for r in results {
+        println!("{r}");
+    }
+    Ok(())
+}
+
+/// The quick run: each kind once at 1k rules; the full run adds flow and
+/// rule counts.
+fn scenarios(quick: bool) -> Vec<Scenario> {
+    let f = Scenario::forward;
+    let mut v = vec![f(1, 1000, 64), f(1000, 1000, 64)];
+    if !quick {
+        v.push(f(100_000, 1000, 64));
+        v.push(f(1, 10, 64));
+        v.push(f(1, 100_000, 64));
+    }
+    v.extend([
+        f(1, 1000, 1400),
+        f(NEW_FLOWS, 1000, 64),
+        f(1, 1000, FRAGMENTED),
+    ]);
+    for direction in [Direction::Reply, Direction::Both] {
+        for flows in [1, 1000] {
+            v.push(Scenario {
+                direction,
+                ..f(flows, 1000, 64)
+            });
+        }
+    }
+    v.push(Scenario {
+        cpus: 2,
+        ..f(1, 1000, 64)
+    });
+    v.push(Scenario {
+        cpus: 2,
+        direction: Direction::Reply,
+        ..f(1, 1000, 64)
+    });
+    v
 }
 
 pub(crate) fn median(v: &[f64]) -> f64 {

@@ -8,16 +8,19 @@ use serde_json::{json, Value};
 use super::{rig::Bench, Mode, FRAGMENTED, NEW_FLOWS};
 use crate::util::{self, output};
 
+/// Everything one run measured.
+pub(super) struct Measured {
+    pub costs: Vec<Value>,
+    pub results: Vec<Value>,
+    pub goodput: Value,
+    pub reload: Value,
+    pub profile: Value,
+}
+
 impl Bench {
-    pub(super) fn report(
-        &self,
-        costs: &[Value],
-        results: &[Value],
-        goodput: &Value,
-        reload: &Value,
-        quick: bool,
-        elapsed: f64,
-    ) -> Result<()> {
+    pub(super) fn report(&self, m: &Measured, quick: bool, elapsed: f64) -> Result<()> {
+        let (costs, results) = (&m.costs, &m.results);
+        let (goodput, reload, profile) = (&m.goodput, &m.reload, &m.profile);
         let date = output(Command::new("date").args(["-u", "+%Y-%m-%dT%H%M%SZ"]))?
             .trim()
             .to_string();
@@ -39,6 +42,7 @@ impl Bench {
             "versions": { "routing-peer": env!("CARGO_PKG_VERSION"), "aya": "0.14.0", "nftables": nft },
             "seconds_per_sample": self.seconds, "elapsed_seconds": elapsed,
             "per_packet_cost": costs, "throughput": results, "goodput": goodput, "reload_under_load": reload,
+            "tc_profile": profile, "targets": targets(results, costs),
         });
         let dir = util::workspace_root().join("bench-results");
         std::fs::create_dir_all(&dir)?;
@@ -67,7 +71,7 @@ fn markdown(doc: &Value) -> String {
         doc["kernel"].as_str().unwrap_or(""),
         doc["seconds_per_sample"],
     );
-    s += "| flows | rules | frame | mode | Mpps | vs nftables | vs XDP redirect |\n|---:|---:|---:|---|---:|---:|---:|\n";
+    s += "| direction | CPUs | flows | rules | frame | mode | Mpps | vs nftables | vs kernel | vs XDP bound |\n|---|---:|---:|---:|---:|---|---:|---:|---:|---:|\n";
     for r in doc["throughput"].as_array().into_iter().flatten() {
         let flows = if r["flows"] == NEW_FLOWS {
             "every packet new".to_string()
@@ -80,7 +84,9 @@ fn markdown(doc: &Value) -> String {
             format!("{} B", r["size"])
         };
         s += &format!(
-            "| {} | {} | {} | {} | {:.3} [{:.3}–{:.3}] | {:.2}× | {:.0}% |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.3} [{:.3}–{:.3}] | {:.2}× | {:.2}× | {:.0}% |\n",
+            r["direction"].as_str().unwrap_or(""),
+            r["cpus"],
             flows,
             r["rules"],
             frame,
@@ -89,9 +95,37 @@ fn markdown(doc: &Value) -> String {
             r["min_mpps"].as_f64().unwrap_or(0.0),
             r["max_mpps"].as_f64().unwrap_or(0.0),
             r["ratio_to_nftables"].as_f64().unwrap_or(0.0),
+            r["ratio_to_kernel"].as_f64().unwrap_or(0.0),
             100.0 * r["ratio_to_xdp_redirect"].as_f64().unwrap_or(0.0),
         );
     }
+    s += "\nTargets (issue #16), from this run:\n\n| target | measured | met |\n|---|---:|:-:|\n";
+    for t in doc["targets"].as_array().into_iter().flatten() {
+        s += &format!(
+            "| {} | {:.2}{} | {} |\n",
+            t["target"].as_str().unwrap_or(""),
+            t["measured"].as_f64().unwrap_or(f64::NAN),
+            t["unit"].as_str().unwrap_or(""),
+            match t["met"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "—",
+            }
+        );
+    }
+    let p = &doc["tc_profile"];
+    s += &format!(
+        "\nWhere an established packet's time goes on the TC path of the L3 overlay (`perf record -e cpu-clock` on the generator's CPU, {} samples): the overlay program and its helpers take {:.1}% of the CPU, the rest is the TUN write, the LAN veth and the sink. Inside the program: {}.\n",
+        p["samples"],
+        p["program_percent_of_cpu"].as_f64().unwrap_or(0.0),
+        p["inside_program"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| format!("{} {:.1}%", t["symbol"].as_str().unwrap_or("?"), t["percent"].as_f64().unwrap_or(0.0)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
     let r = &doc["reload_under_load"];
     s += &format!(
         "\nA reload of {} rules while 64-byte traffic flows: applied in {} (SIGHUP to the new generation the daemon reports: read and validate the file, compile, write both slots); the slowest 50-ms window of forwarding during it ran at {:.3} Mpps against a median of {:.3} Mpps before.\n",
@@ -151,13 +185,92 @@ fn markdown(doc: &Value) -> String {
 }
 
 /// A grouped bar chart of median Mpps per scenario and mode.
+/// The issue's targets, each from this run's medians.
+fn targets(results: &[Value], costs: &[Value]) -> Value {
+    let find = |mode: Mode, flows: u32, direction: &str, cpus: u32| -> Option<&Value> {
+        results.iter().find(|r| {
+            r["mode"] == mode.name()
+                && r["flows"] == flows
+                && r["size"] == 64
+                && r["rules"] == 1000
+                && r["direction"] == direction
+                && r["cpus"] == cpus
+        })
+    };
+    let ratio = |r: Option<&Value>, k: &str| r.and_then(|r| r[k].as_f64()).unwrap_or(f64::NAN);
+    let mut v = Vec::new();
+    let row = |target: &str, measured: f64, unit: &str, goal: f64| json!({"target": target, "measured": measured, "unit": unit, "met": measured >= goal});
+    for (direction, label) in [
+        ("forward", "TC path, L3, established"),
+        ("reply", "reply path, L3"),
+    ] {
+        let rp = find(Mode::RoutingPeerL3, 1, direction, 1);
+        v.push(row(
+            &format!("{label}, 64 B: ≥ 1.3× kernel forwarding"),
+            ratio(rp, "ratio_to_kernel"),
+            "×",
+            1.3,
+        ));
+        v.push(row(
+            &format!("{label}, 64 B: ≥ 7× nftables"),
+            ratio(rp, "ratio_to_nftables"),
+            "×",
+            7.0,
+        ));
+        v.push(row(
+            &format!("{label}, 64 B: ≥ 75% of the XDP redirect bound"),
+            100.0 * ratio(rp, "ratio_to_xdp_redirect"),
+            "%",
+            75.0,
+        ));
+    }
+    let new = find(Mode::RoutingPeerL3, super::NEW_FLOWS, "forward", 1);
+    v.push(row(
+        "new flows: ≥ 5× nftables",
+        ratio(new, "ratio_to_nftables"),
+        "×",
+        5.0,
+    ));
+    for mode in [Mode::RoutingPeerL3, Mode::Nftables, Mode::KernelForward] {
+        let one = ratio(find(mode, 1, "forward", 1), "median_mpps");
+        let two = ratio(find(mode, 1, "forward", 2), "median_mpps");
+        let target = format!("two cores / one, {}", mode.name());
+        if mode == Mode::RoutingPeerL3 {
+            v.push(row(&format!("{target}: ≥ 1.7×"), two / one, "×", 1.7));
+        } else {
+            // The alternatives' scaling, side by side: no target of theirs.
+            v.push(json!({"target": target, "measured": two / one, "unit": "×", "met": null}));
+        }
+    }
+    // Per-packet cost from the fewest to the most rules.
+    if let (Some(lo), Some(hi)) = (costs.first(), costs.last()) {
+        for k in ["established_ns", "denied_ns"] {
+            let change = hi[k].as_f64().unwrap_or(f64::NAN) / lo[k].as_f64().unwrap_or(f64::NAN);
+            v.push(json!({
+                "target": format!("per-packet cost flat within ±10% from {} to {} rules ({})", lo["rules"], hi["rules"], k.trim_end_matches("_ns")),
+                "measured": 100.0 * (change - 1.0), "unit": "%", "met": (change - 1.0).abs() <= 0.10,
+            }));
+        }
+    }
+    Value::Array(v)
+}
+
+/// A scenario's label in the chart.
+fn group(r: &Value) -> String {
+    format!(
+        "{} flows, {} rules, {} B, {}, {} CPU",
+        r["flows"],
+        r["rules"],
+        r["size"],
+        r["direction"].as_str().unwrap_or(""),
+        r["cpus"]
+    )
+}
+
 fn svg(results: &[Value]) -> String {
     let mut groups: Vec<String> = Vec::new();
     for r in results {
-        let g = format!(
-            "{} flows, {} rules, {} B",
-            r["flows"], r["rules"], r["size"]
-        );
+        let g = group(r);
         if !groups.contains(&g) {
             groups.push(g);
         }
@@ -166,22 +279,21 @@ fn svg(results: &[Value]) -> String {
         .iter()
         .filter_map(|r| r["max_mpps"].as_f64())
         .fold(0.1, f64::max);
-    let (w, h, bar, gap) = (220.0 * groups.len() as f64 + 80.0, 340.0, 40.0, 20.0);
-    let colors = ["#2b7bb9", "#66a61e", "#d95f02", "#7570b3", "#999999"];
+    let (w, h, bar, gap) = (260.0 * groups.len() as f64 + 80.0, 340.0, 40.0, 20.0);
+    let colors = [
+        "#2b7bb9", "#d95f02", "#999999", "#66a61e", "#7570b3", "#444444",
+    ];
     let mut s = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
     );
     s += r#"<text x="10" y="16" font-size="13">Median Mpps by mode and scenario (higher is better)</text>"#;
     for (gi, g) in groups.iter().enumerate() {
-        let x0 = 60.0 + gi as f64 * 220.0;
+        let x0 = 60.0 + gi as f64 * 260.0;
         for (mi, mode) in Mode::ALL.iter().enumerate() {
-            let Some(r) = results.iter().find(|r| {
-                format!(
-                    "{} flows, {} rules, {} B",
-                    r["flows"], r["rules"], r["size"]
-                ) == *g
-                    && r["mode"] == mode.name()
-            }) else {
+            let Some(r) = results
+                .iter()
+                .find(|r| group(r) == *g && r["mode"] == mode.name())
+            else {
                 continue;
             };
             let v = r["median_mpps"].as_f64().unwrap_or(0.0);

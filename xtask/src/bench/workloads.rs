@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use anyhow::Result;
 use base64::{engine::general_purpose::STANDARD, Engine};
-use routing_peer_testbed::Daemon;
 use serde_json::{json, Value};
 
 use super::{median, min, rig::Bench};
@@ -19,8 +18,7 @@ impl Bench {
         let path = self.work.path().join("rp-reload.toml");
         let config = bench_config(rules);
         std::fs::write(&path, &config)?;
-        self.detach("ov0")?;
-        let daemon = Daemon::start(&self.dut, &path, &[])?;
+        let daemon = self.start_daemon(&path, false)?;
         let generation = || -> Result<u64> {
             Ok(
                 daemon.cli_json(&["status", "--json"])?["status"]["generation"]
@@ -66,8 +64,7 @@ impl Bench {
         let during = self.sink_windows(sampler_until, std::time::Duration::from_millis(50))?;
         let reload_ms = watch.join().unwrap_or(None);
         let _ = gen.wait();
-        drop(daemon);
-        self.attach(&self.dut, "ov0", "rp_bench_pass", "ov0")?;
+        self.stop_daemon(daemon, false)?;
         let rates = |w: &[(f64, u64)]| -> Vec<f64> {
             w.windows(2)
                 .map(|p| (p[1].1 - p[0].1) as f64 / (p[1].0 - p[0].0) / 1e6)
@@ -179,7 +176,7 @@ pub(super) fn nft_ruleset(table: &str, overlay: &str, sets: &str, rules: &[Strin
 
 /// The forwarding bench's ruleset: one rule per policy of `bench_config(n)`,
 /// the bench's own rule in the middle of the filler.
-pub(super) fn bench_ruleset(n: usize) -> String {
+pub(super) fn bench_ruleset(n: usize, overlay: &str) -> String {
     let mut rules = Vec::new();
     for i in 1..n {
         rules.push(format!(
@@ -195,7 +192,7 @@ pub(super) fn bench_ruleset(n: usize) -> String {
     );
     let sets = "  set peers { type ipv4_addr; elements = { 100.64.0.2 } }\n  \
                 set resources { type ipv4_addr; flags interval; elements = { 198.51.100.2/32 } }";
-    nft_ruleset("rptbench", "ov0", sets, &rules)
+    nft_ruleset("rptbench", overlay, sets, &rules)
 }
 
 #[cfg(test)]
@@ -210,7 +207,7 @@ mod tests {
         let ns = routing_peer_testbed::Netns::new("nftchk").expect("namespace");
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, text) in [
-            ("bench", bench_ruleset(100)),
+            ("bench", bench_ruleset(100, "ov1")),
             ("goodput", super::super::goodput::nft_ruleset("wg0")),
         ] {
             let path = dir.path().join(format!("{name}.nft"));

@@ -111,8 +111,8 @@ fn every_program_in_the_object_passes_the_verifier() {
                 .expect("load the benchmark's object");
             assert_eq!(
                 load_all(bench),
-                10,
-                "the data path's and the benchmark's four"
+                11,
+                "the data path's and the benchmark's five"
             );
         }
     });

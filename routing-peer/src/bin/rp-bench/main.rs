@@ -1,8 +1,10 @@
 //! Benchmark helper driven by `cargo xtask bench`; not part of the product.
 //!
 //! - `gen`: BPF_PROG_TEST_RUN live frames out of an interface (there is no
-//!   pktgen on these kernels, and xdp-trafficgen fails).
-//! - `attach`: pins an XDP program (sink, pass, redirect) to an interface.
+//!   pktgen on these kernels, and xdp-trafficgen fails), or packets written
+//!   into a TUN device (the L3 overlay, `tun.rs`).
+//! - `attach`: pins a bench program to an interface: XDP (sink, pass,
+//!   redirect) or TC egress (`rp_bench_tc_sink`).
 //! - `count`: reads a pinned sink's counter.
 //! - `cost`: nanoseconds per packet of the overlay program, via test runs.
 
@@ -12,7 +14,8 @@ use anyhow::{Context, Result};
 use aya::{
     maps::{Array, Map, MapData, PerCpuArray},
     programs::{
-        links::FdLink, SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode,
+        links::FdLink, SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp,
+        XdpMode,
     },
     EbpfLoader,
 };
@@ -20,6 +23,8 @@ use clap::{Parser, Subcommand};
 use etherparse::PacketBuilder;
 use routing_peer::{compile, config, datapath};
 use routing_peer_common::{program_names, DatapathConfig, PacketCounter};
+
+mod tun;
 
 #[derive(Parser)]
 struct Cli {
@@ -33,6 +38,13 @@ enum Command {
     Gen {
         #[arg(long)]
         iface: String,
+        /// `iface` is a multi-queue TUN device: write IPv4 packets into it,
+        /// one writer thread per CPU in `--cpus`.
+        #[arg(long)]
+        tun: bool,
+        /// The writers' CPUs (`--tun`), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        cpus: Vec<usize>,
         #[arg(long)]
         seconds: f64,
         #[arg(long, default_value_t = 1)]
@@ -51,6 +63,13 @@ enum Command {
         /// bytes (`size` must be 4008: three fragments).
         #[arg(long)]
         fragments: bool,
+        /// The first flow's number: generators running side by side send
+        /// distinct flows.
+        #[arg(long, default_value_t = 0)]
+        first_flow: u32,
+        /// The reply direction: the flow's client port is the destination.
+        #[arg(long)]
+        reply: bool,
     },
     /// Attach one of the bench XDP programs to `iface`, pinned under `pin`.
     Attach {
@@ -93,6 +112,8 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Gen {
             iface,
+            tun,
+            cpus,
             seconds,
             flows,
             size,
@@ -101,17 +122,26 @@ fn main() -> Result<()> {
             src,
             dst,
             fragments,
-        } => gen(
-            &iface,
-            seconds,
-            flows,
-            size,
-            mac(&src_mac)?,
-            mac(&dst_mac)?,
-            src,
-            dst,
-            fragments,
-        ),
+            first_flow,
+            reply,
+        } => {
+            let frames = Frames {
+                flows,
+                size,
+                src_mac: mac(&src_mac)?,
+                dst_mac: mac(&dst_mac)?,
+                src,
+                dst,
+                fragments,
+                first_flow,
+                reply,
+            };
+            if tun {
+                gen_tun(&iface, &cpus, seconds, &frames)
+            } else {
+                gen(&iface, seconds, frames)
+            }
+        }
         Command::Attach {
             iface,
             program,
@@ -129,10 +159,8 @@ fn main() -> Result<()> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn gen(
-    iface: &str,
-    seconds: f64,
+/// What the generator sends.
+struct Frames {
     flows: u32,
     size: usize,
     src_mac: [u8; 6],
@@ -140,17 +168,101 @@ fn gen(
     src: std::net::Ipv4Addr,
     dst: std::net::Ipv4Addr,
     fragments: bool,
-) -> Result<()> {
+    first_flow: u32,
+    reply: bool,
+}
+
+impl Frames {
+    /// The first frame: the program rewrites its headers for every frame.
+    fn template(&self) -> Result<Vec<u8>> {
+        // `size` is the frame; with fragments, the UDP datagram, whose first
+        // 1480 bytes fill a 1514-byte frame (the program writes the rest).
+        let payload = if self.fragments {
+            vec![0x5au8; self.size - 8]
+        } else {
+            vec![0x5au8; self.size.saturating_sub(14 + 20 + 8)]
+        };
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2(self.src_mac, self.dst_mac)
+            .ipv4(self.src.octets(), self.dst.octets(), 64)
+            .udp(40_000, 10_000)
+            .write(&mut frame, &payload)?;
+        // No UDP checksum: legal for IPv4, and nothing to recompute.
+        frame[14 + 20 + 6] = 0;
+        frame[14 + 20 + 7] = 0;
+        Ok(frame)
+    }
+
+    /// The packets a TUN writer cycles through: the frame without its
+    /// Ethernet header, or the datagram's three fragments.
+    fn packets(&self) -> Result<Vec<Vec<u8>>> {
+        let mut frame = self.template()?;
+        if !self.fragments {
+            return Ok(vec![frame.split_off(14)]);
+        }
+        // The whole datagram (the template holds its first 1480 bytes).
+        let mut whole = Vec::new();
+        PacketBuilder::ethernet2(self.src_mac, self.dst_mac)
+            .ipv4(self.src.octets(), self.dst.octets(), 64)
+            .udp(40_000, 10_000)
+            .write(&mut whole, &vec![0x5au8; self.size - 8])?;
+        whole[14 + 20 + 6] = 0;
+        whole[14 + 20 + 7] = 0;
+        Ok(ipv4_fragments(&whole, 1480)
+            .into_iter()
+            .map(|mut f| f.split_off(14))
+            .collect())
+    }
+}
+
+/// Rewrites packet `index` of a cycle: the first carries flow `flow`'s
+/// ports (as the XDP generator's `flow_ports`); a fragment, its datagram's
+/// IP id (`cycle`), the header checksum fixed.
+fn prepare_packet(packet: &mut [u8], index: u32, cycle: u32, flow: u32) {
+    if index == 0 {
+        let client = 40_000 + (flow % 20_000) as u16;
+        let service = 10_000 + ((flow / 20_000) % 128) as u16;
+        packet[20..22].copy_from_slice(&client.to_be_bytes());
+        packet[22..24].copy_from_slice(&service.to_be_bytes());
+    }
+    // More fragments, or an offset: a fragment.
+    if u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0 {
+        packet[4..6].copy_from_slice(&(cycle as u16).to_be_bytes());
+        packet[10..12].copy_from_slice(&[0, 0]);
+        let sum: u32 = packet[..20]
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        let folded = (sum & 0xffff) + (sum >> 16);
+        let check = !(((folded & 0xffff) + (folded >> 16)) as u16);
+        packet[10..12].copy_from_slice(&check.to_be_bytes());
+    }
+}
+
+fn gen_tun(iface: &str, cpus: &[usize], seconds: f64, frames: &Frames) -> Result<()> {
     anyhow::ensure!(
-        !fragments || size == 4008,
+        !frames.reply,
+        "--reply frames go out of a LAN veth, not a TUN"
+    );
+    let packets = frames.packets()?;
+    let (sent, secs) = tun::write(iface, cpus, seconds, &packets, frames.flows, prepare_packet)?;
+    println!("{}", serde_json::json!({ "sent": sent, "seconds": secs }));
+    Ok(())
+}
+
+fn gen(iface: &str, seconds: f64, frames: Frames) -> Result<()> {
+    anyhow::ensure!(
+        !frames.fragments || frames.size == 4008,
         "--fragments sends 4008-byte datagrams: pass --size 4008"
     );
     let mut ebpf = EbpfLoader::new().load(datapath::BENCH_OBJECT)?;
     {
         let map = ebpf.map_mut("BENCH_GEN").context("BENCH_GEN")?;
         let mut gen = Array::<_, u32>::try_from(map)?;
-        gen.set(0, flows, 0)?;
-        gen.set(1, u32::from(fragments), 0)?;
+        gen.set(0, frames.flows, 0)?;
+        gen.set(1, u32::from(frames.fragments), 0)?;
+        gen.set(2, frames.first_flow, 0)?;
+        gen.set(3, u32::from(frames.reply), 0)?;
     }
     {
         let prog: &mut Xdp = ebpf
@@ -159,23 +271,9 @@ fn gen(
             .try_into()?;
         prog.load()?;
     }
-    // `size` is the frame; with fragments, the UDP datagram, whose first
-    // 1480 bytes fill a 1514-byte frame (the program writes the rest).
-    let payload = if fragments {
-        vec![0x5au8; size - 8]
-    } else {
-        vec![0x5au8; size.saturating_sub(14 + 20 + 8)]
-    };
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .udp(1024, 10_000)
-        .write(&mut frame, &payload)?;
-    if fragments {
+    let mut frame = frames.template()?;
+    if frames.fragments {
         frame.truncate(14 + 1500);
-        // No UDP checksum: legal for IPv4, and nothing to recompute.
-        frame[14 + 20 + 6] = 0;
-        frame[14 + 20 + 7] = 0;
     }
     {
         let mut words = [0u32; 11];
@@ -226,15 +324,21 @@ fn attach(iface: &str, program: &str, pin: &std::path::Path) -> Result<()> {
     let sink_pin = pin.join("BENCH_SINK");
     loader.map_pin_path("BENCH_SINK", sink_pin.as_path());
     let mut ebpf = loader.load(datapath::BENCH_OBJECT)?;
-    let prog: &mut Xdp = ebpf
+    let prog = ebpf
         .program_mut(program)
-        .with_context(|| format!("no program {program}"))?
-        .try_into()?;
-    prog.load()?;
-    let id = prog
-        .attach(iface, XdpMode::Driver)
-        .or_else(|_| prog.attach(iface, XdpMode::Skb))?;
-    let link: FdLink = prog.take_link(id)?.try_into()?;
+        .with_context(|| format!("no program {program}"))?;
+    let link: FdLink = if let Ok(tc) = <&mut SchedClassifier>::try_from(&mut *prog) {
+        tc.load()?;
+        let id = tc.attach(iface, TcAttachType::Egress)?;
+        tc.take_link(id)?.try_into()?
+    } else {
+        let xdp: &mut Xdp = prog.try_into()?;
+        xdp.load()?;
+        let id = xdp
+            .attach(iface, XdpMode::Driver)
+            .or_else(|_| xdp.attach(iface, XdpMode::Skb))?;
+        xdp.take_link(id)?.try_into()?
+    };
     link.pin(pin.join("link"))?;
     Ok(())
 }
