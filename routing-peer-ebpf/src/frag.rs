@@ -20,7 +20,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::{bpf_redirect},
+    helpers::bpf_redirect,
     macros::map,
     maps::{LruHashMap, PerCpuArray},
     programs::TcContext,

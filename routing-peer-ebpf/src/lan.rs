@@ -11,8 +11,7 @@ use routing_peer_common::{
 };
 
 use crate::{
-    clock,
-    config, conntrack,
+    clock, config, conntrack,
     conntrack::Direction,
     counters,
     counters::ResourceEvent,

@@ -12,8 +12,7 @@ use routing_peer_common::{
 };
 
 use crate::{
-    clock,
-    config, conntrack,
+    clock, config, conntrack,
     conntrack::Direction,
     counters,
     counters::ResourceEvent,
