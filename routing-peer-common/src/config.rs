@@ -14,7 +14,8 @@ pub struct DatapathConfig {
     pub snat_port_max: u16,
     /// TCP MSS ceiling for SYNs (overlay MTU − 40 for IPv4); 0 disables.
     pub mss_clamp: u16,
-    pub _pad: u16,
+    /// `CONFIG_LAN_XDP`: set by the daemon at start.
+    pub flags: u16,
     pub tcp_established_ns: u64,
     pub tcp_transitory_ns: u64,
     pub udp_ns: u64,
@@ -30,6 +31,10 @@ pub struct DatapathConfig {
     pub hold_passes: u32,
 }
 
+/// `DatapathConfig::flags`: the LAN's XDP program is attached, and so
+/// counts the LAN hook and drops malformed frames before TC sees them.
+pub const CONFIG_LAN_XDP: u16 = 1;
+
 pub(crate) const SECOND: u64 = 1_000_000_000;
 
 impl Default for DatapathConfig {
@@ -40,7 +45,7 @@ impl Default for DatapathConfig {
             snat_port_min: 32768,
             snat_port_max: 60999,
             mss_clamp: 0,
-            _pad: 0,
+            flags: 0,
             // RFC 5382: at least 2 h 4 min established, 4 min transitory.
             tcp_established_ns: (2 * 3600 + 4 * 60) * SECOND,
             tcp_transitory_ns: 240 * SECOND,

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, PerCpuArray},
 };
-use routing_peer_common::DatapathConfig;
+use routing_peer_common::{DatapathConfig, CONFIG_LAN_XDP};
 
 // Maps.
 /// Run-time settings and the live policy slot and generation (one entry).
@@ -34,4 +34,11 @@ pub fn current() -> Option<&'static DatapathConfig> {
         }
         Some(&*to)
     }
+}
+
+/// Whether the LAN's XDP program is attached (one field of the live
+/// settings; no copy needed for a flag the daemon sets once at start).
+#[inline(always)]
+pub fn lan_xdp_attached() -> bool {
+    CONFIG.get(0).is_some_and(|c| c.flags & CONFIG_LAN_XDP != 0)
 }

@@ -119,8 +119,11 @@ pub fn rp_lan_tc(ctx: TcContext) -> i32 {
         let _ = ctx.pull_data(ctx.len().min(TC_PULL_LEN));
     }
     let len = ctx.len() as usize;
+    // Where XDP runs, it has counted, and dropped what is malformed.
+    if !config::lan_xdp_attached() {
+        counters::count_hook(Hook::LanIngress, len);
+    }
     let frame = Frame::new(ctx.data(), ctx.data_end(), len, true);
-    // XDP has already counted, and dropped what is malformed.
     let verdict = match parse_packet(&frame) {
         Ok(Some(pkt)) if frag::is_later(pkt) => Ok(lan::later(&ctx, pkt)),
         Ok(Some(pkt)) if nat::is_icmp_error(pkt) => Ok(lan::icmp_error(&ctx, pkt)),

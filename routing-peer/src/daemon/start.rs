@@ -17,7 +17,7 @@ use tracing::{error, info};
 use super::{datapath_config, unix_now, RunOptions};
 use crate::{
     compile::{self, Compiled},
-    config::{Config, WireguardMode},
+    config::{Config, RoutingPeer, WireguardMode},
     control::{self, ProgramReport, SharedStatus, Status},
     datapath::{self, policy_maps::PolicyMaps, safety_net, PinDir},
     dns, sysctl,
@@ -82,6 +82,7 @@ pub(super) fn datapath(
     policy.set_config(datapath_config(config))?;
     let hold = datapath::hold::ensure(&opts.instance).context("creating the fragment hold")?;
     policy.set_hold(hold.ifindex, hold.passes)?;
+    policy.set_lan_xdp(lan_xdp(&config.routing_peer)?)?;
     let previous = adopting
         .then(|| control::read_names(&opts.instance))
         .flatten();
@@ -115,6 +116,16 @@ pub(super) fn datapath(
 /// Attaches every program: the overlay's at TC (and XDP on an L2 overlay),
 /// XDP and TC on each LAN interface, TC on the fragment hold. Returns
 /// what `status` shows.
+/// Whether the LAN gets its XDP program: it can only ever redirect replies
+/// into an L2 overlay listed as an XDP target; anywhere else (WireGuard is
+/// L3) it would parse and look up every reply only to pass it to TC.
+fn lan_xdp(rp: &RoutingPeer) -> Result<bool> {
+    Ok(
+        datapath::overlay_program_for(&rp.overlay_interface)? == program_names::OVERLAY_L2
+            && rp.xdp_redirect_interfaces.contains(&rp.overlay_interface),
+    )
+}
+
 pub(super) fn attach_all(
     ebpf: &mut Ebpf,
     config: &Config,

@@ -14,6 +14,7 @@ use aya::{
 };
 use routing_peer_common::{
     map_names, AddrKey, DatapathConfig, DestValue, MasqKey, PeerValue, PolicyKey, PolicyValue,
+    CONFIG_LAN_XDP,
 };
 
 use super::gc::take;
@@ -181,7 +182,19 @@ impl PolicyMaps {
             policy_gen: self.config.policy_gen,
             hold_ifindex: self.config.hold_ifindex,
             hold_passes: self.config.hold_passes,
+            flags: self.config.flags,
             ..config
+        };
+        self.write_config()
+    }
+
+    /// Whether the LAN's XDP program is attached (`CONFIG_LAN_XDP`): TC
+    /// counts the LAN hook when it is not.
+    pub fn set_lan_xdp(&mut self, attached: bool) -> Result<(), MapError> {
+        self.config.flags = if attached {
+            self.config.flags | CONFIG_LAN_XDP
+        } else {
+            self.config.flags & !CONFIG_LAN_XDP
         };
         self.write_config()
     }
