@@ -169,6 +169,9 @@ fn generated_malformed_frames_are_dropped_on_every_hook() {
     in_netns(|| {
         let lan_all = "[[policies]]\nname = \"lan-all\"\nsources = [\"Development\"]\ndestination_resources = [\"office-lan\"]\nprotocol = \"all\"\n";
         let mut dp = Dp::new(&base_config(lan_all, true));
+        // Both LAN programs run here, as on a daemon with LAN XDP: XDP
+        // counts the LAN hook, TC does not count it again.
+        dp.state.set_lan_xdp(true).unwrap();
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
