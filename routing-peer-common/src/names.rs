@@ -9,6 +9,8 @@ pub mod map_names {
     pub const PEERS: [&str; 2] = ["PEERS_0", "PEERS_1"];
     pub const DESTS: [&str; 2] = ["DESTS_0", "DESTS_1"];
     pub const POLICY: [&str; 2] = ["POLICY_0", "POLICY_1"];
+    /// The policy's full-length entries (exact protocol and port), hashed.
+    pub const POLICY_EXACT: [&str; 2] = ["POLICY_EXACT_0", "POLICY_EXACT_1"];
     pub const MASQ: [&str; 2] = ["MASQ_0", "MASQ_1"];
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const NAT_FWD: &str = "NAT_FWD";
@@ -29,7 +31,7 @@ pub mod map_names {
     pub const FRAG_STATS: &str = "FRAG_STATS";
 
     /// Every map that holds state worth keeping across a daemon restart.
-    pub const PERSISTENT: [&str; 22] = [
+    pub const PERSISTENT: [&str; 24] = [
         HANDOFF_STATS,
         FRAGS,
         FRAG_STATS,
@@ -45,6 +47,8 @@ pub mod map_names {
         DESTS[1],
         POLICY[0],
         POLICY[1],
+        POLICY_EXACT[0],
+        POLICY_EXACT[1],
         CONNTRACK,
         NAT_FWD,
         NAT_REV,

@@ -5,12 +5,18 @@
 //! prefix first), and (source class, destination class, proto, port) → rule
 //! (LPM, with "any protocol" and port ranges as shorter prefixes). Drop
 //! precedence is resolved by the compiler, which never lets an accept be more
-//! specific than an overlapping drop.
+//! specific than an overlapping drop. The rule lookup's full-length entries
+//! (an exact protocol and port: most rules) live in a hash beside the trie:
+//! an exact entry is the longest prefix there is, so the hash answers first
+//! and the trie, holding only ranges and "any", stays small whatever the
+//! number of rules (a trie walk grew with its size: +26% per denied packet
+//! from 10 to 100k rules).
 //!
 //! Each map has two copies; `DatapathConfig::active_slot` says which one is
 //! live, so a packet never sees half of one policy and half of another.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{lpm_trie::Key, HashMap, LpmTrie},
 };
@@ -43,6 +49,15 @@ static POLICY_0: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX
 /// Slot 1 of `POLICY_0`.
 #[map]
 static POLICY_1: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY, 0);
+/// The full-length entries of `POLICY_0` (exact protocol and port), slot 0.
+/// Not preallocated: a million entries would pin memory for nothing.
+#[map]
+static POLICY_EXACT_0: HashMap<PolicyKey, PolicyValue> =
+    HashMap::with_max_entries(MAX_POLICY, BPF_F_NO_PREALLOC);
+/// Slot 1 of `POLICY_EXACT_0`.
+#[map]
+static POLICY_EXACT_1: HashMap<PolicyKey, PolicyValue> =
+    HashMap::with_max_entries(MAX_POLICY, BPF_F_NO_PREALLOC);
 /// (most specific resource, granting rule) → masquerade, for nested
 /// prefixes whose resources disagree on it (`DEST_MASQ_BY_RULE`).
 #[map]
@@ -74,12 +89,21 @@ pub fn dest(slot: u32, addr: &AddrKey) -> Option<DestValue> {
 
 #[inline(always)]
 pub fn decide(slot: u32, src_class: u32, dst_class: u32, proto: u8, port: u16) -> Verdict {
-    let map = if slot == 0 { &POLICY_0 } else { &POLICY_1 };
-    let key = Key::new(
-        POLICY_PREFIX_EXACT,
-        PolicyKey::new(src_class, dst_class, proto, port),
-    );
-    match map.get(&key) {
+    let exact = if slot == 0 {
+        &POLICY_EXACT_0
+    } else {
+        &POLICY_EXACT_1
+    };
+    let key = PolicyKey::new(src_class, dst_class, proto, port);
+    // SAFETY: the value is copied out at once.
+    let found = match unsafe { exact.get(&key).copied() } {
+        Some(v) => Some(v),
+        None => {
+            let trie = if slot == 0 { &POLICY_0 } else { &POLICY_1 };
+            trie.get(&Key::new(POLICY_PREFIX_EXACT, key)).copied()
+        }
+    };
+    match found {
         Some(v) if v.action == ACTION_ACCEPT => Verdict::Accept(v.rule_id),
         Some(v) if v.action == ACTION_DROP => Verdict::Drop,
         _ => Verdict::NoMatch,

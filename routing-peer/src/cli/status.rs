@@ -125,6 +125,7 @@ pub fn print_status(status: &Status, running: bool, pins: &PinDir) {
         map_names::PEERS[0],
         map_names::DESTS[0],
         map_names::POLICY[0],
+        map_names::POLICY_EXACT[0],
     ] {
         if let Some((used, cap)) = occupancy(pins, name) {
             t.row(vec![name.to_string(), used.to_string(), cap.to_string()]);

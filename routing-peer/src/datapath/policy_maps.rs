@@ -14,7 +14,7 @@ use aya::{
 };
 use routing_peer_common::{
     map_names, AddrKey, DatapathConfig, DestValue, MasqKey, PeerValue, PolicyKey, PolicyValue,
-    CONFIG_LAN_XDP,
+    CONFIG_LAN_XDP, POLICY_PREFIX_EXACT,
 };
 
 use super::gc::take;
@@ -24,7 +24,10 @@ use crate::model::{DestPrefix, DiffStats, PolicyPrefix, Tables, TablesDiff};
 struct Slot {
     peers: BpfHashMap<MapData, AddrKey, PeerValue>,
     dests: LpmTrie<MapData, AddrKey, DestValue>,
+    /// The policy's shorter prefixes (port ranges, "any protocol").
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    /// The policy's full-length entries, which the data path looks up first.
+    exact: BpfHashMap<MapData, PolicyKey, PolicyValue>,
     masq: BpfHashMap<MapData, MasqKey, u32>,
 }
 
@@ -41,6 +44,7 @@ impl Slot {
             peers: take(ebpf, map_names::PEERS[slot])?,
             dests: take(ebpf, map_names::DESTS[slot])?,
             policy: take(ebpf, map_names::POLICY[slot])?,
+            exact: take(ebpf, map_names::POLICY_EXACT[slot])?,
             masq: take(ebpf, map_names::MASQ[slot])?,
         })
     }
@@ -55,7 +59,11 @@ impl Slot {
             self.dests.insert(&Key::new(k.prefix_len, k.key), v, 0)?;
         }
         for (k, v) in &diff.policy.upserts {
-            self.policy.insert(&Key::new(k.prefix_len, k.key), v, 0)?;
+            if k.prefix_len == POLICY_PREFIX_EXACT {
+                self.exact.insert(k.key, v, 0)?;
+            } else {
+                self.policy.insert(&Key::new(k.prefix_len, k.key), v, 0)?;
+            }
         }
         for (k, v) in &diff.masq.upserts {
             self.masq.insert(k, v, 0)?;
@@ -67,7 +75,11 @@ impl Slot {
             ignore_missing(self.dests.remove(&Key::new(k.prefix_len, k.key)))?;
         }
         for k in &diff.policy.removals {
-            ignore_missing(self.policy.remove(&Key::new(k.prefix_len, k.key)))?;
+            if k.prefix_len == POLICY_PREFIX_EXACT {
+                ignore_missing(self.exact.remove(&k.key))?;
+            } else {
+                ignore_missing(self.policy.remove(&Key::new(k.prefix_len, k.key)))?;
+            }
         }
         for k in &diff.masq.removals {
             ignore_missing(self.masq.remove(k))?;
@@ -95,6 +107,14 @@ impl Slot {
             let prefix = PolicyPrefix {
                 key: k.data(),
                 prefix_len: k.prefix_len(),
+            };
+            tables.policy.insert(prefix, v);
+        }
+        for entry in self.exact.iter() {
+            let (key, v) = entry?;
+            let prefix = PolicyPrefix {
+                key,
+                prefix_len: POLICY_PREFIX_EXACT,
             };
             tables.policy.insert(prefix, v);
         }
