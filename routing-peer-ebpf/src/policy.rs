@@ -96,11 +96,11 @@ pub fn decide(slot: u32, src_class: u32, dst_class: u32, proto: u8, port: u16) -
     };
     let key = PolicyKey::new(src_class, dst_class, proto, port);
     // SAFETY: the value is copied out at once.
-    let found = match unsafe { exact.get(&key).copied() } {
+    let found = match unsafe { exact.get(key).copied() } {
         Some(v) => Some(v),
         None => {
             let trie = if slot == 0 { &POLICY_0 } else { &POLICY_1 };
-            trie.get(&Key::new(POLICY_PREFIX_EXACT, key)).copied()
+            trie.get(Key::new(POLICY_PREFIX_EXACT, key)).copied()
         }
     };
     match found {
