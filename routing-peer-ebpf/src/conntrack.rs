@@ -48,11 +48,12 @@ const _: () = assert!(core::mem::size_of::<CtEntry>() == CT_ENTRY_WORDS * 8);
 pub fn scratch() -> Option<&'static mut CtEntry> {
     let entry = CT_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU slot, used only within one program run. Zeroed as
-    // words: a memset would become single-byte stores.
+    // volatile words: LLVM turns a plain loop into a call to the linker's
+    // byte-by-byte memset.
     unsafe {
-        let words = entry as *mut [u64; CT_ENTRY_WORDS];
+        let words = entry as *mut u64;
         for i in 0..CT_ENTRY_WORDS {
-            (*words)[i] = 0;
+            words.add(i).write_volatile(0);
         }
         Some(&mut *entry)
     }
