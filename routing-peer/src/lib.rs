@@ -7,6 +7,8 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod dns;
+#[cfg(any(test, feature = "bench"))]
+pub mod frames;
 pub mod identity;
 pub mod locks;
 pub mod metrics;

@@ -21,7 +21,7 @@ use aya::{
 };
 use clap::{Parser, Subcommand};
 use etherparse::PacketBuilder;
-use routing_peer::{compile, config, datapath};
+use routing_peer::{compile, config, datapath, frames};
 use routing_peer_common::{program_names, DatapathConfig, PacketCounter};
 
 mod tun;
@@ -208,7 +208,7 @@ impl Frames {
             .write(&mut whole, &vec![0x5au8; self.size - 8])?;
         whole[14 + 20 + 6] = 0;
         whole[14 + 20 + 7] = 0;
-        Ok(ipv4_fragments(&whole, 1480)
+        Ok(frames::ipv4_fragments(&whole, 1480, 0x5151)
             .into_iter()
             .map(|mut f| f.split_off(14))
             .collect())
@@ -228,14 +228,7 @@ fn prepare_packet(packet: &mut [u8], index: u32, cycle: u32, flow: u32) {
     // More fragments, or an offset: a fragment.
     if u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0 {
         packet[4..6].copy_from_slice(&(cycle as u16).to_be_bytes());
-        packet[10..12].copy_from_slice(&[0, 0]);
-        let sum: u32 = packet[..20]
-            .chunks(2)
-            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-            .sum();
-        let folded = (sum & 0xffff) + (sum >> 16);
-        let check = !(((folded & 0xffff) + (folded >> 16)) as u16);
-        packet[10..12].copy_from_slice(&check.to_be_bytes());
+        frames::set_ipv4_checksum(&mut packet[..20]);
     }
 }
 
@@ -454,7 +447,7 @@ fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
             .ipv4([100, 64, 0, 2], [198, 51, 100, 2], 64)
             .udp(4002, 10_000)
             .write(&mut whole, &[0u8; 3992])?;
-        ipv4_fragments(&whole, 1480)
+        frames::ipv4_fragments(&whole, 1480, 0x5151)
     };
     anyhow::ensure!(
         each(&fragments[0], 1)?.0 == 7,
@@ -486,34 +479,4 @@ fn cost(config_path: &std::path::Path, repeat: u32) -> Result<()> {
         })
     );
     Ok(())
-}
-
-/// An Ethernet + IPv4 frame's datagram cut into fragments of `size`
-/// payload bytes (a multiple of 8), header checksums fixed.
-fn ipv4_fragments(frame: &[u8], size: usize) -> Vec<Vec<u8>> {
-    const ETH: usize = 14;
-    let (header, payload) = frame.split_at(ETH + 20);
-    let count = payload.len().div_ceil(size);
-    (0..count)
-        .map(|i| {
-            let chunk = &payload[i * size..((i + 1) * size).min(payload.len())];
-            let mut f = header.to_vec();
-            f.extend_from_slice(chunk);
-            let tot_len = (20 + chunk.len()) as u16;
-            f[ETH + 2..ETH + 4].copy_from_slice(&tot_len.to_be_bytes());
-            f[ETH + 4..ETH + 6].copy_from_slice(&0x5151u16.to_be_bytes());
-            let more = if i + 1 < count { 0x2000 } else { 0 };
-            let frag_off = ((i * size / 8) as u16) | more;
-            f[ETH + 6..ETH + 8].copy_from_slice(&frag_off.to_be_bytes());
-            f[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
-            let sum = f[ETH..ETH + 20]
-                .chunks(2)
-                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-                .sum::<u32>();
-            let folded = (sum & 0xffff) + (sum >> 16);
-            let check = !(((folded & 0xffff) + (folded >> 16)) as u16);
-            f[ETH + 10..ETH + 12].copy_from_slice(&check.to_be_bytes());
-            f
-        })
-        .collect()
 }

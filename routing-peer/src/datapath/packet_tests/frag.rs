@@ -15,24 +15,7 @@ const IPV6_FRAG_ID: u32 = 0x0bad_cafe;
 
 /// A datagram's IPv4 fragments, `size` payload bytes each (a multiple of 8).
 fn fragment_v4(frame: &[u8], size: usize) -> Vec<Vec<u8>> {
-    let ihl = (frame[ETH_LEN] & 0x0f) as usize * 4;
-    let (header, payload) = frame.split_at(ETH_LEN + ihl);
-    let count = payload.len().div_ceil(size);
-    (0..count)
-        .map(|i| {
-            let chunk = &payload[i * size..((i + 1) * size).min(payload.len())];
-            let mut f = header.to_vec();
-            f.extend_from_slice(chunk);
-            let tot_len = (ihl + chunk.len()) as u16;
-            f[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&tot_len.to_be_bytes());
-            f[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&IP_ID.to_be_bytes());
-            let more = if i + 1 < count { 0x2000 } else { 0 };
-            let frag_off = ((i * size / 8) as u16) | more;
-            f[ETH_LEN + 6..ETH_LEN + 8].copy_from_slice(&frag_off.to_be_bytes());
-            fix_ipv4_checksum(&mut f);
-            f
-        })
-        .collect()
+    crate::frames::ipv4_fragments(frame, size, IP_ID)
 }
 
 /// The datagram the fragments make up again (header of the first).

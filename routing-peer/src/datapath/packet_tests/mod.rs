@@ -332,16 +332,7 @@ fn icmp_echo(src: [u8; 4], dst: [u8; 4], id: u16, reply: bool) -> Vec<u8> {
 }
 
 fn fix_ipv4_checksum(frame: &mut [u8]) {
-    let header = &mut frame[ETH_LEN..ETH_LEN + 20];
-    header[10] = 0;
-    header[11] = 0;
-    let sum: u32 = header
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    let folded = (sum & 0xffff) + (sum >> 16);
-    let check = !((folded & 0xffff) + (folded >> 16)) as u16;
-    header[10..12].copy_from_slice(&check.to_be_bytes());
+    crate::frames::set_ipv4_checksum(&mut frame[ETH_LEN..ETH_LEN + 20]);
 }
 
 fn udp_v6(payload: &[u8]) -> Vec<u8> {
