@@ -276,23 +276,20 @@ pub fn redirect_tc(
     l2_in: bool,
 ) -> Result<i32, DropReason> {
     let ifindex = route.ifindex();
-    if route.neigh {
-        if !l2_in {
-            push_l2_header(ctx, ipv6)?;
-        }
-        write_macs(ctx, route).ok_or(DropReason::Malformed)?;
-        // SAFETY: plain helper call.
-        return Ok(unsafe { bpf_redirect(ifindex, 0) } as i32);
-    }
     // SAFETY: lookup in a map of plain integers.
-    if unsafe { L3_IFACES.get(ifindex).is_some() } {
+    if !route.neigh && unsafe { L3_IFACES.get(ifindex).is_some() } {
         // SAFETY: plain helper call.
         return Ok(unsafe { bpf_redirect(ifindex, 0) } as i32);
     }
     if !l2_in {
         push_l2_header(ctx, ipv6)?;
     }
-    Ok(redirect_neigh(route, ipv6))
+    if !route.neigh {
+        return Ok(redirect_neigh(route, ipv6));
+    }
+    write_macs(ctx, route).ok_or(DropReason::Malformed)?;
+    // SAFETY: plain helper call.
+    Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
 }
 
 /// Decrements the TTL (hop limit). The caller has checked it is above 1.

@@ -157,7 +157,6 @@ pub fn lan_tc_entry(ctx: &TcContext, pkt: &Packet) -> i32 {
 #[inline(never)]
 pub fn icmp_error(ctx: &TcContext, pkt: &Packet) -> i32 {
     let verdict = match config::current() {
-        // SAFETY: plain helper call.
         Some(cfg) => lan_icmp_error(ctx, pkt, cfg, clock::now()),
         None => {
             counters::count_handoff(Handoff::LanOther, pkt.l3_len);

@@ -113,9 +113,6 @@ pub(super) fn datapath(
     Ok((ebpf, policy, compiled))
 }
 
-/// Attaches every program: the overlay's at TC (and XDP on an L2 overlay),
-/// XDP and TC on each LAN interface, TC on the fragment hold. Returns
-/// what `status` shows.
 /// Whether the LAN gets its XDP program: it can only ever redirect replies
 /// into an L2 overlay listed as an XDP target; anywhere else (WireGuard is
 /// L3) it would parse and look up every reply only to pass it to TC.
@@ -126,6 +123,9 @@ fn lan_xdp(rp: &RoutingPeer) -> Result<bool> {
     )
 }
 
+/// Attaches every program: the overlay's at TC (and XDP on an L2 overlay),
+/// TC on each LAN interface (and XDP where `lan_xdp` says), TC on the
+/// fragment hold. Returns what `status` shows.
 pub(super) fn attach_all(
     ebpf: &mut Ebpf,
     config: &Config,
@@ -159,11 +159,7 @@ pub(super) fn attach_all(
         map_names::XDP_REDIRECT_IFACES,
         &rp.xdp_redirect_interfaces,
     )?;
-    // The LAN's XDP program can only ever redirect replies into an L2
-    // overlay listed as an XDP target; anywhere else (WireGuard is L3) it
-    // would parse and look up every reply only to pass it to TC.
-    let lan_xdp =
-        l3_overlay.is_empty() && rp.xdp_redirect_interfaces.contains(&rp.overlay_interface);
+    let lan_xdp = lan_xdp(rp)?;
     let (_, hold) = datapath::hold::names(instance);
     datapath::attach_tc(ebpf, program_names::HOLD, &hold, pins)?;
     report(

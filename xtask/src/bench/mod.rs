@@ -60,7 +60,7 @@ impl Mode {
             Mode::XdpRedirect => "XDP redirect bound, stateless, L2",
         }
     }
-    /// The overlay is the IPIP device (an L3 device, as WireGuard's).
+    /// The overlay is the TUN device (an L3 device, as WireGuard's).
     fn l3(self) -> bool {
         matches!(
             self,

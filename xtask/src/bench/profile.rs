@@ -17,9 +17,7 @@ impl Bench {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("perf.data");
         let path = self.work.path().join("rp-profile.toml");
-        let config = super::workloads::bench_config(rules)
-            .replace("xdp_redirect_interfaces = [\"lan0\"]", "")
-            .replace("overlay_interface = \"ov0\"", "overlay_interface = \"ov1\"");
+        let config = super::workloads::daemon_config(Mode::RoutingPeerL3, rules);
         std::fs::write(&path, config)?;
         let daemon = self.start_daemon(&path, true)?;
         let sc = Scenario::forward(1, rules, 64);

@@ -285,15 +285,7 @@ impl Bench {
         match mode {
             Mode::RoutingPeerL3 | Mode::RoutingPeerXdp | Mode::RoutingPeerL2Tc => {
                 let path = self.work.path().join("rp.toml");
-                let mut config = workloads::bench_config(sc.rules);
-                if mode != Mode::RoutingPeerXdp {
-                    config = config.replace("xdp_redirect_interfaces = [\"lan0\"]", "");
-                }
-                if mode == Mode::RoutingPeerL3 {
-                    config = config
-                        .replace("overlay_interface = \"ov0\"", "overlay_interface = \"ov1\"");
-                }
-                std::fs::write(&path, config)?;
+                std::fs::write(&path, workloads::daemon_config(mode, sc.rules))?;
                 daemon = Some(self.start_daemon(&path, mode.l3())?);
             }
             Mode::Nftables => {

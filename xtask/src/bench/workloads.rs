@@ -8,7 +8,7 @@ use anyhow::Result;
 use base64::{engine::general_purpose::STANDARD, Engine};
 use serde_json::{json, Value};
 
-use super::{median, min, rig::Bench};
+use super::{median, min, rig::Bench, Mode};
 
 impl Bench {
     /// A full reload of `rules` rules while 64-byte traffic flows: how long
@@ -80,6 +80,19 @@ impl Bench {
             "windows_mpps_during": during_rates,
         }))
     }
+}
+
+/// The configuration of a routing-peer mode: the L3 overlay is the TUN
+/// (`ov1`), and only the XDP path lets XDP redirect into the LAN.
+pub(super) fn daemon_config(mode: Mode, rules: usize) -> String {
+    let mut config = bench_config(rules);
+    if mode != Mode::RoutingPeerXdp {
+        config = config.replace("xdp_redirect_interfaces = [\"lan0\"]", "");
+    }
+    if mode == Mode::RoutingPeerL3 {
+        config = config.replace("overlay_interface = \"ov0\"", "overlay_interface = \"ov1\"");
+    }
+    config
 }
 
 /// The benchmark's routing-peer configuration: `n` rules and resources.

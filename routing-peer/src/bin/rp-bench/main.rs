@@ -238,7 +238,15 @@ fn gen_tun(iface: &str, cpus: &[usize], seconds: f64, frames: &Frames) -> Result
         "--reply frames go out of a LAN veth, not a TUN"
     );
     let packets = frames.packets()?;
-    let (sent, secs) = tun::write(iface, cpus, seconds, &packets, frames.flows, prepare_packet)?;
+    let (sent, secs) = tun::write(
+        iface,
+        cpus,
+        seconds,
+        &packets,
+        frames.first_flow,
+        frames.flows,
+        prepare_packet,
+    )?;
     println!("{}", serde_json::json!({ "sent": sent, "seconds": secs }));
     Ok(())
 }

@@ -60,13 +60,14 @@ fn pin(cpu: usize) -> Result<()> {
 
 /// Writes the cycle of `packets` (one packet, or a datagram's fragments)
 /// again and again for `seconds` from one thread per CPU in `cpus`, thread
-/// k's flows offset by `k · flows`; `prepare(packet, index, cycle, flow)`
+/// k's flows starting at `first + k · flows`; `prepare(packet, index, cycle, flow)`
 /// rewrites a packet for its cycle. Returns packets written and seconds.
 pub fn write(
     iface: &str,
     cpus: &[usize],
     seconds: f64,
     packets: &[Vec<u8>],
+    first: u32,
     flows: u32,
     prepare: fn(&mut [u8], u32, u32, u32),
 ) -> Result<(u64, f64)> {
@@ -82,7 +83,7 @@ pub fn write(
                 let mut tun = open(&iface)?;
                 let mut sent = 0u64;
                 let mut n: u32 = 0;
-                let base = k as u32 * flows;
+                let base = first + k as u32 * flows;
                 let count = packets.len() as u32;
                 while started.elapsed().as_secs_f64() < seconds {
                     // A batch between clock reads.
