@@ -68,6 +68,9 @@ pub struct Status {
     /// The safety-net nftables table (see `datapath::safety_net`).
     #[serde(default)]
     pub safety_net_table: String,
+    /// Where the configuration comes from, and how its syncs go.
+    #[serde(default)]
+    pub source: SourceStatus,
     /// Names by id, for the CLI's tables. Not in the status document: at
     /// 100k rules they are megabytes, and every `status` would carry them.
     /// They live in `names.json` beside the state file.
@@ -76,6 +79,36 @@ pub struct Status {
 }
 
 pub type SharedStatus = Arc<Mutex<Status>>;
+
+/// The configuration's source: the file alone, or NetBird's API through it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SourceStatus {
+    /// `file` or `netbird`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management_url: Option<String>,
+    /// This routing peer in NetBird: `name (id)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The last sync that applied (or found nothing to change).
+    #[serde(default)]
+    pub last_sync_unix: Option<u64>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub last_error_reason: Option<String>,
+    #[serde(default)]
+    pub last_error_unix: Option<u64>,
+    /// Failed syncs by reason, since start.
+    #[serde(default)]
+    pub errors: std::collections::BTreeMap<String, u64>,
+    /// What the last import left out or narrowed.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Requests the last sync made.
+    #[serde(default)]
+    pub requests_per_sync: u64,
+}
 
 /// The configuration text the daemon last applied: what the operator's
 /// tools (`policy check`, `networks ls`) answer for, whatever the file on

@@ -231,9 +231,39 @@ pub fn render(pins: &PinDir, status: &SharedStatus) -> Result<String> {
         c.inc_by(value);
         r.register(Box::new(c))?;
     }
+    source(&r, &status.source)?;
     let mut out = Vec::new();
     TextEncoder::new().encode(&r.gather(), &mut out)?;
     Ok(String::from_utf8(out)?)
+}
+
+/// The NetBird source's sync age and faults (absent for a file source).
+fn source(r: &Registry, source: &crate::control::SourceStatus) -> Result<()> {
+    if source.kind != "netbird" {
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // Never synced: the age since the epoch, so an alert on age fires.
+    let age = now.saturating_sub(source.last_sync_unix.unwrap_or(0));
+    gauge(
+        r,
+        "routing_peer_source_sync_age_seconds",
+        "Seconds since the last successful sync from NetBird's API.",
+        age as i64,
+    )?;
+    let errors = counter_vec(
+        r,
+        "routing_peer_source_sync_errors_total",
+        "Failed syncs from NetBird's API by reason; the running configuration stays.",
+        &["reason"],
+    )?;
+    for (reason, n) in &source.errors {
+        errors.with_label_values(&[reason.as_str()]).inc_by(*n);
+    }
+    Ok(())
 }
 
 /// Binds the metrics listener (before the daemon reports itself up).

@@ -60,6 +60,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// NetBird's management API as the configuration source.
+    Netbird {
+        #[command(subcommand)]
+        command: NetbirdCommand,
+    },
     /// Validate a configuration file without running it.
     Validate {
         #[arg(long, short)]
@@ -99,6 +104,22 @@ pub struct FlowsArgs {
 pub enum NetworksCommand {
     /// List networks, resources, resolved addresses and the policies that use them.
     Ls(JsonFlag),
+}
+
+#[derive(Subcommand)]
+pub enum NetbirdCommand {
+    /// Print the standalone TOML equivalent of what NetBird holds now.
+    Import {
+        /// A configuration with a [netbird] section.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// What the next sync would change in the running configuration.
+    Diff {
+        /// The configuration the daemon runs (its [netbird] section).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]

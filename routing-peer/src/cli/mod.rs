@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod flows;
+pub mod netbird;
 pub mod networks;
 pub mod policy;
 pub mod stats;
@@ -16,7 +17,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use self::args::{Cli, Command, JsonFlag, NetworksCommand, PolicyCommand};
+use self::args::{Cli, Command, JsonFlag, NetbirdCommand, NetworksCommand, PolicyCommand};
 use crate::{
     compile::Names,
     config::{self, Config},
@@ -29,7 +30,14 @@ use crate::{
 pub async fn run(cli: Cli) -> Result<()> {
     // Everything but `validate` reads or changes the data path, pins and
     // the daemon's state: say so, rather than "not running".
-    if !matches!(cli.command, Command::Validate { .. }) && !is_root() {
+    let needs_root = !matches!(
+        cli.command,
+        Command::Validate { .. }
+            | Command::Netbird {
+                command: NetbirdCommand::Import { .. }
+            }
+    );
+    if needs_root && !is_root() {
         bail!("permission denied: run as root (routing-peer needs CAP_BPF and CAP_NET_ADMIN)");
     }
     let instance = cli.instance;
@@ -60,6 +68,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Policy {
             command: PolicyCommand::Check(args),
         } => policy::run(&instance, args),
+        Command::Netbird { command } => netbird::run(&instance, command).await,
         Command::Validate { config } => validate(&config),
     }
 }

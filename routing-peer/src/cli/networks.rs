@@ -34,6 +34,9 @@ pub struct ResourceRow {
     pub policies: Vec<String>,
     /// Those of them that drop.
     pub drop_policies: Vec<String>,
+    /// Enabled policies naming it that require posture checks, which this
+    /// routing peer cannot evaluate: they grant nothing.
+    pub posture_checked: Vec<String>,
 }
 
 pub fn rows(config: &Config, status: &Status) -> Vec<NetworkRow> {
@@ -46,7 +49,7 @@ pub fn rows(config: &Config, status: &Status) -> Vec<NetworkRow> {
             masquerade: n.masquerade,
             served: true,
             routing_peer: status.name.clone(),
-            metric: status.metric,
+            metric: n.metric.unwrap_or(status.metric),
             resources: n
                 .resources
                 .iter()
@@ -76,6 +79,19 @@ pub fn rows(config: &Config, status: &Status) -> Vec<NetworkRow> {
                             .unwrap_or_default(),
                         policies: names(false),
                         drop_policies: names(true),
+                        posture_checked: config
+                            .policies
+                            .iter()
+                            .filter(|p| !p.posture_checks.is_empty())
+                            .filter(|p| {
+                                let unchecked = crate::config::Policy {
+                                    posture_checks: Vec::new(),
+                                    ..(*p).clone()
+                                };
+                                unchecked.covers(&r.name, &r.groups)
+                            })
+                            .map(|p| p.name.clone())
+                            .collect(),
                     }
                 })
                 .collect(),
@@ -117,6 +133,11 @@ pub fn print(networks: &[NetworkRow]) {
                     true => format!("{p} (drop)"),
                     false => p.clone(),
                 })
+                .chain(
+                    r.posture_checked
+                        .iter()
+                        .map(|p| format!("{p} (posture checks: grants nothing)")),
+                )
                 .collect();
             t.row(vec![
                 format!("  {}", r.name),

@@ -70,6 +70,7 @@ pub fn print_status(status: &Status, running: bool, pins: &PinDir) {
         status.generation,
         human_duration(now.saturating_sub(status.last_reload_unix))
     );
+    print_source(&status.source, now);
     match safety_net_dropped(&status.instance) {
         Some(n) => println!(
             "safety net:   nft table inet {}, {n} packets the kernel would have forwarded dropped",
@@ -163,4 +164,32 @@ pub fn down(instance: &str, pins: &PinDir) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     println!("routing-peer instance {instance} is down");
     Ok(())
+}
+
+/// The NetBird source: where, as whom, the last sync and its age, faults.
+fn print_source(source: &crate::control::SourceStatus, now: u64) {
+    if source.kind != "netbird" {
+        return;
+    }
+    let sync = match source.last_sync_unix {
+        Some(t) => format!("last sync {} ago", human_duration(now.saturating_sub(t))),
+        None => "never synced".into(),
+    };
+    println!(
+        "source:       NetBird {} as peer {}, {sync}, {} requests per sync",
+        source.management_url.as_deref().unwrap_or("?"),
+        source.peer.as_deref().unwrap_or("(not found yet)"),
+        source.requests_per_sync
+    );
+    if let (Some(e), Some(t)) = (&source.last_error, source.last_error_unix) {
+        if source.last_sync_unix.is_none_or(|s| t >= s) {
+            println!(
+                "              FAILING since {} ago, running configuration kept: {e}",
+                human_duration(now.saturating_sub(t))
+            );
+        }
+    }
+    for w in &source.warnings {
+        println!("              warning: {w}");
+    }
 }

@@ -153,7 +153,7 @@ pub(super) fn rules_of<'c>(
     let rules = config
         .policies
         .iter()
-        .filter(|policy| policy.enabled)
+        .filter(|policy| policy.applies())
         .map(|policy| {
             let rule = Rule {
                 id: rule_ids[policy.name.as_str()],
@@ -168,9 +168,11 @@ pub(super) fn rules_of<'c>(
         action: Action::Accept,
         blocks: [IPPROTO_UDP, IPPROTO_TCP]
             .iter()
-            .map(|&proto| Block {
-                proto: Some(proto),
-                ports: Some((config.dns.port, 16)),
+            .flat_map(|&proto| {
+                config.dns.ports().into_iter().map(move |port| Block {
+                    proto: Some(proto),
+                    ports: Some((port, 16)),
+                })
             })
             .collect(),
     };

@@ -6,11 +6,12 @@
 mod cache;
 mod load;
 mod model;
+pub mod netbird;
 #[cfg(test)]
 mod tests;
 mod validate;
 
-pub use cache::ParseCache;
+pub use cache::{CacheStats, ParseCache};
 pub use load::{load, others_can_read, parse, read_text, validated, ConfigError, Loaded, Problem};
 pub use model::*;
 pub use validate::validate;

@@ -22,6 +22,36 @@ pub struct Config {
     pub networks: Vec<Network>,
     #[serde(default)]
     pub policies: Vec<Policy>,
+    /// Peers, networks and policies come from NetBird's management API
+    /// (`crate::netbird`) instead of this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netbird: Option<Netbird>,
+}
+
+/// `[netbird]`: where the imported model comes from.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Netbird {
+    /// The management service, e.g. `https://api.netbird.io`; the API is under `/api/`.
+    pub management_url: String,
+    /// A service user's personal access token; readable by its owner only.
+    pub token_file: PathBuf,
+    /// This routing peer's NetBird peer, by id or name; by default the peer
+    /// whose `ip` is one of `routing_peer.overlay_addresses`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    #[serde(default = "default_poll_secs")]
+    pub poll_secs: u64,
+    /// Every request's deadline, connecting included.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_poll_secs() -> u64 {
+    30
+}
+fn default_timeout_secs() -> u64 {
+    10
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -32,6 +62,8 @@ pub struct RoutingPeer {
     pub overlay_interface: String,
     /// This peer's overlay address(es), with the overlay prefix: `100.64.0.1/10`.
     pub overlay_addresses: Vec<IpNet>,
+    /// Required unless WireGuard is `external` (then it is someone else's).
+    #[serde(default, skip_serializing_if = "is_empty_path")]
     pub private_key_file: PathBuf,
     #[serde(default = "default_listen_port")]
     pub listen_port: u16,
@@ -54,6 +86,10 @@ pub struct RoutingPeer {
     /// A peer whose last handshake is older than this is reported down.
     #[serde(default = "default_peer_down_after")]
     pub peer_down_after_secs: u64,
+}
+
+fn is_empty_path(p: &std::path::Path) -> bool {
+    p.as_os_str().is_empty()
 }
 
 fn default_peer_down_after() -> u64 {
@@ -133,6 +169,10 @@ impl Default for Fragments {
 #[serde(deny_unknown_fields, default)]
 pub struct Dns {
     pub port: u16,
+    /// More ports to serve on: NetBird clients ask a routing peer on 22054
+    /// (5353 before v0.59), which `[netbird]` adds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_ports: Vec<u16>,
     /// Upstream servers; empty means the host's resolvers.
     pub upstreams: Vec<std::net::SocketAddr>,
     /// Installed addresses live at least this long, whatever the record's TTL.
@@ -146,6 +186,7 @@ impl Default for Dns {
     fn default() -> Self {
         Self {
             port: 53,
+            extra_ports: Vec::new(),
             upstreams: Vec::new(),
             min_ttl_secs: 30,
             grace_secs: 30,
@@ -157,6 +198,9 @@ impl Default for Dns {
 #[serde(deny_unknown_fields)]
 pub struct Peer {
     pub name: String,
+    /// Empty when WireGuard is managed elsewhere (NetBird's REST peers carry
+    /// no key): valid only with `wireguard = "external"`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub public_key: String,
     pub addresses: Vec<IpAddr>,
     #[serde(default)]
@@ -175,6 +219,9 @@ pub struct Network {
     pub description: String,
     #[serde(default = "yes")]
     pub masquerade: bool,
+    /// This network's route metric (its router's); `routing_peer.metric` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<u16>,
     #[serde(default)]
     pub resources: Vec<Resource>,
 }
@@ -336,14 +383,24 @@ pub struct Policy {
     pub port_ranges: Vec<PortRange>,
     #[serde(default)]
     pub action: Action,
+    /// Posture checks the sources must pass. This routing peer cannot
+    /// evaluate them, so a policy that names any grants nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub posture_checks: Vec<String>,
 }
 
 impl Policy {
+    /// Whether the data path applies this policy at all: enabled, and no
+    /// posture check it cannot evaluate (fail closed).
+    pub fn applies(&self) -> bool {
+        self.enabled && self.posture_checks.is_empty()
+    }
+
     /// Whether the data path applies this policy to the resource `name`
     /// in `groups`: an enabled resource policy that names it or one of its
     /// groups. The one answer for `networks ls` and the DNS forwarder.
     pub fn covers(&self, name: &str, groups: &[String]) -> bool {
-        self.enabled
+        self.applies()
             && self.kind == PolicyKind::Resource
             && (self.destination_resources.iter().any(|r| r == name)
                 || self.destinations.iter().any(|g| groups.contains(g)))
@@ -360,6 +417,19 @@ impl Policy {
                     .map(|r| (r.start as u16, r.end as u16)),
             )
             .collect()
+    }
+}
+
+impl Dns {
+    /// Every port the forwarder serves, `port` first.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut out = vec![self.port];
+        for p in &self.extra_ports {
+            if !out.contains(p) {
+                out.push(*p);
+            }
+        }
+        out
     }
 }
 

@@ -8,7 +8,7 @@ use std::{
 
 use super::{
     load::{others_can_read, Problem},
-    parse_resource_address, Action, Config, PolicyKind, Protocol, ResourceAddress,
+    parse_resource_address, Action, Config, PolicyKind, Protocol, ResourceAddress, WireguardMode,
 };
 
 struct Report {
@@ -54,6 +54,7 @@ pub fn validate(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
         warnings: Vec::new(),
     };
     routing_peer(&mut r, config);
+    netbird(&mut r, config);
     peers(&mut r, config);
     let resources = networks(&mut r, config);
     policies(&mut r, config, &resources);
@@ -100,6 +101,13 @@ fn routing_peer(r: &mut Report, config: &Config) {
             ),
         );
     }
+    let external = rp.wireguard == WireguardMode::External;
+    if rp.private_key_file.as_os_str().is_empty() && !external {
+        r.error(
+            "routing_peer.private_key_file",
+            "missing: the WireGuard private key file (or set `wireguard = \"external\"` when another agent runs WireGuard)",
+        );
+    }
     if let Some(mode) = others_can_read(&rp.private_key_file) {
         r.error(
             "routing_peer.private_key_file",
@@ -126,6 +134,66 @@ fn routing_peer(r: &mut Report, config: &Config) {
     }
 }
 
+/// `[netbird]`: the source's settings, and nothing the source provides.
+fn netbird(r: &mut Report, config: &Config) {
+    let Some(nb) = &config.netbird else {
+        return;
+    };
+    if config.routing_peer.wireguard != WireguardMode::External {
+        r.error(
+            "routing_peer.wireguard",
+            "with [netbird], the NetBird agent runs WireGuard: set `wireguard = \"external\"` and `overlay_interface = \"wt0\"`",
+        );
+    }
+    for (what, present) in [
+        ("peers", !config.peers.is_empty()),
+        ("networks", !config.networks.is_empty()),
+        ("policies", !config.policies.is_empty()),
+    ] {
+        if present {
+            r.error(
+                what,
+                format!("with [netbird], {what} come from NetBird's management API: remove the [[{what}]] entries (or the [netbird] section)"),
+            );
+        }
+    }
+    if !config.routing_peer.groups.is_empty() {
+        r.error(
+            "routing_peer.groups",
+            "with [netbird], this peer's groups come from NetBird: remove `groups`",
+        );
+    }
+    if !(nb.management_url.starts_with("https://") || nb.management_url.starts_with("http://")) {
+        r.error(
+            "netbird.management_url",
+            format!("`{}` is not an http(s) URL; write e.g. `https://api.netbird.io`", nb.management_url),
+        );
+    }
+    if nb.token_file.as_os_str().is_empty() {
+        r.error("netbird.token_file", "missing: the file holding the service user's access token");
+    } else if let Some(mode) = others_can_read(&nb.token_file) {
+        r.error(
+            "netbird.token_file",
+            format!(
+                "{} is readable by group or others (mode {mode:o}); chmod 600 it",
+                nb.token_file.display()
+            ),
+        );
+    }
+    if !(1..=3600).contains(&nb.poll_secs) {
+        r.error(
+            "netbird.poll_secs",
+            format!("{} is out of range; use 1 to 3600 seconds (30 by default)", nb.poll_secs),
+        );
+    }
+    if !(1..=120).contains(&nb.timeout_secs) {
+        r.error(
+            "netbird.timeout_secs",
+            format!("{} is out of range; use 1 to 120 seconds (10 by default)", nb.timeout_secs),
+        );
+    }
+}
+
 /// `[[peers]]`: names, keys and addresses unique; addresses inside the overlay.
 fn peers(r: &mut Report, config: &Config) {
     let rp = &config.routing_peer;
@@ -146,13 +214,19 @@ fn peers(r: &mut Report, config: &Config) {
         .collect();
     for (i, p) in config.peers.iter().enumerate() {
         let field = format!("peers[{i}]");
-        if !valid_wg_key(&p.public_key) {
+        if p.public_key.is_empty() {
+            if rp.wireguard != super::WireguardMode::External {
+                r.error(
+                    format!("{field}.public_key"),
+                    "missing: WireGuard needs each peer's key (unless `wireguard = \"external\"` runs it elsewhere)",
+                );
+            }
+        } else if !valid_wg_key(&p.public_key) {
             r.error(
                 format!("{field}.public_key"),
                 "not a WireGuard key: expected 44 base64 characters (as `wg pubkey` prints)",
             );
-        }
-        if let Some(first) = keys.insert(p.public_key.clone(), field.clone()) {
+        } else if let Some(first) = keys.insert(p.public_key.clone(), field.clone()) {
             r.error(
                 format!("{field}.public_key"),
                 format!("the same key as {first}; each peer needs its own"),
@@ -223,6 +297,12 @@ fn networks<'a>(r: &mut Report, config: &'a Config) -> ResourceIndex<'a> {
     // Groups holding a 0.0.0.0/0 or ::/0 resource, for the broad-grant warning.
     let mut everything_groups: HashSet<&str> = HashSet::new();
     for (i, n) in config.networks.iter().enumerate() {
+        if n.metric.is_some_and(|m| !(1..=9999).contains(&m)) {
+            r.error(
+                format!("networks[{i}].metric"),
+                "out of range: use 1 to 9999 (the lowest wins)",
+            );
+        }
         for (j, res) in n.resources.iter().enumerate() {
             let field = format!("networks[{i}].resources[{j}]");
             resource_names.insert(res.name.as_str());
@@ -288,6 +368,15 @@ fn policies(r: &mut Report, config: &Config, resources: &ResourceIndex) {
     );
     for (i, p) in config.policies.iter().enumerate() {
         let field = format!("policies[{i}]");
+        if !p.posture_checks.is_empty() && p.enabled {
+            r.warn(
+                format!("{field}.posture_checks"),
+                format!(
+                    "`{}` requires posture checks, which this routing peer cannot evaluate: it grants nothing",
+                    p.name
+                ),
+            );
+        }
         if p.sources.is_empty() {
             r.error(
                 format!("{field}.sources"),

@@ -7,6 +7,7 @@
 //! adopts all of it. `routing-peer down` is what tears it down.
 
 mod reload;
+mod source;
 mod start;
 mod upkeep;
 
@@ -111,6 +112,8 @@ struct Daemon {
     dns_installs: mpsc::Receiver<dns::Install>,
     /// Parsed entries of the file, so a reload reparses only what changed.
     parse_cache: ParseCache,
+    /// The file alone, or NetBird's API through it.
+    source: source::Source,
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
@@ -121,11 +124,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     for w in &loaded.warnings {
         warn!(file = %opts.config_path.display(), field = %w.field, "{}", w.message);
     }
-    let config = loaded.config;
     let pins = PinDir::new(&opts.instance);
     let run_dir = control::run_dir(&opts.instance);
     std::fs::create_dir_all(&run_dir)?;
     identity::record(&run_dir)?;
+    let (source, config) = source::Source::start(&loaded.config, &opts.instance).await;
+    let config = crate::config::validated(&opts.config_path, config)?.config;
 
     let wg = start::wireguard(
         &config,
@@ -137,7 +141,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let programs = start::attach_all(&mut ebpf, &config, &opts.instance, &pins)?;
     let status = start::status(&config, &opts, &wg, policy.config.policy_gen, programs, own);
     share_names(&status, &opts.instance, &compiled.names)?;
-    record_applied(&opts.instance, parse_cache.last_text());
+    crate::locks::lock(&status).source = source.status.clone();
+    record_applied(
+        &opts.instance,
+        &source.applied_text(&config, parse_cache.last_text()),
+    );
     let dns = start::dns(&config, &compiled);
     if let Some(addr) = opts.metrics_listen {
         start::metrics(addr, opts.instance.clone(), status.clone()).await?;
@@ -161,6 +169,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         dns_counters: dns.counters,
         dns_installs: dns.installs,
         parse_cache,
+        source,
     };
     daemon.refresh_peers();
     daemon.reserve_held_ports();

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     compile,
-    config::{Config, WireguardMode},
+    config::{netbird, Config, WireguardMode},
     dns, model,
     wireguard::DeviceSpec,
 };
@@ -46,6 +46,7 @@ impl Daemon {
                     self.reload("SIGHUP");
                 }
                 Some(install) = self.dns_installs.recv() => self.install_resolved(install),
+                Some(outcome) = self.source.syncs.recv() => self.synced(outcome),
                 _ = sigterm.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
                 _ = tick.tick() => {
@@ -69,7 +70,8 @@ impl Daemon {
     }
 
     /// Applies a changed file. An invalid one is rejected with all its
-    /// problems and the running configuration stays.
+    /// problems and the running configuration stays. With `[netbird]`, the
+    /// file's settings join the last good import, and the poller restarts.
     fn reload(&mut self, why: &str) {
         let started = std::time::Instant::now();
         let (loaded, parsed) = match self.parse_cache.load(&self.opts.config_path) {
@@ -85,8 +87,35 @@ impl Daemon {
         for w in &loaded.warnings {
             warn!(field = %w.field, "{}", w.message);
         }
-        let config = loaded.config;
+        let local = loaded.config;
+        let config = self.source.effective(&local);
+        if let Err(e) = crate::config::validated(&self.opts.config_path, config.clone()) {
+            error!(trigger = why, "reload rejected, running configuration kept:\n{e}");
+            return;
+        }
+        self.source.follow(&local, &self.status);
         let read_ms = started.elapsed().as_millis() as u64;
+        self.apply(config, why, read_ms, parsed);
+    }
+
+    /// Applies a synced import: a changed model reloads in place; a fault
+    /// keeps the running configuration.
+    pub(super) fn synced(&mut self, outcome: netbird::poll::Outcome) {
+        if let Some(config) = self.source.accept(outcome, Some(&self.status)) {
+            if config != self.config {
+                self.apply(config, "netbird sync", 0, Default::default());
+            }
+        }
+    }
+
+    /// Puts `config` (valid) into WireGuard, the maps and the DNS forwarder.
+    fn apply(
+        &mut self,
+        config: Config,
+        why: &str,
+        read_ms: u64,
+        parsed: crate::config::CacheStats,
+    ) {
         let wg_result = match self.wg.mode() {
             WireguardMode::External => Ok(()),
             _ => DeviceSpec::from_config(&config).and_then(|spec| self.wg.configure(&spec)),
@@ -150,8 +179,8 @@ impl Daemon {
             "configuration reloaded"
         );
         *crate::locks::write(&self.dns_view) = dns::View::new(&config, &self.compiled);
+        record_applied(&self.opts.instance, &self.source.applied_text(&config, self.parse_cache.last_text()));
         self.config = config;
-        record_applied(&self.opts.instance, self.parse_cache.last_text());
         let mut status = crate::locks::lock(&self.status);
         status.generation = self.policy.config.policy_gen;
         status.last_reload_unix = unix_now();

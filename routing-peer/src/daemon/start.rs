@@ -210,6 +210,7 @@ pub(super) fn status(
         dns: dns::CounterSnapshot::default(),
         self_addresses: own,
         safety_net_table: safety_net::table_name(&opts.instance),
+        source: Default::default(),
         names: Arc::default(),
     }))
 }
@@ -231,8 +232,14 @@ pub(super) fn dns(config: &Config, compiled: &Compiled) -> Dns {
         counters: counters.clone(),
         install: install_tx,
     };
-    for addr in &config.routing_peer.overlay_addresses {
-        let bind = SocketAddr::new(addr.addr(), config.dns.port);
+    let binds = config.routing_peer.overlay_addresses.iter().flat_map(|addr| {
+        config
+            .dns
+            .ports()
+            .into_iter()
+            .map(move |port| SocketAddr::new(addr.addr(), port))
+    });
+    for bind in binds {
         let fwd = forwarder.clone();
         tokio::spawn(async move {
             if let Err(e) = fwd.serve(bind).await {

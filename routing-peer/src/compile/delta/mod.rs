@@ -140,13 +140,13 @@ pub fn apply_policy_change(
     let retract: Vec<Membership> = changed
         .iter()
         .filter_map(|(old_p, _)| *old_p)
-        .filter(|p| p.enabled)
+        .filter(|p| p.applies())
         .map(|p| membership(compiled, old, p, id_of(&p.name)))
         .collect();
     let assert: Vec<(Membership, &Policy)> = changed
         .iter()
         .filter_map(|(_, new_p)| *new_p)
-        .filter(|p| p.enabled)
+        .filter(|p| p.applies())
         .map(|p| (membership(compiled, new, p, id_of(&p.name)), p))
         .collect();
     let nested = &compiled.delta.nested;
