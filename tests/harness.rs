@@ -18,6 +18,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+pub mod netbird_api;
 pub mod office;
 
 /// Prefix of every namespace and instance a test creates (`xtask` checks it).

@@ -61,6 +61,12 @@ fn random_policy(rng: &mut Rng, name: &str) -> Policy {
         protocol,
         ports,
         port_ranges: Vec::new(),
+        // Posture-checked policies grant nothing, in place as in full.
+        posture_checks: if rng.below(10) == 0 {
+            vec!["posture".into()]
+        } else {
+            Vec::new()
+        },
         action: if rng.below(5) == 0 {
             Action::Drop
         } else {

@@ -103,11 +103,11 @@ mod tests {
             url: "u".into(),
             status: 503,
         };
-        let s = source(2);
+        let s = source(4);
         let secs: Vec<u64> = (1..=6)
             .map(|f| next_delay(&s, Some(&down), f, 5).as_secs())
             .collect();
-        assert_eq!(secs, [2, 4, 8, 16, 16, 16]);
+        assert_eq!(secs, [4, 8, 16, 32, 32, 32]);
         let limited = SyncError::RateLimited {
             url: "u".into(),
             retry_after_secs: 45,
