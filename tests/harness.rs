@@ -241,6 +241,8 @@ pub struct Daemon {
     netns: String,
     args: Vec<String>,
     child: Option<Child>,
+    /// Where its log goes (else the test's stderr).
+    pub log: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -254,9 +256,38 @@ impl Daemon {
             netns: ns.name.clone(),
             args,
             child: None,
+            log: None,
         };
         daemon.spawn()?;
         Ok(daemon)
+    }
+
+    /// As `start`, with the log kept in `log` (appended across restarts).
+    pub fn start_logged(
+        ns: &Netns,
+        config: &std::path::Path,
+        extra: &[&str],
+        log: PathBuf,
+    ) -> Result<Self> {
+        let mut args = vec!["--config".to_string(), config.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut daemon = Self {
+            instance: unique_name("d"),
+            netns: ns.name.clone(),
+            args,
+            child: None,
+            log: Some(log),
+        };
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    /// The log so far (empty without `start_logged`).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -267,7 +298,15 @@ impl Daemon {
             .args(["--instance", &self.instance, "run"])
             .args(&self.args)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(match &self.log {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)?,
+                ),
+                None => Stdio::inherit(),
+            })
             .spawn()?;
         self.child = Some(child);
         self.wait_until_running()

@@ -33,7 +33,8 @@ pub fn load_documents(dir: &Path) -> Result<BTreeMap<String, Value>> {
             continue;
         };
         let text = std::fs::read_to_string(&path)?;
-        let value: Value = serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+        let value: Value =
+            serde_json::from_str(&text).with_context(|| path.display().to_string())?;
         docs.insert(format!("/api/{}", stem.replace('_', "/")), value);
     }
     Ok(docs)
@@ -85,17 +86,16 @@ impl NetbirdApi {
             ..Default::default()
         }));
         let token = format!("nbp_fixture{:016x}", std::process::id() as u64 * 7919);
-        for _ in 0..4 {
-            let (server, state, token) = (server.clone(), state.clone(), token.clone());
-            thread::spawn(move || {
-                for request in server.incoming_requests() {
-                    let state = state.clone();
-                    let token = token.clone();
-                    // A slow answer must not hold up the others.
-                    thread::spawn(move || answer(request, &state, &token));
-                }
-            });
-        }
+        // One acceptor (`unblock` on drop wakes exactly one); a thread per
+        // request, so a slow answer holds up no other.
+        let (acceptor, shared, secret) = (server.clone(), state.clone(), token.clone());
+        thread::spawn(move || {
+            for request in acceptor.incoming_requests() {
+                let state = shared.clone();
+                let token = secret.clone();
+                thread::spawn(move || answer(request, &state, &token));
+            }
+        });
         Ok(Self {
             addr,
             token,
@@ -156,7 +156,12 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 fn answer(request: tiny_http::Request, state: &Mutex<State>, token: &str) {
-    let path = request.url().split('?').next().unwrap_or_default().to_string();
+    let path = request
+        .url()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let authorized = request
         .headers()
         .iter()
@@ -176,7 +181,10 @@ fn answer(request: tiny_http::Request, state: &Mutex<State>, token: &str) {
             .with_header(header("Content-Type", "application/json"))
     };
     let error = |code: u16, message: &str| {
-        json(code, format!("{{\"message\":\"{message}\",\"code\":{code}}}").into_bytes())
+        json(
+            code,
+            format!("{{\"message\":\"{message}\",\"code\":{code}}}").into_bytes(),
+        )
     };
     let response = match (&fault, doc) {
         (Some(Fault::Slow(d)), _) => {
@@ -184,8 +192,9 @@ fn answer(request: tiny_http::Request, state: &Mutex<State>, token: &str) {
             error(504, "too slow")
         }
         (Some(Fault::Status(code)), _) => error(*code, "fault"),
-        (Some(Fault::RateLimited(secs)), _) => error(429, "rate limited")
-            .with_header(header("Retry-After", &secs.to_string())),
+        (Some(Fault::RateLimited(secs)), _) => {
+            error(429, "rate limited").with_header(header("Retry-After", &secs.to_string()))
+        }
         _ if !authorized => error(401, "token invalid"),
         (Some(Fault::Malformed), _) => json(200, b"{\"peers\": [".to_vec()),
         (None, None) => error(404, "not found"),
@@ -203,8 +212,9 @@ fn answer(request: tiny_http::Request, state: &Mutex<State>, token: &str) {
 }
 
 fn header(name: &str, value: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .unwrap_or_else(|_| tiny_http::Header::from_bytes(&b"X-Bad"[..], &b"1"[..]).expect("static header"))
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap_or_else(|_| {
+        tiny_http::Header::from_bytes(&b"X-Bad"[..], &b"1"[..]).expect("static header")
+    })
 }
 
 fn gzipped(body: &[u8]) -> Vec<u8> {
@@ -220,7 +230,9 @@ pub fn check_schema(path: &str, doc: &Value) -> Result<()> {
         fixtures_dir().join("schema.json"),
     )?)?;
     let key = path.trim_start_matches("/api/").replace('/', "_");
-    let documents = schema["documents"].as_object().context("schema: documents")?;
+    let documents = schema["documents"]
+        .as_object()
+        .context("schema: documents")?;
     let spec = documents
         .iter()
         .find(|(pattern, _)| matches(pattern, &key))
@@ -231,7 +243,9 @@ pub fn check_schema(path: &str, doc: &Value) -> Result<()> {
 
 fn matches(pattern: &str, key: &str) -> bool {
     match pattern.split_once('*') {
-        Some((head, tail)) => key.starts_with(head) && key.ends_with(tail) && key.len() > head.len() + tail.len(),
+        Some((head, tail)) => {
+            key.starts_with(head) && key.ends_with(tail) && key.len() > head.len() + tail.len()
+        }
         None => pattern == key,
     }
 }
@@ -251,7 +265,9 @@ fn check(schemas: &Value, spec: &Value, v: &Value, at: &str) -> Result<()> {
             }
         }
         Value::Object(o) if o.contains_key("array") => {
-            let items = v.as_array().with_context(|| format!("{at}: expected an array, found {v}"))?;
+            let items = v
+                .as_array()
+                .with_context(|| format!("{at}: expected an array, found {v}"))?;
             for (i, item) in items.iter().enumerate() {
                 check(schemas, &o["array"], item, &format!("{at}[{i}]"))?;
             }
@@ -263,8 +279,13 @@ fn check(schemas: &Value, spec: &Value, v: &Value, at: &str) -> Result<()> {
             }
         }
         Value::Object(o) if o.contains_key("integer") => {
-            let n = v.as_i64().with_context(|| format!("{at}: expected an integer"))?;
-            let (lo, hi) = (o["integer"][0].as_i64().unwrap_or(0), o["integer"][1].as_i64().unwrap_or(0));
+            let n = v
+                .as_i64()
+                .with_context(|| format!("{at}: expected an integer"))?;
+            let (lo, hi) = (
+                o["integer"][0].as_i64().unwrap_or(0),
+                o["integer"][1].as_i64().unwrap_or(0),
+            );
             if !(lo..=hi).contains(&n) {
                 bail!("{at}: {n} is outside {lo}..={hi}");
             }
@@ -272,7 +293,9 @@ fn check(schemas: &Value, spec: &Value, v: &Value, at: &str) -> Result<()> {
         Value::Object(o) if o.contains_key("ref") => {
             let name = o["ref"].as_str().context("schema: ref")?;
             let (props, required) = flatten(schemas, name)?;
-            let obj = v.as_object().with_context(|| format!("{at}: expected a {name} object"))?;
+            let obj = v
+                .as_object()
+                .with_context(|| format!("{at}: expected a {name} object"))?;
             for r in &required {
                 if !obj.contains_key(r) {
                     bail!("{at}: {name} requires `{r}`");
@@ -292,7 +315,9 @@ fn check(schemas: &Value, spec: &Value, v: &Value, at: &str) -> Result<()> {
 
 /// A schema's fields and required fields, its `all_of` merged in.
 fn flatten(schemas: &Value, name: &str) -> Result<(BTreeMap<String, Value>, Vec<String>)> {
-    let s = schemas.get(name).with_context(|| format!("schema: no {name}"))?;
+    let s = schemas
+        .get(name)
+        .with_context(|| format!("schema: no {name}"))?;
     let mut props = BTreeMap::new();
     let mut required = Vec::new();
     for base in s["all_of"].as_array().into_iter().flatten() {
@@ -312,4 +337,3 @@ fn flatten(schemas: &Value, name: &str) -> Result<(BTreeMap<String, Value>, Vec<
     );
     Ok((props, required))
 }
-

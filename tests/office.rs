@@ -412,6 +412,41 @@ impl Office {
         anyhow::bail!("dnsmasq did not answer within 5 s")
     }
 
+    /// Runs the routing peer's WireGuard as the NetBird agent would (with
+    /// `--disable-server-routes`, `wt0` is the agent's): wireguard-go with
+    /// the router's key and the clients as peers. routing-peer then runs
+    /// with `wireguard = "external"` on it.
+    pub fn agent_wireguard(&self) -> Result<()> {
+        let iface = &self.wg_iface;
+        self.router.sh(&format!(
+            "wireguard-go {iface} && \
+             wg set {iface} private-key {key} listen-port 51820 \
+               peer {laptop} allowed-ips {LAPTOP_OVERLAY}/32 \
+               peer {sales} allowed-ips {SALES_OVERLAY}/32 && \
+             ip addr add {ROUTER_OVERLAY}/10 dev {iface} && ip link set {iface} mtu 1280 up",
+            key = self.router_key_file.display(),
+            laptop = self.laptop.public_key,
+            sales = self.sales.public_key,
+        ))?;
+        Ok(())
+    }
+
+    /// The file beside `[netbird]`: this gateway's own settings, as
+    /// `examples/netbird.toml` gives them, pointed at `api`.
+    pub fn netbird_config(&self, url: &str, token_file: &Path, poll_secs: u64) -> Result<PathBuf> {
+        let text = include_str!("../examples/netbird.toml")
+            .replace("@WG_IFACE@", &self.wg_iface)
+            .replace("@MANAGEMENT_URL@", url)
+            .replace("@TOKEN_FILE@", &token_file.display().to_string())
+            .replace(
+                "poll_secs = 30",
+                &format!("poll_secs = {poll_secs}\ntimeout_secs = 1"),
+            );
+        let path = self.dir.path().join("netbird.toml");
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
     /// Connects both clients' wireguard-go to the routing peer.
     pub fn connect_clients(&mut self) -> Result<()> {
         let key = self.router_public_key.clone();

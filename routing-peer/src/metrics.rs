@@ -308,3 +308,35 @@ pub async fn serve(listener: TcpListener, instance: String, status: SharedStatus
         let _ = stream.write_all(response.as_bytes()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_netbird_source_has_its_age_and_faults() {
+        let r = Registry::new();
+        let mut s = crate::control::SourceStatus {
+            kind: "netbird".into(),
+            ..Default::default()
+        };
+        s.errors.insert("timeout".into(), 2);
+        s.last_sync_unix = Some(1);
+        source(&r, &s).unwrap();
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&r.gather(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("routing_peer_source_sync_errors_total{reason=\"timeout\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("routing_peer_source_sync_age_seconds 17"),
+            "{text}"
+        );
+        // A file source has neither.
+        let r = Registry::new();
+        source(&r, &Default::default()).unwrap();
+        assert!(r.gather().is_empty());
+    }
+}

@@ -166,11 +166,17 @@ fn netbird(r: &mut Report, config: &Config) {
     if !(nb.management_url.starts_with("https://") || nb.management_url.starts_with("http://")) {
         r.error(
             "netbird.management_url",
-            format!("`{}` is not an http(s) URL; write e.g. `https://api.netbird.io`", nb.management_url),
+            format!(
+                "`{}` is not an http(s) URL; write e.g. `https://api.netbird.io`",
+                nb.management_url
+            ),
         );
     }
     if nb.token_file.as_os_str().is_empty() {
-        r.error("netbird.token_file", "missing: the file holding the service user's access token");
+        r.error(
+            "netbird.token_file",
+            "missing: the file holding the service user's access token",
+        );
     } else if let Some(mode) = others_can_read(&nb.token_file) {
         r.error(
             "netbird.token_file",
@@ -183,13 +189,19 @@ fn netbird(r: &mut Report, config: &Config) {
     if !(1..=3600).contains(&nb.poll_secs) {
         r.error(
             "netbird.poll_secs",
-            format!("{} is out of range; use 1 to 3600 seconds (30 by default)", nb.poll_secs),
+            format!(
+                "{} is out of range; use 1 to 3600 seconds (30 by default)",
+                nb.poll_secs
+            ),
         );
     }
     if !(1..=120).contains(&nb.timeout_secs) {
         r.error(
             "netbird.timeout_secs",
-            format!("{} is out of range; use 1 to 120 seconds (10 by default)", nb.timeout_secs),
+            format!(
+                "{} is out of range; use 1 to 120 seconds (10 by default)",
+                nb.timeout_secs
+            ),
         );
     }
 }

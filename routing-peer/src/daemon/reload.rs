@@ -90,7 +90,10 @@ impl Daemon {
         let local = loaded.config;
         let config = self.source.effective(&local);
         if let Err(e) = crate::config::validated(&self.opts.config_path, config.clone()) {
-            error!(trigger = why, "reload rejected, running configuration kept:\n{e}");
+            error!(
+                trigger = why,
+                "reload rejected, running configuration kept:\n{e}"
+            );
             return;
         }
         self.source.follow(&local, &self.status);
@@ -179,7 +182,12 @@ impl Daemon {
             "configuration reloaded"
         );
         *crate::locks::write(&self.dns_view) = dns::View::new(&config, &self.compiled);
-        record_applied(&self.opts.instance, &self.source.applied_text(&config, self.parse_cache.last_text()));
+        record_applied(
+            &self.opts.instance,
+            &self
+                .source
+                .applied_text(&config, self.parse_cache.last_text()),
+        );
         self.config = config;
         let mut status = crate::locks::lock(&self.status);
         status.generation = self.policy.config.policy_gen;

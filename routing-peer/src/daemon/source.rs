@@ -151,7 +151,10 @@ impl Source {
             let merged = netbird::merge(&self.local, Some(&import));
             let (problems, _) = crate::config::validate(&merged);
             match problems.first() {
-                Some(p) => Err(netbird::SyncError::Invalid(format!("{}: {}", p.field, p.message))),
+                Some(p) => Err(netbird::SyncError::Invalid(format!(
+                    "{}: {}",
+                    p.field, p.message
+                ))),
                 None => Ok((import, merged)),
             }
         });

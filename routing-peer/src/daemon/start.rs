@@ -232,13 +232,17 @@ pub(super) fn dns(config: &Config, compiled: &Compiled) -> Dns {
         counters: counters.clone(),
         install: install_tx,
     };
-    let binds = config.routing_peer.overlay_addresses.iter().flat_map(|addr| {
-        config
-            .dns
-            .ports()
-            .into_iter()
-            .map(move |port| SocketAddr::new(addr.addr(), port))
-    });
+    let binds = config
+        .routing_peer
+        .overlay_addresses
+        .iter()
+        .flat_map(|addr| {
+            config
+                .dns
+                .ports()
+                .into_iter()
+                .map(move |port| SocketAddr::new(addr.addr(), port))
+        });
     for bind in binds {
         let fwd = forwarder.clone();
         tokio::spawn(async move {

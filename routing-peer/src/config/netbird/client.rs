@@ -117,8 +117,9 @@ impl Client {
         if token.is_empty() {
             return Err(SyncError::Token(format!("{path} is empty")));
         }
-        let mut value = header::HeaderValue::from_str(&format!("Token {token}"))
-            .map_err(|_| SyncError::Token(format!("{path}: not a valid token (control characters)")))?;
+        let mut value = header::HeaderValue::from_str(&format!("Token {token}")).map_err(|_| {
+            SyncError::Token(format!("{path}: not a valid token (control characters)"))
+        })?;
         value.set_sensitive(true);
         Ok(value)
     }

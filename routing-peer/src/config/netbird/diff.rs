@@ -9,7 +9,12 @@ use crate::config::Config;
 /// Lines: `+ kind name`, `- kind name`, `~ kind name` with before and after.
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    section(&mut out, "peer", by_name(&old.peers, |p| &p.name), by_name(&new.peers, |p| &p.name));
+    section(
+        &mut out,
+        "peer",
+        by_name(&old.peers, |p| &p.name),
+        by_name(&new.peers, |p| &p.name),
+    );
     let networks = |c: &Config| {
         c.networks
             .iter()
@@ -24,7 +29,11 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     let resources = |c: &Config| {
         c.networks
             .iter()
-            .flat_map(|n| n.resources.iter().map(move |r| (format!("{} in {}", r.name, n.name), json(r))))
+            .flat_map(|n| {
+                n.resources
+                    .iter()
+                    .map(move |r| (format!("{} in {}", r.name, n.name), json(r)))
+            })
             .collect::<BTreeMap<_, _>>()
     };
     section(&mut out, "resource", resources(old), resources(new));

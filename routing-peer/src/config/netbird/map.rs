@@ -70,9 +70,9 @@ pub fn find_self(
             let named: Vec<_> = peers.iter().filter(|p| p.name == s).collect();
             (named.len() == 1).then(|| named[0])
         }),
-        None => peers.iter().find(|p| {
-            host_ip(&p.ip).is_some_and(|ip| overlay.contains(&ip))
-        }),
+        None => peers
+            .iter()
+            .find(|p| host_ip(&p.ip).is_some_and(|ip| overlay.contains(&ip))),
     };
     found
         .map(|p| SelfPeer {
@@ -83,10 +83,12 @@ pub fn find_self(
         .ok_or_else(|| {
             MapError::SelfNotFound(match selector {
                 Some(s) => format!("no peer with id `{s}`, nor exactly one named `{s}`"),
-                None => format!(
+                None => {
+                    format!(
                     "no peer has the overlay address {}; set `peer` in [netbird] to its id or name",
                     overlay.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
-                ),
+                )
+                }
             })
         })
 }
@@ -166,7 +168,9 @@ impl Ctx<'_> {
     /// The name of group `id`, or the inconsistency that it is gone.
     pub fn group(&self, id: &str, whose: &str) -> Result<String, MapError> {
         self.names.get(id).cloned().ok_or_else(|| {
-            MapError::Inconsistent(format!("{whose} names group {id}, which /api/groups does not have"))
+            MapError::Inconsistent(format!(
+                "{whose} names group {id}, which /api/groups does not have"
+            ))
         })
     }
 }
@@ -227,7 +231,10 @@ pub fn import(
 
 fn report_unknown(cx: &mut Ctx, id: &str, what: &str, unknown: &api::Unknown) {
     for field in unknown.keys() {
-        cx.warn(id, format!("{what} field `{field}` is not understood by this version; ignored"));
+        cx.warn(
+            id,
+            format!("{what} field `{field}` is not understood by this version; ignored"),
+        );
     }
 }
 
@@ -243,7 +250,13 @@ fn peers(cx: &mut Ctx) -> Result<Vec<Peer>, MapError> {
             continue;
         }
         let Some(ip) = host_ip(&p.ip) else {
-            cx.warn(&p.id, format!("peer `{}` has no usable overlay address `{}`; left out", p.name, p.ip));
+            cx.warn(
+                &p.id,
+                format!(
+                    "peer `{}` has no usable overlay address `{}`; left out",
+                    p.name, p.ip
+                ),
+            );
             continue;
         };
         let groups = p
@@ -280,7 +293,12 @@ fn networks(
         let Some(n) = cx.docs.networks.iter().find(|n| n.id == s.network_id) else {
             continue;
         };
-        let docs = cx.docs.resources.get(&n.id).map(Vec::as_slice).unwrap_or_default();
+        let docs = cx
+            .docs
+            .resources
+            .get(&n.id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let listed: BTreeSet<&str> = docs.iter().map(|r| r.id.as_str()).collect();
         if let Some(missing) = n.resources.iter().find(|id| !listed.contains(id.as_str())) {
             return Err(MapError::Inconsistent(format!(
@@ -315,7 +333,11 @@ fn networks(
             });
         }
         out.push(Network {
-            name: if n.name.is_empty() { n.id.clone() } else { n.name.clone() },
+            name: if n.name.is_empty() {
+                n.id.clone()
+            } else {
+                n.name.clone()
+            },
             description: n.description.clone(),
             masquerade: s.masquerade,
             metric: Some(s.metric),
@@ -332,13 +354,24 @@ fn check_type(r: &api::NetworkResource) -> Result<(), String> {
     let fits = matches!(
         (r.kind.as_str(), &parsed),
         ("host", ResourceAddress::Host(_))
-            | ("subnet", ResourceAddress::Subnet(_) | ResourceAddress::Host(_))
-            | ("domain", ResourceAddress::Domain(_) | ResourceAddress::Wildcard(_))
+            | (
+                "subnet",
+                ResourceAddress::Subnet(_) | ResourceAddress::Host(_)
+            )
+            | (
+                "domain",
+                ResourceAddress::Domain(_) | ResourceAddress::Wildcard(_)
+            )
     );
     if fits {
         Ok(())
     } else {
-        Err(format!("type `{}` does not match address `{}` ({})", r.kind, r.address, parsed.kind()))
+        Err(format!(
+            "type `{}` does not match address `{}` ({})",
+            r.kind,
+            r.address,
+            parsed.kind()
+        ))
     }
 }
 
@@ -375,9 +408,15 @@ pub(super) fn ports(rule: &api::PolicyRule) -> Result<(Vec<u32>, Vec<PortRange>)
         .iter()
         .map(|r| {
             if (1..=65535).contains(&r.start) && (r.start..=65535).contains(&r.end) {
-                Ok(PortRange { start: r.start, end: r.end })
+                Ok(PortRange {
+                    start: r.start,
+                    end: r.end,
+                })
             } else {
-                Err(format!("port range {}-{} is not within 1-65535", r.start, r.end))
+                Err(format!(
+                    "port range {}-{} is not within 1-65535",
+                    r.start, r.end
+                ))
             }
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -149,7 +149,9 @@ fn rule(
 fn expressible(r: &api::PolicyRule) -> Result<Policy, String> {
     if !r.unknown.is_empty() {
         let fields: Vec<&String> = r.unknown.keys().collect();
-        return Err(format!("fields this version does not understand ({fields:?})"));
+        return Err(format!(
+            "fields this version does not understand ({fields:?})"
+        ));
     }
     if r.source_resource.is_some() {
         return Err("a source resource (a policy from a resource) cannot be expressed".into());
@@ -166,7 +168,9 @@ fn expressible(r: &api::PolicyRule) -> Result<Policy, String> {
     };
     let act = action(&r.action).ok_or_else(|| format!("action `{}` is unknown", r.action))?;
     let (port_list, ranges) = ports(r)?;
-    if (!port_list.is_empty() || !ranges.is_empty()) && !matches!(proto, Protocol::Tcp | Protocol::Udp) {
+    if (!port_list.is_empty() || !ranges.is_empty())
+        && !matches!(proto, Protocol::Tcp | Protocol::Udp)
+    {
         return Err(format!("ports with protocol `{}`", r.protocol));
     }
     let mut p = new_policy(String::new(), PolicyKind::Resource);
@@ -177,7 +181,11 @@ fn expressible(r: &api::PolicyRule) -> Result<Policy, String> {
     Ok(p)
 }
 
-fn group_names(cx: &Ctx, groups: &[api::GroupMinimum], whose: &str) -> Result<Vec<String>, MapError> {
+fn group_names(
+    cx: &Ctx,
+    groups: &[api::GroupMinimum],
+    whose: &str,
+) -> Result<Vec<String>, MapError> {
     groups.iter().map(|g| cx.group(&g.id, whose)).collect()
 }
 

@@ -134,7 +134,10 @@ fn the_berlin_office_from_netbird_gives_the_tables_of_the_toml() {
     assert_eq!(import.groups, ["All", "Routing Peers"]);
     assert!(import.warnings.is_empty(), "{:?}", import.warnings);
     let net = &import.networks[0];
-    assert_eq!((net.name.as_str(), net.metric, net.masquerade), ("Berlin Office", Some(100), true));
+    assert_eq!(
+        (net.name.as_str(), net.metric, net.masquerade),
+        ("Berlin Office", Some(100), true)
+    );
     let c = merged(&account);
     assert_eq!(c.dns.ports(), [53, 22054, 5353]);
     let mut toml = berlin_toml();
@@ -158,12 +161,21 @@ fn the_printed_toml_is_a_standalone_config_with_the_same_tables() {
     };
     let text = render(&c, &source, &import).unwrap();
     assert!(!text.contains("[netbird]"));
-    let reread = config::parse(Path::new("import.toml"), &text).unwrap().config;
+    let reread = config::parse(Path::new("import.toml"), &text)
+        .unwrap()
+        .config;
     assert_eq!(reread, c);
     assert_eq!(tables(&reread), tables(&c));
 }
 
-fn router(id: &str, peer: Option<&str>, groups: &[&str], metric: u16, masquerade: bool, enabled: bool) -> Value {
+fn router(
+    id: &str,
+    peer: Option<&str>,
+    groups: &[&str],
+    metric: u16,
+    masquerade: bool,
+    enabled: bool,
+) -> Value {
     let mut r = json!({"id": id, "metric": metric, "masquerade": masquerade, "enabled": enabled});
     if let Some(p) = peer {
         r["peer"] = json!(p);
@@ -191,7 +203,14 @@ fn routers_by_peer_by_group_disabled_and_two_metrics() {
     let a = with_routers(vec![router("r1", Some(ME), &[], 100, true, false)]);
     assert!(a.import().unwrap().networks.is_empty());
     // Another peer's router: not ours.
-    let a = with_routers(vec![router("r1", Some("d2plap0000000000002"), &[], 100, true, true)]);
+    let a = with_routers(vec![router(
+        "r1",
+        Some("d2plap0000000000002"),
+        &[],
+        100,
+        true,
+        true,
+    )]);
     assert!(a.import().unwrap().networks.is_empty());
     // Two routers name this peer: the lowest metric wins, with its masquerade.
     let a = with_routers(vec![
@@ -216,7 +235,11 @@ fn disabled_resources_stay_disabled_and_mistyped_ones_are_left_out() {
     a.resources[1]["address"] = json!("198.51.100.0/24");
     let import = a.import().unwrap();
     let res = &import.networks[0].resources;
-    assert_eq!(res.len(), 1, "a host typed resource with a subnet is never widened");
+    assert_eq!(
+        res.len(),
+        1,
+        "a host typed resource with a subnet is never widened"
+    );
     assert!(!res[0].enabled);
     assert_eq!(import.warnings[0].id, "d2rgrf0000000000002");
 }
@@ -250,15 +273,26 @@ fn posture_checked_rules_grant_nothing() {
     p["source_posture_checks"] = json!(["d2kchk0000000000001"]);
     a.policies.as_array_mut().unwrap().push(p);
     let import = a.import().unwrap();
-    let imported = import.policies.iter().find(|p| p.name == "policy pp").unwrap();
+    let imported = import
+        .policies
+        .iter()
+        .find(|p| p.name == "policy pp")
+        .unwrap();
     assert_eq!(imported.posture_checks, ["d2kchk0000000000001"]);
     assert!(!imported.applies());
-    assert!(import.warnings.iter().any(|w| w.id == "pp" && w.message.contains("posture")));
+    assert!(import
+        .warnings
+        .iter()
+        .any(|w| w.id == "pp" && w.message.contains("posture")));
     // The same entries as without it (rule ids aside: it keeps its own).
     let entries = |c: &Config| {
         let t = tables(c);
         let policy: Vec<_> = t.policy.iter().map(|(k, v)| (*k, v.action)).collect();
-        (t.peers, t.dests, policy.into_iter().collect::<std::collections::HashSet<_>>())
+        (
+            t.peers,
+            t.dests,
+            policy.into_iter().collect::<std::collections::HashSet<_>>(),
+        )
     };
     assert_eq!(entries(&merged(&a)), entries(&merged(&Account::berlin())));
 }
@@ -311,7 +345,11 @@ fn a_destination_resource_with_null_destinations() {
     r["destinationResource"] = json!({"id": "d2rgrf0000000000002", "type": "host"});
     a.policies.as_array_mut().unwrap().push(policy("dr", r));
     let import = a.import().unwrap();
-    let p = import.policies.iter().find(|p| p.name == "policy dr").unwrap();
+    let p = import
+        .policies
+        .iter()
+        .find(|p| p.name == "policy dr")
+        .unwrap();
     assert_eq!(p.destination_resources, ["Grafana"]);
     assert_eq!(p.sources, ["Sales"]);
     assert!(p.destinations.is_empty());
@@ -331,9 +369,23 @@ fn rules_to_this_peers_groups_are_input_chain_policies() {
     let import = a.import().unwrap();
     let find = |n: &str| import.policies.iter().find(|p| p.name == n).unwrap();
     let ssh = find("policy ssh");
-    assert_eq!((ssh.kind, ssh.sources.as_slice(), ssh.destinations.as_slice()), (PolicyKind::Peer, &["Development".to_string()][..], &["Routing Peers".to_string()][..]));
+    assert_eq!(
+        (
+            ssh.kind,
+            ssh.sources.as_slice(),
+            ssh.destinations.as_slice()
+        ),
+        (
+            PolicyKind::Peer,
+            &["Development".to_string()][..],
+            &["Routing Peers".to_string()][..]
+        )
+    );
     let bi = find("policy bi (reverse)");
-    assert_eq!((bi.kind, bi.sources.as_slice()), (PolicyKind::Peer, &["Sales".to_string()][..]));
+    assert_eq!(
+        (bi.kind, bi.sources.as_slice()),
+        (PolicyKind::Peer, &["Sales".to_string()][..])
+    );
     merged(&a);
 }
 
@@ -341,7 +393,9 @@ fn rules_to_this_peers_groups_are_input_chain_policies() {
 fn half_an_update_is_refused() {
     let mut a = Account::berlin();
     a.policies[0]["rules"][0]["destinations"] = group_ref("d2ggone000000000099");
-    assert!(matches!(a.import(), Err(map::MapError::Inconsistent(m)) if m.contains("d2ggone000000000099")));
+    assert!(
+        matches!(a.import(), Err(map::MapError::Inconsistent(m)) if m.contains("d2ggone000000000099"))
+    );
     let mut a = Account::berlin();
     a.networks[0]["resources"] = json!(["d2rwik0000000000001", "d2rnew0000000000009"]);
     assert!(matches!(a.import(), Err(map::MapError::Inconsistent(_))));
@@ -366,5 +420,8 @@ fn go_nulls_are_empty_lists() {
     .unwrap();
     assert!(peer.groups.is_empty());
     let broken = serde_json::from_value::<api::NetworkRouter>(json!({"id": "r", "metric": 1}));
-    assert!(broken.is_err(), "a router without masquerade and enabled breaks the schema");
+    assert!(
+        broken.is_err(),
+        "a router without masquerade and enabled breaks the schema"
+    );
 }
