@@ -5,6 +5,11 @@
 //! The laptop and the Sales machine run wireguard-go configured with `wg`;
 //! the office LAN has real TCP servers. Everything lives in throwaway
 //! namespaces, torn down by guards on success, failure or Ctrl-C.
+//!
+//! `--netbird` runs the same story with the configuration taken from
+//! NetBird's management API: a fixture server on the routing peer's
+//! loopback serves the account, WireGuard runs as NetBird's agent would
+//! run it, and clients ask the forwarder on NetBird's port 22054.
 
 use std::{
     process::Command,
@@ -18,6 +23,7 @@ use std::{
 use anyhow::{bail, Result};
 use routing_peer_testbed::{
     dns_query,
+    netbird_api::{fixtures_dir, load_documents, NetbirdApi},
     office::{exchange, Office, GRAFANA, ROUTER_OVERLAY, WIKI},
     routing_peer_bin, wait_for, Daemon,
 };
@@ -26,7 +32,7 @@ use crate::{setup, util};
 
 const DENY_TIMEOUT: Duration = Duration::from_millis(1500);
 
-pub fn run() -> Result<()> {
+pub fn run(netbird: bool) -> Result<()> {
     let started = Instant::now();
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -43,6 +49,7 @@ pub fn run() -> Result<()> {
     let mut story = Story {
         interrupted,
         passed: 0,
+        netbird,
     };
     let result = story.run();
     println!();
@@ -63,6 +70,7 @@ pub fn run() -> Result<()> {
 struct Story {
     interrupted: Arc<AtomicBool>,
     passed: usize,
+    netbird: bool,
 }
 
 impl Story {
@@ -101,7 +109,12 @@ impl Story {
         office.grafana_groups = vec!["Internal Apps".into()];
         office.grafana_address = "grafana.berlin.internal".into();
         office.start_dnsmasq()?;
-        let config = office.write_config("")?;
+        let (config, _api) = if self.netbird {
+            let (config, api) = netbird_account(&office)?;
+            (config, Some(api))
+        } else {
+            (office.write_config("")?, None)
+        };
         // The tests' one-second DNS lifetimes would expire before `networks ls`.
         let text =
             std::fs::read_to_string(&config)?.replace("min_ttl_secs = 1", "min_ttl_secs = 300");
@@ -110,7 +123,11 @@ impl Story {
         println!("    resources: Internal Wiki ({WIKI}/32), Grafana (grafana.berlin.internal, served by the office's dnsmasq)");
         println!("    policy:    Development -> Internal Apps, tcp/443");
 
-        self.step("Starting routing-peer (userspace WireGuard here; kernel WireGuard where the kernel has it)")?;
+        self.step(if self.netbird {
+            "Starting routing-peer beside NetBird's agent: it reads the account from the management API"
+        } else {
+            "Starting routing-peer (userspace WireGuard here; kernel WireGuard where the kernel has it)"
+        })?;
         let daemon = Daemon::start(&office.router, &config, &[])?;
         office.connect_clients()?;
         println!("    laptop and sales run wireguard-go, configured with `wg`");
@@ -127,9 +144,11 @@ impl Story {
         )?;
 
         self.step("... and the Grafana dashboard, resolving grafana.berlin.internal through the routing peer")?;
+        // NetBird clients ask a routing peer on 22054.
+        let dns_port = if self.netbird { 22054 } else { 53 };
         let (code, addrs) = dns_query(
             &office.laptop.ns,
-            &format!("{ROUTER_OVERLAY}:53"),
+            &format!("{ROUTER_OVERLAY}:{dns_port}"),
             "grafana.berlin.internal",
         )?;
         println!("    DNS {code}: grafana.berlin.internal -> {addrs:?}");
@@ -139,7 +158,7 @@ impl Story {
         )?;
         let (code, _) = dns_query(
             &office.laptop.ns,
-            &format!("{ROUTER_OVERLAY}:53"),
+            &format!("{ROUTER_OVERLAY}:{dns_port}"),
             "example.com",
         )?;
         self.check(
@@ -195,6 +214,62 @@ impl Story {
             flows.as_array().is_some_and(|f| f.len() == 2),
             "flows lists the laptop's two connections",
         )?;
+        if self.netbird {
+            let status = daemon.cli_json(&["status", "--json"])?;
+            self.check(
+                status["status"]["source"]["last_sync_unix"].is_u64(),
+                "the configuration came from NetBird's API (status: source)",
+            )?;
+            // In the routing peer's namespace, where the API is.
+            println!(
+                "\n$ routing-peer netbird diff --config {}",
+                config.display()
+            );
+            let bin = routing_peer_bin();
+            let ok = office
+                .router
+                .cmd(&bin.display().to_string())
+                .args([
+                    "--instance",
+                    &daemon.instance,
+                    "netbird",
+                    "diff",
+                    "--config",
+                ])
+                .arg(&config)
+                .status()?
+                .success();
+            self.check(ok, "netbird diff: what the next sync would change")?;
+        }
         Ok(())
     }
+}
+
+/// The Berlin account served as NetBird's API would (the tests' fixtures,
+/// Grafana as the walkthrough's domain resource), WireGuard run as the
+/// agent runs it, and the file beside `[netbird]`.
+fn netbird_account(office: &Office) -> Result<(std::path::PathBuf, NetbirdApi)> {
+    office.agent_wireguard()?;
+    let mut docs = load_documents(&fixtures_dir().join("berlin"))?;
+    let apps = docs["/api/groups"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["name"] == "Internal Apps"))
+        .map(|g| {
+            serde_json::json!({"id": g["id"], "name": g["name"], "peers_count": 0, "resources_count": 2})
+        })
+        .unwrap_or_default();
+    for (path, doc) in docs.iter_mut() {
+        if path.ends_with("/resources") {
+            if let Some(grafana) = doc.as_array_mut().and_then(|r| r.get_mut(1)) {
+                grafana["type"] = "domain".into();
+                grafana["address"] = "grafana.berlin.internal".into();
+                grafana["groups"] = serde_json::json!([apps]);
+            }
+        }
+    }
+    let api = NetbirdApi::start(Some(&office.router), docs)?;
+    let token = api.write_token(office.dir.path())?;
+    let config = office.netbird_config(&api.url(), &token, 2)?;
+    println!("    NetBird API (fixture server): {}", api.url());
+    Ok((config, api))
 }

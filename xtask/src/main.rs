@@ -29,7 +29,12 @@ enum Command {
     /// tests, then the VM suite on Debian's 6.12 and 6.1 kernels.
     Test,
     /// Run the walkthrough in throwaway network namespaces.
-    Demo,
+    Demo {
+        /// The same walkthrough, configured from NetBird's management API
+        /// (a fixture server).
+        #[arg(long)]
+        netbird: bool,
+    },
     /// Measure the data path against nftables, kernel forwarding and XDP redirect.
     Bench {
         /// A short run: each scenario once, at 1k rules.
@@ -74,9 +79,9 @@ fn run(command: Command) -> Result<()> {
             build(release)
         }
         Command::Test => test(),
-        Command::Demo => {
+        Command::Demo { netbird } => {
             setup::run()?;
-            demo::run()
+            demo::run(netbird)
         }
         Command::Bench { quick, only } => {
             setup::run()?;
