@@ -107,6 +107,44 @@ fn the_walkthrough_from_netbird_allows_exactly_what_the_policy_says() -> Result<
     assert_eq!(networks[0]["masquerade"], true);
     let human = daemon.cli(&["status"])?;
     assert!(human.contains("source:       NetBird"), "{human}");
+    // NetBird's peers carry no key: found in the agent's WireGuard by address.
+    wait_for(Duration::from_secs(5), || {
+        let s = daemon.cli_json(&["status", "--json"])?;
+        let up = s["status"]["peers"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "laptop"))
+            .is_some_and(|p| p["up"] == true);
+        Ok(up.then_some(()))
+    })?;
+
+    // A posture-checked policy for Sales: it grants nothing, and
+    // `networks ls` says so.
+    w.api.edit("/api/policies", |p| {
+        let mut sales = p[0].clone();
+        sales["id"] = json!("d2lpos0000000000002");
+        sales["name"] = json!("Sales to Internal Apps");
+        sales["source_posture_checks"] = json!(["d2kchk0000000000001"]);
+        sales["rules"][0]["sources"][0] = json!({"id": "d2gsal0000000000003", "name": "Sales",
+            "peers_count": 1, "resources_count": 0});
+        if let Some(list) = p.as_array_mut() {
+            list.push(sales);
+        }
+    });
+    check_schema(
+        "/api/policies",
+        &w.api.document("/api/policies").unwrap_or_default(),
+    )?;
+    wait_for(Duration::from_secs(8), || {
+        let n = daemon.cli_json(&["networks", "ls", "--json"])?;
+        Ok((n[0]["resources"][0]["posture_checked"][0] == "Sales to Internal Apps").then_some(()))
+    })?;
+    assert!(
+        office.sales.tcp(&format!("{WIKI}:443"), QUICK).is_err(),
+        "posture-checked Sales let in"
+    );
+    assert!(daemon
+        .cli(&["networks", "ls"])?
+        .contains("posture checks: grants nothing"));
 
     // The policy goes on the server: the open connection is cut within a
     // poll (1 s), and no new one is let through.

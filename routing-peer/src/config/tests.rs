@@ -270,3 +270,79 @@ fn fragment_settings_are_bounded() {
     let loaded = parse(Path::new("rp.toml"), &ok).unwrap();
     assert_eq!(loaded.config.fragments.max_datagrams, 100_000);
 }
+
+/// The gateway's own settings beside `[netbird]`.
+fn netbird_file(token: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[routing_peer]
+name = "berlin-gw"
+overlay_interface = "wt0"
+overlay_addresses = ["100.64.0.1/10"]
+lan_interfaces = ["eth0"]
+wireguard = "external"
+
+[netbird]
+management_url = "https://api.netbird.io"
+token_file = "{}"
+poll_secs = 1
+{extra}"#,
+        token.display()
+    )
+}
+
+fn fields(problems: &[Problem]) -> Vec<&str> {
+    problems.iter().map(|p| p.field.as_str()).collect()
+}
+
+#[test]
+fn a_netbird_source_is_checked_with_its_fields() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "nbp_x").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ok = parse(Path::new("rp.toml"), &netbird_file(&token, "")).unwrap();
+    assert_eq!(ok.config.netbird.unwrap().poll_secs, 1);
+
+    // The model comes from NetBird: none of its own.
+    let with_peer = netbird_file(&token, "")
+        + &format!(
+            "\n[[peers]]\nname = \"a\"\npublic_key = \"{KEY_A}\"\naddresses = [\"100.64.0.2\"]\n"
+        );
+    assert_eq!(fields(&problems(&with_peer)), ["peers"]);
+    // WireGuard is the agent's.
+    let own_wg =
+        netbird_file(&token, "").replace("wireguard = \"external\"", "wireguard = \"auto\"");
+    let p = problems(&own_wg);
+    assert!(fields(&p).contains(&"routing_peer.wireguard"), "{p:?}");
+    // Out of range, and a token others can read.
+    let p = problems(
+        &netbird_file(&token, "timeout_secs = 0").replace("poll_secs = 1", "poll_secs = 0"),
+    );
+    assert_eq!(fields(&p), ["netbird.poll_secs", "netbird.timeout_secs"]);
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let p = problems(&netbird_file(&token, ""));
+    assert_eq!(fields(&p), ["netbird.token_file"]);
+    assert!(p[0].message.contains("chmod 600"));
+}
+
+#[test]
+fn a_peer_without_a_key_needs_wireguard_run_elsewhere() {
+    let keyless = example().replace(&format!("public_key = \"{KEY_B}\"\n"), "");
+    let p = problems(&keyless);
+    assert_eq!(fields(&p), ["peers[1].public_key"]);
+    let external = keyless.replace(
+        "groups = [\"Routing Peers\"]",
+        "groups = [\"Routing Peers\"]\nwireguard = \"external\"",
+    );
+    assert!(parse(Path::new("rp.toml"), &external).is_ok());
+    // Nor does the routing peer need its own key then.
+    let no_key = external.replace("private_key_file = \"/etc/routing-peer/key\"\n", "");
+    assert!(parse(Path::new("rp.toml"), &no_key).is_ok());
+    let p = problems(&keyless.replace("private_key_file = \"/etc/routing-peer/key\"\n", ""));
+    assert!(
+        fields(&p).contains(&"routing_peer.private_key_file"),
+        "{p:?}"
+    );
+}

@@ -31,7 +31,7 @@ impl Daemon {
         let now = unix_now();
         let mut peers = Vec::new();
         for peer in &self.config.peers {
-            let wg = reported.iter().find(|r| r.public_key == peer.public_key);
+            let wg = reported.iter().find(|r| r.is(peer));
             let age = wg
                 .filter(|w| w.last_handshake_unix > 0)
                 .map(|w| now.saturating_sub(w.last_handshake_unix));
@@ -57,7 +57,9 @@ impl Daemon {
             peers.push(PeerReport {
                 name: peer.name.clone(),
                 addresses: peer.addresses.iter().map(|a| a.to_string()).collect(),
-                public_key: peer.public_key.clone(),
+                public_key: wg
+                    .map(|w| w.public_key.clone())
+                    .unwrap_or_else(|| peer.public_key.clone()),
                 endpoint: wg.and_then(|w| w.endpoint.clone()),
                 handshake_age_secs: age,
                 rx_bytes: wg.map(|w| w.rx_bytes).unwrap_or(0),

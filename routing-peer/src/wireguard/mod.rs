@@ -127,13 +127,33 @@ pub struct PeerStatus {
     pub last_handshake_unix: u64,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Its allowed IPs: how a peer known without its key (NetBird's REST
+    /// peers) is found, by its overlay address.
+    pub allowed_ips: Vec<IpNet>,
+}
+
+impl PeerStatus {
+    /// Whether this WireGuard peer is the configured `peer`: by key, or
+    /// for a peer configured without one, by an allowed IP holding its
+    /// overlay address.
+    pub fn is(&self, peer: &crate::config::Peer) -> bool {
+        if peer.public_key.is_empty() {
+            peer.addresses
+                .iter()
+                .any(|a| self.allowed_ips.iter().any(|n| n.contains(a)))
+        } else {
+            self.public_key == peer.public_key
+        }
+    }
 }
 
 /// The running WireGuard backend.
 pub enum Backend {
     Kernel(netlink::KernelWg),
     Userspace(uapi::UserspaceWg),
-    External,
+    /// Someone else's WireGuard on this interface (NetBird's agent, a
+    /// benchmark's veth): never configured, only read when it is one.
+    External(String),
 }
 
 impl Backend {
@@ -147,7 +167,7 @@ impl Backend {
                 Ok(Backend::Kernel(netlink::KernelWg::ensure(iface)?))
             }
             WireguardMode::Auto => Ok(Backend::Userspace(uapi::UserspaceWg::ensure(iface)?)),
-            WireguardMode::External => Ok(Backend::External),
+            WireguardMode::External => Ok(Backend::External(iface.to_string())),
         }
     }
 
@@ -156,7 +176,7 @@ impl Backend {
         match self {
             Backend::Kernel(_) => WireguardMode::Kernel,
             Backend::Userspace(_) => WireguardMode::Userspace,
-            Backend::External => WireguardMode::External,
+            Backend::External(_) => WireguardMode::External,
         }
     }
 
@@ -165,7 +185,7 @@ impl Backend {
         match self {
             Backend::Kernel(k) => k.configure(spec),
             Backend::Userspace(u) => u.configure(spec),
-            Backend::External => Ok(()),
+            Backend::External(_) => Ok(()),
         }
     }
 
@@ -173,7 +193,13 @@ impl Backend {
         match self {
             Backend::Kernel(k) => k.peers(),
             Backend::Userspace(u) => u.peers(),
-            Backend::External => Ok(Vec::new()),
+            // Whichever WireGuard runs it, read as it is; anything else
+            // (no WireGuard there) has no peers to report.
+            Backend::External(iface) => Ok(uapi::UserspaceWg::adopt(iface)
+                .map(|mut u| u.peers())
+                .or_else(|| netlink::KernelWg::adopt(iface).map(|mut k| k.peers()))
+                .and_then(Result::ok)
+                .unwrap_or_default()),
         }
     }
 }

@@ -106,6 +106,21 @@ impl KernelWg {
         open().and_then(|mut s| resolve_family(&mut s)).is_ok()
     }
 
+    /// The kernel's WireGuard device `iface` if there is one; never created.
+    pub fn adopt(iface: &str) -> Option<Self> {
+        if !iface_exists(iface) {
+            return None;
+        }
+        let mut socket = open().ok()?;
+        let family = resolve_family(&mut socket).ok()?;
+        Some(Self {
+            iface: iface.to_string(),
+            socket,
+            family,
+            seq: 0,
+        })
+    }
+
     /// Creates `iface` as a kernel WireGuard device if it is missing.
     pub fn ensure(iface: &str) -> Result<Self, WgError> {
         if !iface_exists(iface) {
@@ -246,6 +261,19 @@ pub fn set_device_messages(
     }
 }
 
+fn allowed_ip(ip: &netlink_packet_wireguard::WireguardAllowedIp) -> Option<ipnet::IpNet> {
+    use netlink_packet_wireguard::WireguardAllowedIpAttr as A;
+    let addr = ip.0.iter().find_map(|a| match a {
+        A::IpAddr(addr) => Some(*addr),
+        _ => None,
+    })?;
+    let cidr = ip.0.iter().find_map(|a| match a {
+        A::Cidr(c) => Some(*c),
+        _ => None,
+    })?;
+    ipnet::IpNet::new(addr, cidr).ok()
+}
+
 fn peers_from(replies: &[WireguardMessage]) -> Vec<PeerStatus> {
     let mut out = Vec::new();
     for attr in replies.iter().flat_map(|m| m.attributes.iter()) {
@@ -263,6 +291,9 @@ fn peers_from(replies: &[WireguardMessage]) -> Vec<PeerStatus> {
                     }
                     WireguardPeerAttribute::RxBytes(b) => status.rx_bytes = *b,
                     WireguardPeerAttribute::TxBytes(b) => status.tx_bytes = *b,
+                    WireguardPeerAttribute::AllowedIps(ips) => {
+                        status.allowed_ips.extend(ips.iter().filter_map(allowed_ip))
+                    }
                     _ => {}
                 }
             }

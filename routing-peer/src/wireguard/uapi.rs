@@ -24,6 +24,12 @@ fn socket_path(iface: &str) -> PathBuf {
 }
 
 impl UserspaceWg {
+    /// A wireguard-go already serving `iface`, never started here.
+    pub fn adopt(iface: &str) -> Option<Self> {
+        let socket = socket_path(iface);
+        (iface_exists(iface) && UnixStream::connect(&socket).is_ok()).then_some(Self { socket })
+    }
+
     /// Adopts a running wireguard-go for `iface`, or starts one.
     pub fn ensure(iface: &str) -> Result<Self, WgError> {
         let socket = socket_path(iface);
@@ -124,7 +130,10 @@ pub fn set_request(spec: &DeviceSpec, current: &[Key]) -> String {
 pub fn parse_peers(reply: &[(String, String)]) -> Vec<PeerStatus> {
     let mut peers: Vec<PeerStatus> = Vec::new();
     let mut fields: HashMap<&str, &str> = HashMap::new();
-    let flush = |fields: &mut HashMap<&str, &str>, peers: &mut Vec<PeerStatus>| {
+    let mut allowed: Vec<ipnet::IpNet> = Vec::new();
+    let flush = |fields: &mut HashMap<&str, &str>,
+                 allowed: &mut Vec<ipnet::IpNet>,
+                 peers: &mut Vec<PeerStatus>| {
         if let Some(key) = fields.get("public_key").and_then(|k| hex::decode(k).ok()) {
             if let Ok(key) = <Key>::try_from(key.as_slice()) {
                 peers.push(PeerStatus {
@@ -142,18 +151,23 @@ pub fn parse_peers(reply: &[(String, String)]) -> Vec<PeerStatus> {
                         .get("tx_bytes")
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(0),
+                    allowed_ips: std::mem::take(allowed),
                 });
             }
         }
         fields.clear();
+        allowed.clear();
     };
     for (k, v) in reply {
         if k == "public_key" {
-            flush(&mut fields, &mut peers);
+            flush(&mut fields, &mut allowed, &mut peers);
+        }
+        if k == "allowed_ip" {
+            allowed.extend(v.parse::<ipnet::IpNet>().ok());
         }
         fields.insert(k.as_str(), v.as_str());
     }
-    flush(&mut fields, &mut peers);
+    flush(&mut fields, &mut allowed, &mut peers);
     peers
 }
 
@@ -187,8 +201,11 @@ mod tests {
             ("last_handshake_time_sec", "1700000000".into()),
             ("rx_bytes", "1234".into()),
             ("tx_bytes", "99".into()),
+            ("allowed_ip", "100.64.0.2/32".into()),
+            ("allowed_ip", "2001:db8::2/128".into()),
             ("public_key", "03".repeat(32)),
             ("last_handshake_time_sec", "0".into()),
+            ("allowed_ip", "100.64.0.3/32".into()),
             ("errno", "0".into()),
         ]
         .into_iter()
@@ -207,5 +224,17 @@ mod tests {
             (1700000000, 1234, 99)
         );
         assert_eq!(peers[1].last_handshake_unix, 0);
+        // Each peer its own allowed IPs: a keyless peer is found by them.
+        assert_eq!(peers[0].allowed_ips.len(), 2);
+        assert_eq!(peers[1].allowed_ips, ["100.64.0.3/32".parse().unwrap()]);
+        let keyless = crate::config::Peer {
+            name: "laptop".into(),
+            public_key: String::new(),
+            addresses: vec!["100.64.0.3".parse().unwrap()],
+            endpoint: None,
+            persistent_keepalive: None,
+            groups: Vec::new(),
+        };
+        assert!(!peers[0].is(&keyless) && peers[1].is(&keyless));
     }
 }
