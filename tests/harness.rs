@@ -407,12 +407,22 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
         // In the daemon's namespace: `down` there never touches the host's.
-        let _ = Command::new("nsenter")
+        let down = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.netns))
             .arg("--")
             .arg(routing_peer_bin())
             .args(["--instance", &self.instance, "down"])
             .output();
+        // Said, not panicked: the leftover check after the suite fails on it.
+        match down {
+            Ok(out) if !out.status.success() => eprintln!(
+                "routing-peer down {}: {}",
+                self.instance,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("routing-peer down {}: {e}", self.instance),
+            _ => {}
+        }
     }
 }
 
