@@ -45,6 +45,7 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 
 mod config;
 mod counters;
+mod events;
 mod flow;
 mod marks;
 mod names;
@@ -54,6 +55,7 @@ mod user;
 
 pub use config::*;
 pub use counters::*;
+pub use events::*;
 pub use flow::*;
 pub use marks::*;
 pub use names::*;
@@ -75,6 +77,9 @@ mod tests {
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(size_of::<FragEntry>(), 56);
         assert_eq!(size_of::<ResourceCounters>(), 64);
+        assert_eq!(size_of::<Event>(), 128);
+        assert_eq!(size_of::<DropKey>(), 40);
+        assert_eq!(size_of::<DropAgg>(), 144);
     }
 
     #[test]

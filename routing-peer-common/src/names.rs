@@ -30,8 +30,18 @@ pub mod map_names {
     /// Per-CPU fragment counters, indexed by `FragEvent`.
     pub const FRAG_STATS: &str = "FRAG_STATS";
 
+    /// Flow and drop events (ring buffer of `Event`).
+    pub const EVENTS: &str = "EVENTS";
+    /// Drop aggregates by `DropKey`.
+    pub const DROP_AGG: &str = "DROP_AGG";
+    /// Per-CPU event counters, indexed by `EventStat`.
+    pub const EVENT_STATS: &str = "EVENT_STATS";
+
     /// Every map that holds state worth keeping across a daemon restart.
-    pub const PERSISTENT: [&str; 24] = [
+    pub const PERSISTENT: [&str; 27] = [
+        EVENTS,
+        DROP_AGG,
+        EVENT_STATS,
         HANDOFF_STATS,
         FRAGS,
         FRAG_STATS,

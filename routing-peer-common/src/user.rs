@@ -31,3 +31,9 @@ unsafe impl aya::Pod for DatapathConfig {}
 unsafe impl aya::Pod for FragKey {}
 // SAFETY: `FragEntry` is `#[repr(C)]` plain data, every byte initialised (above).
 unsafe impl aya::Pod for FragEntry {}
+// SAFETY: `Event` is `#[repr(C)]` plain data, every byte initialised (above).
+unsafe impl aya::Pod for Event {}
+// SAFETY: `DropKey` is `#[repr(C)]` plain data, every byte initialised (above).
+unsafe impl aya::Pod for DropKey {}
+// SAFETY: `DropAgg` is `#[repr(C)]` plain data, every byte initialised (above).
+unsafe impl aya::Pod for DropAgg {}

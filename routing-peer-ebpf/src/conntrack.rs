@@ -2,14 +2,14 @@
 //! direction (peer → remote), holding state, per-direction counters, the NAT
 //! mapping and the rule that allowed it.
 
-use crate::parse::Packet;
+use crate::{events, parse::Packet};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
 use routing_peer_common::{
-    CtEntry, CtEvent, CtKey, DatapathConfig, CT_ICMP, CT_OTHER, CT_TCP_CLOSING, CT_TCP_ESTABLISHED,
+    CtEntry, CtEvent, CtKey, DatapathConfig, EndReason, EventKind, CT_ICMP, CT_OTHER, CT_TCP_CLOSING, CT_TCP_ESTABLISHED,
     CT_TCP_RESET, CT_TCP_SYN_SENT, CT_UDP_REPLIED, CT_UDP_UNREPLIED, IPPROTO_ICMP, IPPROTO_ICMPV6,
     IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
@@ -83,12 +83,18 @@ pub fn lookup(key: &CtKey, now: u64, cfg: &DatapathConfig) -> Option<*mut CtEntr
 /// entry then stands and is returned.
 #[inline(always)]
 pub fn create(key: &CtKey, entry: &CtEntry) -> Option<*mut CtEntry> {
-    // An expired entry may still sit under this key: replace it.
-    remove(key);
-    if CONNTRACK.insert(key, entry, BPF_NOEXIST as u64).is_ok() {
-        count_event(CtEvent::Inserts);
+    // An expired entry may still sit under this key: it ends, replaced.
+    if let Some(old) = CONNTRACK.get_ptr(key) {
+        events::flow(key, old, EventKind::End, EndReason::Timeout);
     }
-    CONNTRACK.get_ptr_mut(key)
+    remove(key);
+    let inserted = CONNTRACK.insert(key, entry, BPF_NOEXIST as u64).is_ok();
+    let created = CONNTRACK.get_ptr_mut(key)?;
+    if inserted {
+        count_event(CtEvent::Inserts);
+        events::flow(key, created, EventKind::Start, EndReason::Timeout);
+    }
+    Some(created)
 }
 
 /// This CPU's scratch entry as `new_flow` left it.
@@ -152,7 +158,7 @@ fn next_state(state: u8, dir: Direction, flags_seen_reply: u8, tcp_flags: u8) ->
 /// `*target += value` as one BPF atomic instruction: flow counters are
 /// shared by all CPUs. (The BPF target's `core` has no atomic RMW methods.)
 #[inline(always)]
-fn atomic_add(target: &mut u64, value: u64) {
+pub(crate) fn atomic_add(target: &mut u64, value: u64) {
     // SAFETY: `target` is a valid, aligned u64 in a map value.
     unsafe {
         core::arch::asm!(

@@ -77,10 +77,13 @@ pub fn count_resource(resource_id: u32, event: ResourceEvent, bytes: usize) {
 #[inline(always)]
 pub fn verdict_or_drop(
     ctx: &aya_ebpf::programs::TcContext,
+    pkt: &crate::parse::Packet,
+    from: u8,
     verdict: Result<i32, DropReason>,
 ) -> i32 {
     verdict.unwrap_or_else(|reason| {
         count_drop(reason, ctx.len() as usize);
+        crate::events::dropped(pkt, reason, from);
         aya_ebpf::bindings::TC_ACT_SHOT
     })
 }

@@ -69,6 +69,12 @@ pub fn revalidate(
             }
         }
     }
+    crate::events::flow(
+        key,
+        entry,
+        routing_peer_common::EventKind::End,
+        routing_peer_common::EndReason::Revoked,
+    );
     conntrack::remove(key);
     Err(DropReason::PolicyRevoked)
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use routing_peer_common::{
     AddrKey, CtEntry, CtKey, DatapathConfig, DropReason, Family, Handoff, NatEndpoint,
-    CT_FLAG_MASQUERADE, FRAG_LOCAL, FRAG_REPLY, HOLD_FROM_LAN,
+    CT_FLAG_MASQUERADE, EVENT_FROM_LAN, FRAG_LOCAL, FRAG_REPLY, HOLD_FROM_LAN,
 };
 
 use crate::{
@@ -150,7 +150,7 @@ pub fn lan_xdp(ctx: &XdpContext, pkt: &Packet) -> Result<u32, DropReason> {
 /// `overlay_tc_entry`).
 #[inline(never)]
 pub fn lan_tc_entry(ctx: &TcContext, pkt: &Packet) -> i32 {
-    counters::verdict_or_drop(ctx, lan_tc(ctx, pkt))
+    counters::verdict_or_drop(ctx, pkt, EVENT_FROM_LAN, lan_tc(ctx, pkt))
 }
 
 /// `lan_icmp_error` in a frame of its own (see `lan_tc_entry`).
@@ -163,7 +163,7 @@ pub fn icmp_error(ctx: &TcContext, pkt: &Packet) -> i32 {
             Ok(TC_ACT_OK)
         }
     };
-    counters::verdict_or_drop(ctx, verdict)
+    counters::verdict_or_drop(ctx, pkt, EVENT_FROM_LAN, verdict)
 }
 
 /// TC ingress on the LAN: translate replies and redirect them to the
@@ -189,6 +189,7 @@ pub fn lan_tc(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
             // Answered with an ICMP error that quotes the packet as the
             // host sent it; the packet itself is not forwarded.
             counters::count_drop(DropReason::ReplyTooBig, pkt.l3_len);
+            crate::events::dropped(pkt, DropReason::ReplyTooBig, EVENT_FROM_LAN);
             return Ok(icmp::send_too_big(ctx, pkt, route.mtu()).unwrap_or(TC_ACT_SHOT));
         }
         lan_translate(ctx, pkt, &reply, now)?;
@@ -209,7 +210,7 @@ pub fn lan_tc(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
 /// from it, and not inlined: the two frames are never on the stack together.
 #[inline(never)]
 pub fn later(ctx: &TcContext, pkt: &Packet) -> i32 {
-    counters::verdict_or_drop(ctx, try_later(ctx, pkt))
+    counters::verdict_or_drop(ctx, pkt, EVENT_FROM_LAN, try_later(ctx, pkt))
 }
 
 #[inline(always)]

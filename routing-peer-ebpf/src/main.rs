@@ -19,6 +19,7 @@ mod config;
 mod conntrack;
 mod counters;
 mod ctx;
+mod events;
 mod flow;
 mod forward;
 mod frag;
@@ -38,7 +39,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use aya_log_ebpf::debug;
-use routing_peer_common::{DropReason, Handoff, Hook, HOLD_FROM_LAN};
+use routing_peer_common::{
+    DropReason, Handoff, Hook, EVENT_FROM_LAN, EVENT_FROM_OVERLAY, HOLD_FROM_LAN,
+};
 
 use crate::{
     lan::lan_xdp,
@@ -192,6 +195,7 @@ pub fn rp_lan_xdp(ctx: XdpContext) -> u32 {
 fn overlay_xdp_frame(ctx: &XdpContext, pkt: &parse::Packet) -> u32 {
     overlay_xdp(ctx, pkt).unwrap_or_else(|reason| {
         drop_packet(ctx, reason, ctx.data_end() - ctx.data());
+        events::dropped(pkt, reason, EVENT_FROM_OVERLAY);
         xdp_action::XDP_DROP
     })
 }
@@ -200,6 +204,7 @@ fn overlay_xdp_frame(ctx: &XdpContext, pkt: &parse::Packet) -> u32 {
 fn lan_xdp_frame(ctx: &XdpContext, pkt: &parse::Packet) -> u32 {
     lan_xdp(ctx, pkt).unwrap_or_else(|reason| {
         drop_packet(ctx, reason, ctx.data_end() - ctx.data());
+        events::dropped(pkt, reason, EVENT_FROM_LAN);
         xdp_action::XDP_DROP
     })
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use routing_peer_common::{
     AddrKey, CtEntry, DatapathConfig, DropReason, Family, Handoff, NatEndpoint, PeerValue,
-    CT_FLAG_MASQUERADE, DEST_SELF, FRAG_FORWARD, FRAG_LOCAL, HOLD_FROM_OVERLAY, IPPROTO_TCP,
+    CT_FLAG_MASQUERADE, DEST_SELF, EVENT_FROM_OVERLAY, FRAG_FORWARD, FRAG_LOCAL, HOLD_FROM_OVERLAY, IPPROTO_TCP,
     SELF_KEY, TCP_RST, TCP_SYN,
 };
 
@@ -16,6 +16,7 @@ use crate::{
     conntrack::Direction,
     counters,
     counters::ResourceEvent,
+    events,
     ctx::Mangle,
     flow::{forward_key, policy_port, revalidate},
     forward,
@@ -47,8 +48,14 @@ pub fn input_chain(pkt: &Packet, peer: &PeerValue, cfg: &DatapathConfig) -> Resu
     let port = policy_port(pkt.proto, pkt.dport);
     match policy::decide(slot, peer.src_class, dst_class, pkt.proto, port) {
         Verdict::Accept(_) => Ok(()),
-        Verdict::Drop => Err(DropReason::PolicyDrop),
-        Verdict::NoMatch => Err(DropReason::NoPolicy),
+        Verdict::Drop(rule_id) => {
+            events::note(pkt, peer.peer_id, 0, rule_id);
+            Err(DropReason::PolicyDrop)
+        }
+        Verdict::NoMatch => {
+            events::note(pkt, peer.peer_id, 0, 0);
+            Err(DropReason::NoPolicy)
+        }
     }
 }
 
@@ -78,12 +85,14 @@ pub fn new_flow(
     let port = policy_port(pkt.proto, pkt.dport);
     let rule_id = match policy::decide(slot, peer.src_class, dest.dst_class, pkt.proto, port) {
         Verdict::Accept(rule_id) => rule_id,
-        Verdict::Drop => {
+        Verdict::Drop(rule_id) => {
             counters::count_resource(dest.resource_id, ResourceEvent::Denied, pkt.l3_len);
+            events::note(pkt, peer.peer_id, dest.resource_id, rule_id);
             return Err(DropReason::PolicyDrop);
         }
         Verdict::NoMatch => {
             counters::count_resource(dest.resource_id, ResourceEvent::Denied, pkt.l3_len);
+            events::note(pkt, peer.peer_id, dest.resource_id, 0);
             return Err(DropReason::NoPolicy);
         }
     };
@@ -212,7 +221,7 @@ pub fn source_peer(pkt: &Packet, cfg: &DatapathConfig) -> Result<PeerValue, Drop
 /// 512 bytes.
 #[inline(never)]
 pub fn overlay_tc_entry(ctx: &TcContext, pkt: &Packet, l2: bool) -> i32 {
-    counters::verdict_or_drop(ctx, overlay_tc(ctx, pkt, l2))
+    counters::verdict_or_drop(ctx, pkt, EVENT_FROM_OVERLAY, overlay_tc(ctx, pkt, l2))
 }
 
 /// TC on the overlay: everything, for any overlay (WireGuard is L3).
@@ -269,7 +278,7 @@ pub fn overlay_tc(ctx: &TcContext, pkt: &Packet, l2: bool) -> Result<i32, DropRe
 /// on the stack together.
 #[inline(never)]
 pub fn later(ctx: &TcContext, pkt: &Packet, l2: bool) -> i32 {
-    counters::verdict_or_drop(ctx, try_later(ctx, pkt, l2))
+    counters::verdict_or_drop(ctx, pkt, EVENT_FROM_OVERLAY, try_later(ctx, pkt, l2))
 }
 
 #[inline(always)]

@@ -68,7 +68,8 @@ static MASQ_1: HashMap<MasqKey, u32> = HashMap::with_max_entries(MAX_MASQ, 0);
 
 pub enum Verdict {
     Accept(u32),
-    Drop,
+    /// The drop rule that matched.
+    Drop(u32),
     NoMatch,
 }
 
@@ -105,7 +106,7 @@ pub fn decide(slot: u32, src_class: u32, dst_class: u32, proto: u8, port: u16) -
     };
     match found {
         Some(v) if v.action == ACTION_ACCEPT => Verdict::Accept(v.rule_id),
-        Some(v) if v.action == ACTION_DROP => Verdict::Drop,
+        Some(v) if v.action == ACTION_DROP => Verdict::Drop(v.rule_id),
         _ => Verdict::NoMatch,
     }
 }

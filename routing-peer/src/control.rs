@@ -71,6 +71,9 @@ pub struct Status {
     /// Where the configuration comes from, and how its syncs go.
     #[serde(default)]
     pub source: SourceStatus,
+    /// Flow and drop events: published, aggregated, lost, export errors.
+    #[serde(default)]
+    pub events: crate::events::EventCounters,
     /// Names by id, for the CLI's tables. Not in the status document: at
     /// 100k rules they are megabytes, and every `status` would carry them.
     /// They live in `names.json` beside the state file.
@@ -161,7 +164,11 @@ pub fn read_state(instance: &str) -> Option<Status> {
 }
 
 /// Serves `status` requests: one JSON document per connection.
-pub async fn serve(instance: String, status: SharedStatus) -> Result<()> {
+pub async fn serve(
+    instance: String,
+    status: SharedStatus,
+    hub: std::sync::Arc<crate::events::Hub>,
+) -> Result<()> {
     let path = socket_path(&instance);
     let _ = std::fs::remove_file(&path);
     std::fs::create_dir_all(run_dir(&instance))?;
@@ -171,11 +178,16 @@ pub async fn serve(instance: String, status: SharedStatus) -> Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let status = status.clone();
+        let hub = hub.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             let mut reader = tokio::io::BufReader::new(read);
             if reader.read_line(&mut line).await.is_err() {
+                return;
+            }
+            if let Some(since) = line.trim().strip_prefix("observe") {
+                stream_events(&mut write, &hub, since.trim().parse().ok()).await;
                 return;
             }
             let reply = match line.trim() {
@@ -190,6 +202,43 @@ pub async fn serve(instance: String, status: SharedStatus) -> Result<()> {
             let _ = write.write_all(reply.as_bytes()).await;
             let _ = write.write_all(b"\n").await;
         });
+    }
+}
+
+/// `observe`: the kept records since `since_unix_ms` (none without it),
+/// then every new one, as JSON lines, until the client goes.
+async fn stream_events(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    hub: &crate::events::Hub,
+    since_unix_ms: Option<u64>,
+) {
+    let (replay, mut live) = hub.subscribe(since_unix_ms);
+    let line = |r: &crate::events::Record| {
+        let mut l = serde_json::to_string(r).unwrap_or_default();
+        l.push('\n');
+        l
+    };
+    for r in &replay {
+        if write.write_all(line(r).as_bytes()).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        match live.recv().await {
+            Ok(r) => {
+                if write.write_all(line(&r).as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            // A client too slow for the stream misses records, and is told.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                let note = format!("{{\"type\":\"lagged\",\"count\":{n}}}\n");
+                if write.write_all(note.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

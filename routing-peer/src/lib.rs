@@ -7,6 +7,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod dns;
+pub mod events;
 #[cfg(any(test, feature = "bench"))]
 pub mod frames;
 pub mod identity;

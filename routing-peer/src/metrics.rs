@@ -232,9 +232,54 @@ pub fn render(pins: &PinDir, status: &SharedStatus) -> Result<String> {
         r.register(Box::new(c))?;
     }
     source(&r, &status.source)?;
+    events(&r, &status.events)?;
     let mut out = Vec::new();
     TextEncoder::new().encode(&r.gather(), &mut out)?;
     Ok(String::from_utf8(out)?)
+}
+
+/// Flow and drop events: published by type, aggregated, lost, export errors.
+fn events(r: &Registry, e: &crate::events::EventCounters) -> Result<()> {
+    let published = counter_vec(
+        r,
+        "routing_peer_events_total",
+        "Events published to observe and the exporters, by type (start, end, drop).",
+        &["type"],
+    )?;
+    for (kind, n) in &e.published {
+        published.with_label_values(&[kind.as_str()]).inc_by(*n);
+    }
+    for (name, help, value) in [
+        (
+            "routing_peer_events_aggregated_total",
+            "Dropped packets counted into an aggregate instead of an event of their own.",
+            e.aggregated,
+        ),
+        (
+            "routing_peer_events_lost_total",
+            "Events the ring buffer had no room for.",
+            e.lost,
+        ),
+        (
+            "routing_peer_events_unaggregated_total",
+            "Drops reported one by one because the aggregate table was full.",
+            e.unaggregated,
+        ),
+    ] {
+        let c = prometheus::IntCounter::new(name, help)?;
+        c.inc_by(value);
+        r.register(Box::new(c))?;
+    }
+    let errors = counter_vec(
+        r,
+        "routing_peer_event_export_errors_total",
+        "Events an exporter failed to write, by exporter (file, ipfix).",
+        &["exporter"],
+    )?;
+    for (exporter, n) in &e.export_errors {
+        errors.with_label_values(&[exporter.as_str()]).inc_by(*n);
+    }
+    Ok(())
 }
 
 /// The NetBird source's sync age and faults (absent for a file source).

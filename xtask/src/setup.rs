@@ -37,6 +37,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // cargo xtask vm-test: Debian's kernels under QEMU.
     "qemu-system-x86",
     "busybox-static",
+    // The IPFIX export's independent decoder in the tests.
+    "tshark",
     "xz-utils",
     "zstd",
 ];

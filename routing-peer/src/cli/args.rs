@@ -42,6 +42,8 @@ pub enum Command {
     Status(JsonFlag),
     /// Live flows from conntrack.
     Flows(FlowsArgs),
+    /// Flow starts, ends and drops as the data path decides them, live.
+    Observe(ObserveArgs),
     /// Per-resource traffic and drops by reason.
     Stats {
         #[arg(long)]
@@ -98,6 +100,40 @@ pub struct FlowsArgs {
     /// Refresh every second, with rates.
     #[arg(long)]
     pub watch: bool,
+    /// Top talkers: flows, packets and bytes summed per peer or resource.
+    #[arg(long, value_parser = ["peer", "resource"])]
+    pub by: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ObserveArgs {
+    /// JSON lines (docs/events.md has the schema).
+    #[arg(long)]
+    pub json: bool,
+    /// Peer name or overlay address.
+    #[arg(long)]
+    pub peer: Option<String>,
+    #[arg(long)]
+    pub resource: Option<String>,
+    #[arg(long, value_parser = ["forwarded", "dropped"])]
+    pub verdict: Option<String>,
+    /// Drop reason (`no-policy`, …) or end reason (`close`, …).
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[arg(long)]
+    pub proto: Option<String>,
+    /// Either port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// First replay the daemon's recent events this far back (`30s`, `5m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub since: Option<std::time::Duration>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// Stop after this long (`10s`).
+    #[arg(long = "for", value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
 }
 
 #[derive(Subcommand)]

@@ -94,6 +94,89 @@ pub fn print_flows(flows: &[Flow], rates: Option<&Rates>) {
     t.print();
 }
 
+/// One peer's or resource's flows, summed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Talker {
+    pub name: String,
+    pub flows: u64,
+    pub packets_out: u64,
+    pub packets_in: u64,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+}
+
+/// Flows summed by peer or resource, the most bytes first.
+pub fn talkers(flows: &[Flow], by: &str, top: Option<usize>) -> Vec<Talker> {
+    let mut sums: std::collections::BTreeMap<String, Talker> = Default::default();
+    for f in flows {
+        let name = if by == "resource" { &f.resource } else { &f.peer };
+        let t = sums.entry(name.clone()).or_insert_with(|| Talker {
+            name: name.clone(),
+            ..Default::default()
+        });
+        t.flows += 1;
+        t.packets_out += f.packets_out;
+        t.packets_in += f.packets_in;
+        t.bytes_out += f.bytes_out;
+        t.bytes_in += f.bytes_in;
+    }
+    let mut out: Vec<Talker> = sums.into_values().collect();
+    out.sort_by_key(|t| std::cmp::Reverse(t.bytes_out + t.bytes_in));
+    if let Some(n) = top {
+        out.truncate(n);
+    }
+    out
+}
+
+fn print_talkers(by: &str, talkers: &[Talker], rates: Option<&Rates>) {
+    let mut t = Table::new(&[
+        &by.to_uppercase(),
+        "FLOWS",
+        "PKTS OUT/IN",
+        "BYTES OUT/IN",
+    ]);
+    if rates.is_some() {
+        t.push_header("RATE");
+    }
+    for x in talkers {
+        let mut row = vec![
+            x.name.clone(),
+            x.flows.to_string(),
+            format!("{}/{}", x.packets_out, x.packets_in),
+            format!("{}/{}", human_bytes(x.bytes_out), human_bytes(x.bytes_in)),
+        ];
+        if let Some(rates) = rates {
+            row.push(rate(rates.get(&x.name).copied().unwrap_or_default()));
+        }
+        t.row(row);
+    }
+    t.print();
+}
+
+fn run_by(instance: &str, pins: &PinDir, by: &str, args: &FlowsArgs, filter: &FlowFilter) -> Result<()> {
+    let names = names_for(instance);
+    let all = FlowFilter {
+        top: None,
+        ..filter.clone()
+    };
+    let read = || Ok(talkers(&filter_flows(read_flows(pins, &names)?, &all), by, args.top));
+    if args.watch {
+        let totals = |ts: &Vec<Talker>| {
+            ts.iter()
+                .map(|t| (t.name.clone(), (t.packets_out + t.packets_in, t.bytes_out + t.bytes_in)))
+                .collect()
+        };
+        return watch(read, totals, |ts, rates| print_talkers(by, ts, Some(rates)));
+    }
+    let ts = read()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&ts)?);
+    } else {
+        print_talkers(by, &ts, None);
+    }
+    Ok(())
+}
+
 pub fn run(instance: &str, pins: &PinDir, args: FlowsArgs) -> Result<()> {
     let filter = FlowFilter {
         peer: args.peer,
@@ -103,6 +186,9 @@ pub fn run(instance: &str, pins: &PinDir, args: FlowsArgs) -> Result<()> {
         sort: args.sort,
         top: args.top,
     };
+    if let Some(by) = args.by.clone() {
+        return run_by(instance, pins, &by, &args, &filter);
+    }
     let names = names_for(instance);
     let read = || Ok(filter_flows(read_flows(pins, &names)?, &filter));
     if args.watch {

@@ -6,6 +6,7 @@
 pub mod args;
 pub mod flows;
 pub mod netbird;
+pub mod observe;
 pub mod networks;
 pub mod policy;
 pub mod stats;
@@ -61,6 +62,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Down => status::down(&instance, &pins),
         Command::Status(JsonFlag { json }) => status::run(&instance, &pins, json),
         Command::Flows(args) => flows::run(&instance, &pins, args),
+        Command::Observe(args) => observe::run(&instance, args),
         Command::Stats { json, watch } => stats::run(&instance, &pins, json, watch),
         Command::Networks {
             command: NetworksCommand::Ls(JsonFlag { json }),

@@ -17,6 +17,8 @@ pub struct Config {
     #[serde(default)]
     pub fragments: Fragments,
     #[serde(default)]
+    pub events: Events,
+    #[serde(default)]
     pub peers: Vec<Peer>,
     #[serde(default)]
     pub networks: Vec<Network>,
@@ -143,6 +145,33 @@ impl Default for Conntrack {
             udp_unreplied_secs: 30,
             icmp_secs: 30,
             tcp_reset_secs: 10,
+        }
+    }
+}
+
+/// Flow and drop events: where they are exported (`observe` always has them).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Events {
+    /// JSON lines of every event, rotated by size; none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// A file is rotated before a line would take it past this size.
+    pub file_max_bytes: u64,
+    /// Rotated files kept (`.1` is the newest).
+    pub file_keep: u32,
+    /// An IPFIX (RFC 7011) collector over UDP, e.g. `192.0.2.10:4739`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipfix_collector: Option<std::net::SocketAddr>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self {
+            file: None,
+            file_max_bytes: 64 << 20,
+            file_keep: 5,
+            ipfix_collector: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! pinned conntrack map, wireguard-go keeps its tunnels. The next start
 //! adopts all of it. `routing-peer down` is what tears it down.
 
+mod events;
 mod reload;
 mod source;
 mod start;
@@ -114,6 +115,10 @@ struct Daemon {
     parse_cache: ParseCache,
     /// The file alone, or NetBird's API through it.
     source: source::Source,
+    /// Flow and drop events: named, kept, exported.
+    events: events::Events,
+    /// The events ring buffer, polled by the daemon's loop.
+    event_ring: Option<aya::maps::RingBuf<aya::maps::MapData>>,
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
@@ -152,6 +157,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     let gc = gc::GcMaps::take(&mut ebpf)?;
     let reserved = ports::ReservedPorts::take(&mut ebpf)?;
+    let (events, event_ring) = events::Events::take(&mut ebpf, &config.events)?;
     let mut daemon = Daemon {
         opts,
         config,
@@ -170,6 +176,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         dns_installs: dns.installs,
         parse_cache,
         source,
+        events,
+        event_ring: Some(event_ring),
     };
     daemon.refresh_peers();
     daemon.reserve_held_ports();
@@ -177,6 +185,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     tokio::spawn(control::serve(
         daemon.opts.instance.clone(),
         daemon.status.clone(),
+        daemon.events.hub.clone(),
     ));
     let result = daemon.serve_until_stopped().await;
     identity::clear(&run_dir);

@@ -30,6 +30,11 @@ impl Daemon {
         let mut sighup = signal(SignalKind::hangup())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let ring = self
+            .event_ring
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the events ring buffer was taken"))?;
+        let mut ring = AsyncFd::new(ring).map_err(|e| anyhow::anyhow!("polling the events ring buffer: {e}"))?;
         let mut stamp = file_stamp(&self.opts.config_path);
         let mut ticks: u64 = 0;
         info!(instance = %self.opts.instance, "routing-peer running");
@@ -47,6 +52,12 @@ impl Daemon {
                 }
                 Some(install) = self.dns_installs.recv() => self.install_resolved(install),
                 Some(outcome) = self.source.syncs.recv() => self.synced(outcome),
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    let events = crate::events::reader::Reader::drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                    self.publish_events(events);
+                }
                 _ = sigterm.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
                 _ = tick.tick() => {
@@ -58,6 +69,7 @@ impl Daemon {
                     }
                     self.refresh_peers();
                     self.expire_resolved();
+                    self.flush_drop_events();
                     if ticks.is_multiple_of(10) {
                         self.collect_garbage();
                     }
@@ -182,6 +194,8 @@ impl Daemon {
             "configuration reloaded"
         );
         *crate::locks::write(&self.dns_view) = dns::View::new(&config, &self.compiled);
+        self.events.configure(&config.events);
+        self.events.stale = true;
         record_applied(
             &self.opts.instance,
             &self

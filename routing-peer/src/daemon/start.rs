@@ -211,6 +211,7 @@ pub(super) fn status(
         self_addresses: own,
         safety_net_table: safety_net::table_name(&opts.instance),
         source: Default::default(),
+        events: Default::default(),
         names: Arc::default(),
     }))
 }

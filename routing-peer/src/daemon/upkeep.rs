@@ -91,13 +91,17 @@ impl Daemon {
     pub(super) fn collect_garbage(&mut self) {
         self.reserve_held_ports();
         match self.gc.collect(&self.policy.config) {
-            Ok(s) if s.flows_expired + s.nat_removed > 0 => info!(
-                live = s.flows_live,
-                expired = s.flows_expired,
-                nat_removed = s.nat_removed,
-                "conntrack GC"
-            ),
-            Ok(_) => {}
+            Ok(s) => {
+                if s.flows_expired + s.nat_removed > 0 {
+                    info!(
+                        live = s.flows_live,
+                        expired = s.flows_expired,
+                        nat_removed = s.nat_removed,
+                        "conntrack GC"
+                    );
+                }
+                self.publish_ends(&s.ended);
+            }
             Err(e) => warn!("conntrack GC: {e}"),
         }
     }
@@ -111,6 +115,7 @@ impl Daemon {
 
     /// Puts DNS-resolved addresses in the data path, then lets the answer go.
     pub(super) fn install_resolved(&mut self, install: dns::Install) {
+        self.events.stale = true;
         let Some(value) = self
             .compiled
             .domain_dests
@@ -176,6 +181,7 @@ impl Daemon {
         let status = {
             let mut status = crate::locks::lock(&self.status);
             status.dns = self.dns_counters.snapshot();
+            status.events = self.event_counters();
             // Expired DNS grants bump it too.
             status.generation = self.policy.config.policy_gen;
             // Addresses come and go (DHCP, an operator): `policy check`

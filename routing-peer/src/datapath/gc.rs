@@ -12,11 +12,13 @@ use routing_peer_common::{
     map_names, CtEntry, CtKey, DatapathConfig, NatEndpoint, CT_FLAG_MASQUERADE,
 };
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GcStats {
     pub flows_live: usize,
     pub flows_expired: usize,
     pub nat_removed: usize,
+    /// The flows removed, as they were: their ends.
+    pub ended: Vec<(CtKey, CtEntry)>,
 }
 
 /// CLOCK_MONOTONIC, the clock bpf_ktime_get_ns reads.
@@ -73,9 +75,11 @@ impl GcMaps {
         for key in &expired {
             // A packet may have refreshed it meanwhile; gone is fine too.
             if let Ok(entry) = self.conntrack.get(key, 0) {
-                if now.saturating_sub(entry.last_seen_ns) > config.timeout_ns(entry.state) {
-                    let _ = self.conntrack.remove(key);
+                if now.saturating_sub(entry.last_seen_ns) > config.timeout_ns(entry.state)
+                    && self.conntrack.remove(key).is_ok()
+                {
                     stats.flows_expired += 1;
+                    stats.ended.push((*key, entry));
                 }
             }
         }

@@ -1,0 +1,132 @@
+//! The daemon's side of events: records named from the running
+//! configuration, handed to the hub (`observe`) and the exporters.
+
+use std::{sync::Arc, time::SystemTime};
+
+use anyhow::Result;
+use aya::{
+    maps::{MapData, RingBuf},
+    Ebpf,
+};
+use routing_peer_common::{Event, EventStat};
+use tracing::warn;
+
+use super::Daemon;
+use crate::{
+    config,
+    datapath::gc,
+    events::{file::JsonLines, ipfix::Ipfix, reader, reader::Reader, Hub, Namer},
+};
+
+pub(super) struct Events {
+    reader: Reader,
+    pub hub: Arc<Hub>,
+    namer: Namer,
+    /// The names changed (a reload, resolved addresses): rebuild first.
+    pub stale: bool,
+    file: Option<JsonLines>,
+    ipfix: Option<Ipfix>,
+    exports: config::Events,
+}
+
+impl Events {
+    pub fn take(ebpf: &mut Ebpf, settings: &config::Events) -> Result<(Self, RingBuf<MapData>)> {
+        let (reader, ring) = Reader::take(ebpf)?;
+        let mut events = Self {
+            reader,
+            hub: Arc::new(Hub::default()),
+            namer: Namer::default(),
+            stale: true,
+            file: None,
+            ipfix: None,
+            exports: config::Events::default(),
+        };
+        events.configure(settings);
+        Ok((events, ring))
+    }
+
+    /// Follows the `[events]` settings: exporters opened or closed.
+    pub fn configure(&mut self, settings: &config::Events) {
+        if *settings == self.exports && (self.file.is_some() || settings.file.is_none()) {
+            return;
+        }
+        self.file = settings
+            .file
+            .as_ref()
+            .map(|p| JsonLines::new(p.clone(), settings.file_max_bytes, settings.file_keep));
+        self.ipfix = settings.ipfix_collector.and_then(|to| match Ipfix::new(to) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                warn!(collector = %to, "IPFIX export: {e}");
+                self.hub.export_error("ipfix");
+                None
+            }
+        });
+        self.exports = settings.clone();
+    }
+}
+
+impl Daemon {
+    /// Events from the kernel (ring buffer), drop aggregates, and GC's
+    /// ends: named, kept and exported.
+    pub(super) fn publish_events(&mut self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let ev = &mut self.events;
+        if ev.stale {
+            let resolved: Vec<_> = self
+                .resolved
+                .iter()
+                .map(|(n, a)| (n.clone(), a.keys().copied().collect()))
+                .collect();
+            ev.namer = Namer::new(&self.config, &self.compiled.names, &resolved);
+            ev.stale = false;
+        }
+        let (mono, wall) = (gc::monotonic_ns(), SystemTime::now());
+        let mut ipfix_batch = Vec::new();
+        for e in &events {
+            let record = ev.namer.record(e, mono, wall);
+            if let Some(file) = ev.file.as_mut() {
+                let line = serde_json::to_string(&record).unwrap_or_default();
+                if let Err(err) = file.write(&line) {
+                    warn!(error = %err, "event file export");
+                    ev.hub.export_error("file");
+                }
+            }
+            if ev.ipfix.is_some() {
+                ipfix_batch.push(record.clone());
+            }
+            ev.hub.publish(record);
+        }
+        if let Some(ipfix) = ev.ipfix.as_mut() {
+            if let Err(err) = ipfix.send(&ipfix_batch) {
+                warn!(error = %err, "IPFIX export");
+                ev.hub.export_error("ipfix");
+            }
+        }
+    }
+
+    /// Once a second: the drops counted into aggregates since.
+    pub(super) fn flush_drop_events(&mut self) {
+        let events = self.events.reader.flush_drops(gc::monotonic_ns());
+        self.publish_events(events);
+    }
+
+    /// GC's removals, as flow ends.
+    pub(super) fn publish_ends(&mut self, ended: &[(routing_peer_common::CtKey, routing_peer_common::CtEntry)]) {
+        let now = gc::monotonic_ns();
+        let events = ended.iter().map(|(k, e)| reader::gc_end(k, e, now)).collect();
+        self.publish_events(events);
+    }
+
+    /// The counters `status` and `/metrics` show.
+    pub(super) fn event_counters(&self) -> crate::events::EventCounters {
+        let mut c = crate::locks::lock(&self.events.hub.counters).clone();
+        let kernel = self.events.reader.stats();
+        c.aggregated = kernel[EventStat::Aggregated as usize];
+        c.lost = kernel[EventStat::Lost as usize];
+        c.unaggregated = kernel[EventStat::Unaggregated as usize];
+        c
+    }
+}
