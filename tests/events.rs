@@ -53,7 +53,9 @@ fn observe_shows_the_denied_attempt_and_the_flow_from_start_to_end() -> Result<(
     drop(wiki);
     // Sales has no policy.
     let sales_up = wait_for(Duration::from_secs(15), || {
-        let _ = office.sales.tcp(&format!("{WIKI}:443"), Duration::from_millis(300));
+        let _ = office
+            .sales
+            .tcp(&format!("{WIKI}:443"), Duration::from_millis(300));
         let drops = observe(&daemon, &["--peer", "sales", "--verdict", "dropped"])?;
         Ok((!drops.is_empty()).then_some(drops))
     })?;
@@ -62,7 +64,10 @@ fn observe_shows_the_denied_attempt_and_the_flow_from_start_to_end() -> Result<(
     assert_eq!(d["reason"], "no-policy");
     assert_eq!(d["peer"], "sales");
     assert_eq!(d["resource"], "Internal Wiki");
-    assert_eq!((d["dst"].as_str(), d["dst_port"].as_u64()), (Some(WIKI), Some(443)));
+    assert_eq!(
+        (d["dst"].as_str(), d["dst_port"].as_u64()),
+        (Some(WIKI), Some(443))
+    );
     assert_eq!(d["proto"], "tcp");
     assert_eq!(d["tcp_flags"], "SYN");
     assert!(d["count"].as_u64() >= Some(1));
@@ -93,7 +98,10 @@ fn observe_shows_the_denied_attempt_and_the_flow_from_start_to_end() -> Result<(
     assert_eq!(end["resource"], "Internal Wiki");
     assert_eq!(end["rule"], "Development UDP");
     assert_eq!(end["reason"], "timeout");
-    assert_eq!((end["packets_out"].as_u64(), end["packets_in"].as_u64()), (Some(COUNT), Some(COUNT)));
+    assert_eq!(
+        (end["packets_out"].as_u64(), end["packets_in"].as_u64()),
+        (Some(COUNT), Some(COUNT))
+    );
     assert_eq!(end["bytes_out"].as_u64(), Some(COUNT * 128));
     let udp = observe(&daemon, &["--proto", "udp", "--port", "5353"])?;
     let start = udp.iter().find(|e| e["type"] == "start").expect("a start");
@@ -102,7 +110,10 @@ fn observe_shows_the_denied_attempt_and_the_flow_from_start_to_end() -> Result<(
 
     // The TCP connection closed: its end says so.
     let tcp_end = wait_for(Duration::from_secs(30), || {
-        let e = observe(&daemon, &["--peer", "laptop", "--proto", "tcp", "--port", "443"])?;
+        let e = observe(
+            &daemon,
+            &["--peer", "laptop", "--proto", "tcp", "--port", "443"],
+        )?;
         Ok(e.into_iter().find(|e| e["type"] == "end"))
     })?;
     assert_eq!(tcp_end["reason"], "close");
@@ -111,11 +122,18 @@ fn observe_shows_the_denied_attempt_and_the_flow_from_start_to_end() -> Result<(
     // Filters: forwarded only, no drop among them; the human form names.
     let forwarded = observe(&daemon, &["--verdict", "forwarded"])?;
     assert!(!forwarded.is_empty() && forwarded.iter().all(|e| e["type"] != "drop"));
-    let human = daemon.cli(&["observe", "--since", "10m", "--for", "1s", "--peer", "sales"])?;
-    assert!(human.contains("DROP") && human.contains("sales") && human.contains("no-policy"), "{human}");
+    let human = daemon.cli(&[
+        "observe", "--since", "10m", "--for", "1s", "--peer", "sales",
+    ])?;
+    assert!(
+        human.contains("DROP") && human.contains("sales") && human.contains("no-policy"),
+        "{human}"
+    );
     // The export has what observe had.
     let exported = std::fs::read_to_string(&export)?;
-    assert!(exported.lines().any(|l| l.contains("\"no-policy\"") && l.contains("\"sales\"")));
+    assert!(exported
+        .lines()
+        .any(|l| l.contains("\"no-policy\"") && l.contains("\"sales\"")));
     Ok(())
 }
 
@@ -133,8 +151,20 @@ fn a_flood_of_denied_packets_adds_up_to_the_drop_counter() -> Result<()> {
             .and_then(|d| d["packets"].as_u64())
             .unwrap_or(0)
     };
-    // 100k UDP datagrams from Sales to a port no policy grants.
-    send_udp(&office.sales.ns, &format!("{WIKI}:9"), 100_000, 16)?;
+    // 100k UDP datagrams from Sales to a port no policy grants, paced so
+    // that wireguard-go's sockets drop none.
+    const FLOOD: u64 = 100_000;
+    let to: std::net::SocketAddr = format!("{WIKI}:9").parse()?;
+    office.sales.ns.enter(move || -> Result<()> {
+        let socket = std::net::UdpSocket::bind("100.64.0.3:0")?;
+        for i in 0..FLOOD {
+            socket.send_to(&[0x5a; 16], to)?;
+            if i % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(())
+    })??;
     // Until the counter settles and the daemon has flushed its aggregates.
     let mut last = 0;
     let dropped = wait_for(Duration::from_secs(30), || {
@@ -144,25 +174,32 @@ fn a_flood_of_denied_packets_adds_up_to_the_drop_counter() -> Result<()> {
         std::thread::sleep(Duration::from_millis(1500));
         Ok(settled.then_some(now))
     })?;
-    assert!(dropped > 50_000, "only {dropped} of the flood reached the data path");
+    // What wireguard-go delivered of it (its sockets may lose some under
+    // load); every one that reached the data path is in the events.
+    eprintln!("flood: {dropped} of {FLOOD} dropped as no-policy");
+    assert!(dropped >= FLOOD / 2, "the flood did not arrive: {dropped}");
     let reported: u64 = observe(&daemon, &["--verdict", "dropped", "--reason", "no-policy"])?
         .iter()
         .map(|e| e["count"].as_u64().unwrap_or(0))
         .sum();
-    assert_eq!(reported, dropped, "aggregated counts must add up to the drop counter");
+    assert_eq!(
+        reported, dropped,
+        "aggregated counts must add up to the drop counter"
+    );
     let status = daemon.cli_json(&["status", "--json"])?;
     let events = &status["status"]["events"];
     assert_eq!(events["lost"], 0);
-    assert!(events["aggregated"].as_u64() > Some(dropped / 2), "{events}");
+    assert!(
+        events["aggregated"].as_u64() > Some(dropped / 2),
+        "{events}"
+    );
     Ok(())
 }
 
 /// A pcap file of UDP datagrams to the IPFIX port, for tshark to read.
 fn pcap(datagrams: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
-    for word in [0xa1b2_c3d4u32] {
-        out.extend_from_slice(&word.to_le_bytes());
-    }
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
     out.extend_from_slice(&2u16.to_le_bytes());
     out.extend_from_slice(&4u16.to_le_bytes());
     for word in [0u32, 0, 65535, 1] {
@@ -191,8 +228,13 @@ fn ipfix_records_decode_in_tshark_with_the_expected_fields() -> Result<()> {
         .router
         .enter(|| std::net::UdpSocket::bind("127.0.0.1:0"))??;
     collector.set_read_timeout(Some(Duration::from_millis(300)))?;
-    let text = office.config(UDP_POLICY).replace("udp_secs = 120", "udp_secs = 2")
-        + &format!("\n[events]\nipfix_collector = \"{}\"\n", collector.local_addr()?);
+    let text = office
+        .config(UDP_POLICY)
+        .replace("udp_secs = 120", "udp_secs = 2")
+        + &format!(
+            "\n[events]\nipfix_collector = \"{}\"\n",
+            collector.local_addr()?
+        );
     let config = office.dir.path().join("routing-peer.toml");
     std::fs::write(&config, text)?;
     let daemon = Daemon::start(&office.router, &config, &[])?;
@@ -234,16 +276,36 @@ fn ipfix_records_decode_in_tshark_with_the_expected_fields() -> Result<()> {
     let file = office.dir.path().join("ipfix.pcap");
     std::fs::write(&file, pcap(&datagrams))?;
     let out = std::process::Command::new("tshark")
-        .args(["-r", &file.display().to_string(), "-d", "udp.port==4739,cflow", "-T", "json"])
+        .args([
+            "-r",
+            &file.display().to_string(),
+            "-d",
+            "udp.port==4739,cflow",
+        ])
+        // Reverse elements (RFC 5103) share their forward twins' names.
+        .args(["-T", "json", "--no-duplicate-keys"])
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let decoded: Value = serde_json::from_slice(&out.stdout)?;
     // Every flow record tshark found, as (field → value) maps.
     let mut records: Vec<serde_json::Map<String, Value>> = Vec::new();
     collect_records(&decoded, &mut records);
-    let field = |r: &serde_json::Map<String, Value>, k: &str| {
-        r.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string()
+    // A field's values: one, or forward and reverse.
+    let values = |r: &serde_json::Map<String, Value>, k: &str| -> Vec<String> {
+        match r.get(k) {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
+            _ => Vec::new(),
+        }
     };
+    let field = |r: &serde_json::Map<String, Value>, k: &str| values(r, k).join(",");
     let denied = records
         .iter()
         .find(|r| field(r, "cflow.srcaddr") == "100.64.0.3")
@@ -251,15 +313,28 @@ fn ipfix_records_decode_in_tshark_with_the_expected_fields() -> Result<()> {
     assert_eq!(field(denied, "cflow.dstaddr"), WIKI);
     assert_eq!(field(denied, "cflow.dstport"), "9");
     assert_eq!(field(denied, "cflow.protocol"), "17");
-    assert_eq!(field(denied, "cflow.firewall_event"), "3");
+    assert_eq!(field(denied, "cflow.firewall_event"), "3", "{denied:#?}");
+    // Its packet count: the drop event's.
+    assert_eq!(values(denied, "cflow.packets")[0], "1");
     let end = records
         .iter()
         .find(|r| field(r, "cflow.srcport") == "47000" && field(r, "cflow.firewall_event") == "2")
         .expect("the flow's end record");
     assert_eq!(field(end, "cflow.srcaddr"), "100.64.0.2");
-    assert_eq!(field(end, "cflow.packets64"), "3");
-    assert_eq!(field(end, "cflow.octets64"), "144");
-    assert_eq!(field(end, "cflow.post_natsource_ipv4_address"), routing_peer_testbed::office::ROUTER_LAN);
+    // Out and back (reverse): 3 datagrams of 48 IP bytes each way.
+    assert_eq!(field(end, "cflow.packets"), "3,3", "{end:#?}");
+    assert_eq!(field(end, "cflow.octets"), "144,144");
+    assert_eq!(field(end, "cflow.flow_end_reason"), "1", "idle timeout");
+    assert_eq!(
+        field(end, "cflow.post_natsource_ipv4_address"),
+        routing_peer_testbed::office::ROUTER_LAN
+    );
+    assert_eq!(field(end, "cflow.post_naptsource_transport_port"), "47000");
+    let start = records
+        .iter()
+        .find(|r| field(r, "cflow.srcport") == "47000" && field(r, "cflow.firewall_event") == "1")
+        .expect("the flow's start record");
+    assert_eq!(field(start, "cflow.dstport"), "5353");
     Ok(())
 }
 

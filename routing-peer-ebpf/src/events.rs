@@ -11,8 +11,8 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
 };
 use routing_peer_common::{
-    CtEntry, CtKey, DropAgg, DropKey, DropReason, EndReason, Event, EventKind, EventStat,
-    Family, EVENTS_RING_BYTES, MAX_DROP_AGGREGATES,
+    CtEntry, CtKey, DropAgg, DropKey, DropReason, EndReason, Event, EventKind, EventStat, Family,
+    EVENTS_RING_BYTES, MAX_DROP_AGGREGATES,
 };
 
 use crate::{clock, parse::Packet};
@@ -129,6 +129,9 @@ pub fn flow(key: &CtKey, entry: *const CtEntry, kind: EventKind, reason: EndReas
 /// one the table has no room for) is reported at once, the others by
 /// the daemon, which reads the counts.
 #[inline(never)]
+// Keys and values by reference: they stay in the per-CPU scratch, where by
+// value they would be copied onto the stack first.
+#[allow(clippy::needless_borrows_for_generic_args)]
 pub fn dropped(pkt: &Packet, reason: DropReason, hook: u8) {
     let Some(s) = DROP_SCRATCH.get_ptr_mut(0) else {
         return;

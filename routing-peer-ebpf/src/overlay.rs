@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use routing_peer_common::{
     AddrKey, CtEntry, DatapathConfig, DropReason, Family, Handoff, NatEndpoint, PeerValue,
-    CT_FLAG_MASQUERADE, DEST_SELF, EVENT_FROM_OVERLAY, FRAG_FORWARD, FRAG_LOCAL, HOLD_FROM_OVERLAY, IPPROTO_TCP,
-    SELF_KEY, TCP_RST, TCP_SYN,
+    CT_FLAG_MASQUERADE, DEST_SELF, EVENT_FROM_OVERLAY, FRAG_FORWARD, FRAG_LOCAL, HOLD_FROM_OVERLAY,
+    IPPROTO_TCP, SELF_KEY, TCP_RST, TCP_SYN,
 };
 
 use crate::{
@@ -16,8 +16,8 @@ use crate::{
     conntrack::Direction,
     counters,
     counters::ResourceEvent,
-    events,
     ctx::Mangle,
+    events,
     flow::{forward_key, policy_port, revalidate},
     forward,
     forward::{Fib, To},

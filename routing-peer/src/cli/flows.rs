@@ -109,7 +109,11 @@ pub struct Talker {
 pub fn talkers(flows: &[Flow], by: &str, top: Option<usize>) -> Vec<Talker> {
     let mut sums: std::collections::BTreeMap<String, Talker> = Default::default();
     for f in flows {
-        let name = if by == "resource" { &f.resource } else { &f.peer };
+        let name = if by == "resource" {
+            &f.resource
+        } else {
+            &f.peer
+        };
         let t = sums.entry(name.clone()).or_insert_with(|| Talker {
             name: name.clone(),
             ..Default::default()
@@ -129,12 +133,7 @@ pub fn talkers(flows: &[Flow], by: &str, top: Option<usize>) -> Vec<Talker> {
 }
 
 fn print_talkers(by: &str, talkers: &[Talker], rates: Option<&Rates>) {
-    let mut t = Table::new(&[
-        &by.to_uppercase(),
-        "FLOWS",
-        "PKTS OUT/IN",
-        "BYTES OUT/IN",
-    ]);
+    let mut t = Table::new(&[&by.to_uppercase(), "FLOWS", "PKTS OUT/IN", "BYTES OUT/IN"]);
     if rates.is_some() {
         t.push_header("RATE");
     }
@@ -153,23 +152,41 @@ fn print_talkers(by: &str, talkers: &[Talker], rates: Option<&Rates>) {
     t.print();
 }
 
-fn run_by(instance: &str, pins: &PinDir, by: &str, args: &FlowsArgs, filter: &FlowFilter) -> Result<()> {
+fn run_by(
+    instance: &str,
+    pins: &PinDir,
+    by: &str,
+    args: (bool, bool),
+    filter: &FlowFilter,
+) -> Result<()> {
+    let (json, watching) = args;
     let names = names_for(instance);
     let all = FlowFilter {
         top: None,
         ..filter.clone()
     };
-    let read = || Ok(talkers(&filter_flows(read_flows(pins, &names)?, &all), by, args.top));
-    if args.watch {
+    let read = || {
+        Ok(talkers(
+            &filter_flows(read_flows(pins, &names)?, &all),
+            by,
+            filter.top,
+        ))
+    };
+    if watching {
         let totals = |ts: &Vec<Talker>| {
             ts.iter()
-                .map(|t| (t.name.clone(), (t.packets_out + t.packets_in, t.bytes_out + t.bytes_in)))
+                .map(|t| {
+                    (
+                        t.name.clone(),
+                        (t.packets_out + t.packets_in, t.bytes_out + t.bytes_in),
+                    )
+                })
                 .collect()
         };
         return watch(read, totals, |ts, rates| print_talkers(by, ts, Some(rates)));
     }
     let ts = read()?;
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&ts)?);
     } else {
         print_talkers(by, &ts, None);
@@ -187,7 +204,7 @@ pub fn run(instance: &str, pins: &PinDir, args: FlowsArgs) -> Result<()> {
         top: args.top,
     };
     if let Some(by) = args.by.clone() {
-        return run_by(instance, pins, &by, &args, &filter);
+        return run_by(instance, pins, &by, (args.json, args.watch), &filter);
     }
     let names = names_for(instance);
     let read = || Ok(filter_flows(read_flows(pins, &names)?, &filter));

@@ -6,8 +6,8 @@
 pub mod args;
 pub mod flows;
 pub mod netbird;
-pub mod observe;
 pub mod networks;
+pub mod observe;
 pub mod policy;
 pub mod stats;
 pub mod status;

@@ -40,7 +40,14 @@ pub fn run(instance: &str, args: ObserveArgs) -> Result<()> {
         match reader.read_line(&mut line) {
             Ok(0) => return Ok(()), // the daemon went away
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
             Err(e) => return Err(e.into()),
         }
         let text = std::mem::take(&mut line);
@@ -88,12 +95,24 @@ pub fn human(r: &Record) -> String {
     let from = or_addr(&r.peer, &r.src, r.src_port);
     let to = or_addr(&r.resource, &r.dst, r.dst_port);
     let (from, to) = if r.from.as_deref() == Some("lan") {
-        (format!("{}:{}", r.src, r.src_port), or_addr(&r.peer, &r.dst, r.dst_port))
+        (
+            format!("{}:{}", r.src, r.src_port),
+            or_addr(&r.peer, &r.dst, r.dst_port),
+        )
     } else {
         (from, to)
     };
-    let rule = r.rule.as_ref().map(|n| format!(" rule \"{n}\"")).unwrap_or_default();
-    let head = format!("{} {:<5} {from} -> {to} {}", r.time, r.kind.to_uppercase(), r.proto);
+    let rule = r
+        .rule
+        .as_ref()
+        .map(|n| format!(" rule \"{n}\""))
+        .unwrap_or_default();
+    let head = format!(
+        "{} {:<5} {from} -> {to} {}",
+        r.time,
+        r.kind.to_uppercase(),
+        r.proto
+    );
     match r.kind.as_str() {
         "drop" => format!(
             "{head}{} {}{rule}{}",

@@ -54,14 +54,16 @@ impl Events {
             .file
             .as_ref()
             .map(|p| JsonLines::new(p.clone(), settings.file_max_bytes, settings.file_keep));
-        self.ipfix = settings.ipfix_collector.and_then(|to| match Ipfix::new(to) {
-            Ok(x) => Some(x),
-            Err(e) => {
-                warn!(collector = %to, "IPFIX export: {e}");
-                self.hub.export_error("ipfix");
-                None
-            }
-        });
+        self.ipfix = settings
+            .ipfix_collector
+            .and_then(|to| match Ipfix::new(to) {
+                Ok(x) => Some(x),
+                Err(e) => {
+                    warn!(collector = %to, "IPFIX export: {e}");
+                    self.hub.export_error("ipfix");
+                    None
+                }
+            });
         self.exports = settings.clone();
     }
 }
@@ -114,9 +116,15 @@ impl Daemon {
     }
 
     /// GC's removals, as flow ends.
-    pub(super) fn publish_ends(&mut self, ended: &[(routing_peer_common::CtKey, routing_peer_common::CtEntry)]) {
+    pub(super) fn publish_ends(
+        &mut self,
+        ended: &[(routing_peer_common::CtKey, routing_peer_common::CtEntry)],
+    ) {
         let now = gc::monotonic_ns();
-        let events = ended.iter().map(|(k, e)| reader::gc_end(k, e, now)).collect();
+        let events = ended
+            .iter()
+            .map(|(k, e)| reader::gc_end(k, e, now))
+            .collect();
         self.publish_events(events);
     }
 

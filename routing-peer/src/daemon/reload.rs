@@ -34,7 +34,10 @@ impl Daemon {
             .event_ring
             .take()
             .ok_or_else(|| anyhow::anyhow!("the events ring buffer was taken"))?;
-        let mut ring = AsyncFd::new(ring).map_err(|e| anyhow::anyhow!("polling the events ring buffer: {e}"))?;
+        // SAFETY: the ring buffer's fd is owned by `ring`, which the AsyncFd
+        // owns until it is dropped, so the fd outlives its registration.
+        let mut ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| anyhow::anyhow!("polling the events ring buffer: {e}"))?;
         let mut stamp = file_stamp(&self.opts.config_path);
         let mut ticks: u64 = 0;
         info!(instance = %self.opts.instance, "routing-peer running");

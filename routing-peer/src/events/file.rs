@@ -52,7 +52,10 @@ impl JsonLines {
     pub fn write(&mut self, line: &str) -> std::io::Result<()> {
         let len = line.len() as u64 + 1;
         if self.file.is_none() {
-            let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             self.size = file.metadata()?.len();
             self.file = Some(file);
         }
@@ -60,7 +63,10 @@ impl JsonLines {
             self.rotate()?;
             return self.write(line);
         }
-        let file = self.file.as_mut().ok_or_else(|| std::io::Error::other("not open"))?;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("not open"))?;
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
@@ -93,12 +99,22 @@ mod tests {
         // Oldest first: .N … .1, then the live file.
         files.sort_by_key(|p| {
             let s = p.display().to_string();
-            std::cmp::Reverse(s.rsplit('.').next().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0))
+            std::cmp::Reverse(
+                s.rsplit('.')
+                    .next()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .unwrap_or(0),
+            )
         });
         let mut read = Vec::new();
         for f in &files {
             let text = std::fs::read_to_string(f).unwrap();
-            assert!(text.len() <= 1000, "{} is {} bytes", f.display(), text.len());
+            assert!(
+                text.len() <= 1000,
+                "{} is {} bytes",
+                f.display(),
+                text.len()
+            );
             read.extend(text.lines().map(String::from));
         }
         assert_eq!(read, lines, "no line lost, none split, in order");

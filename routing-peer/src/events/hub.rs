@@ -64,11 +64,18 @@ impl Hub {
     }
 
     /// The kept records from `since_unix_ms` on, and the live stream after them.
-    pub fn subscribe(&self, since_unix_ms: Option<u64>) -> (Vec<Arc<Record>>, broadcast::Receiver<Arc<Record>>) {
+    pub fn subscribe(
+        &self,
+        since_unix_ms: Option<u64>,
+    ) -> (Vec<Arc<Record>>, broadcast::Receiver<Arc<Record>>) {
         let recent = crate::locks::lock(&self.recent);
         let rx = self.live.subscribe();
         let replay = match since_unix_ms {
-            Some(t) => recent.iter().filter(|r| r.time_unix_ms >= t).cloned().collect(),
+            Some(t) => recent
+                .iter()
+                .filter(|r| r.time_unix_ms >= t)
+                .cloned()
+                .collect(),
             None => Vec::new(),
         };
         (replay, rx)

@@ -21,21 +21,21 @@ const MAX_MESSAGE: usize = 1400;
 /// (element id, length, reverse): the record layout, IPv4 addresses as
 /// given; IPv6 swaps in 27, 28 and 281 with 16 bytes.
 const FIELDS: &[(u16, u16, bool)] = &[
-    (8, 4, false),    // sourceIPv4Address
-    (12, 4, false),   // destinationIPv4Address
-    (7, 2, false),    // sourceTransportPort
-    (11, 2, false),   // destinationTransportPort
-    (4, 1, false),    // protocolIdentifier
-    (152, 8, false),  // flowStartMilliseconds
-    (153, 8, false),  // flowEndMilliseconds
-    (1, 8, false),    // octetDeltaCount (peer → resource)
-    (2, 8, false),    // packetDeltaCount
-    (1, 8, true),     // reverseOctetDeltaCount
-    (2, 8, true),     // reversePacketDeltaCount
-    (225, 4, false),  // postNATSourceIPv4Address
-    (227, 2, false),  // postNAPTSourceTransportPort
-    (136, 1, false),  // flowEndReason
-    (233, 1, false),  // firewallEvent
+    (8, 4, false),   // sourceIPv4Address
+    (12, 4, false),  // destinationIPv4Address
+    (7, 2, false),   // sourceTransportPort
+    (11, 2, false),  // destinationTransportPort
+    (4, 1, false),   // protocolIdentifier
+    (152, 8, false), // flowStartMilliseconds
+    (153, 8, false), // flowEndMilliseconds
+    (1, 8, false),   // octetDeltaCount (peer → resource)
+    (2, 8, false),   // packetDeltaCount
+    (1, 8, true),    // reverseOctetDeltaCount
+    (2, 8, true),    // reversePacketDeltaCount
+    (225, 4, false), // postNATSourceIPv4Address
+    (227, 2, false), // postNAPTSourceTransportPort
+    (136, 1, false), // flowEndReason
+    (233, 1, false), // firewallEvent
 ];
 
 fn field(id: u16, len: u16, v6: bool) -> (u16, u16) {
@@ -78,7 +78,7 @@ impl Ipfix {
             .map(|d| d.as_secs() as u32)
             .unwrap_or(0);
         for chunk in records.chunks(8) {
-            let with_templates = self.messages % TEMPLATE_EVERY == 0;
+            let with_templates = self.messages.is_multiple_of(TEMPLATE_EVERY);
             let msg = message(chunk, now, self.sequence, self.domain, with_templates);
             self.socket.send(&msg)?;
             self.sequence = self.sequence.wrapping_add(chunk.len() as u32);
@@ -89,7 +89,13 @@ impl Ipfix {
 }
 
 /// One IPFIX message: header, templates (when asked), data sets.
-pub fn message(records: &[Record], export_secs: u32, sequence: u32, domain: u32, templates: bool) -> Vec<u8> {
+pub fn message(
+    records: &[Record],
+    export_secs: u32,
+    sequence: u32,
+    domain: u32,
+    templates: bool,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(MAX_MESSAGE);
     out.extend_from_slice(&VERSION.to_be_bytes());
     out.extend_from_slice(&0u16.to_be_bytes()); // length, below

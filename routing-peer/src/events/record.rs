@@ -86,11 +86,15 @@ impl Namer {
             .networks
             .iter()
             .flat_map(|n| &n.resources)
-            .filter_map(|r| match crate::config::parse_resource_address(&r.address) {
-                Ok(crate::config::ResourceAddress::Host(net))
-                | Ok(crate::config::ResourceAddress::Subnet(net)) => Some((net, r.name.clone())),
-                _ => None,
-            })
+            .filter_map(
+                |r| match crate::config::parse_resource_address(&r.address) {
+                    Ok(crate::config::ResourceAddress::Host(net))
+                    | Ok(crate::config::ResourceAddress::Subnet(net)) => {
+                        Some((net, r.name.clone()))
+                    }
+                    _ => None,
+                },
+            )
             .chain(
                 resolved
                     .iter()
@@ -143,9 +147,15 @@ impl Namer {
         let is_end = kind == "end";
         let (peer, resource) = if is_drop && ev.hook == EVENT_FROM_LAN {
             // From the LAN: the source may be a resource, the destination a peer.
-            (self.peer(ev.peer_id, dst), self.resource(ev.resource_id, src))
+            (
+                self.peer(ev.peer_id, dst),
+                self.resource(ev.resource_id, src),
+            )
         } else {
-            (self.peer(ev.peer_id, src), self.resource(ev.resource_id, dst))
+            (
+                self.peer(ev.peer_id, src),
+                self.resource(ev.resource_id, dst),
+            )
         };
         let nat = ev.nat_addr != [0; 4] && !is_drop;
         let at = wall(ev.time_ns);
@@ -167,7 +177,12 @@ impl Namer {
             rule: Self::by_id(&self.names.rules, ev.rule_id),
             count: is_drop.then_some(u64::from(ev.count)),
             from: is_drop.then(|| {
-                if ev.hook == EVENT_FROM_LAN { "lan" } else { "overlay" }.to_string()
+                if ev.hook == EVENT_FROM_LAN {
+                    "lan"
+                } else {
+                    "overlay"
+                }
+                .to_string()
             }),
             tcp_flags: (is_drop && ev.proto == 6).then(|| tcp_flags(ev.tcp_flags)),
             nat_src: nat.then(|| addr(ev.family, ev.nat_addr).to_string()),
@@ -177,7 +192,11 @@ impl Namer {
             packets_in: is_end.then_some(ev.reply.packets),
             bytes_in: is_end.then_some(ev.reply.bytes),
             duration_ms: is_end.then(|| ev.time_ns.saturating_sub(ev.first_seen_ns) / 1_000_000),
-            start_unix_ms: if is_drop { ms(at) } else { ms(wall(ev.first_seen_ns)) },
+            start_unix_ms: if is_drop {
+                ms(at)
+            } else {
+                ms(wall(ev.first_seen_ns))
+            },
             time_unix_ms: ms(at),
             reason_code: ev.reason,
         }
@@ -214,7 +233,13 @@ fn drop_reason(code: u8) -> String {
 }
 
 fn tcp_flags(flags: u8) -> String {
-    let names = [(0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH")];
+    let names = [
+        (0x02, "SYN"),
+        (0x10, "ACK"),
+        (0x01, "FIN"),
+        (0x04, "RST"),
+        (0x08, "PSH"),
+    ];
     let set: Vec<&str> = names
         .iter()
         .filter(|(bit, _)| flags & bit != 0)
@@ -273,8 +298,14 @@ mod tests {
         let end = Event {
             time_ns: 10_000_000_000,
             first_seen_ns: 4_000_000_000,
-            forward: PacketCounter { packets: 5, bytes: 300 },
-            reply: PacketCounter { packets: 4, bytes: 900 },
+            forward: PacketCounter {
+                packets: 5,
+                bytes: 300,
+            },
+            reply: PacketCounter {
+                packets: 4,
+                bytes: 900,
+            },
             kind: EventKind::End as u8,
             reason: EndReason::Close as u8,
             rule_id: 1,
@@ -288,7 +319,10 @@ mod tests {
             (r.kind.as_str(), r.reason.as_deref(), r.rule.as_deref()),
             ("end", Some("close"), Some("Dev to apps"))
         );
-        assert_eq!((r.packets_out, r.bytes_in, r.duration_ms), (Some(5), Some(900), Some(6000)));
+        assert_eq!(
+            (r.packets_out, r.bytes_in, r.duration_ms),
+            (Some(5), Some(900), Some(6000))
+        );
         assert_eq!(r.nat_src.as_deref(), Some("198.51.100.1"));
         assert_eq!(r.resource.as_deref(), Some("Internal Wiki"));
     }
