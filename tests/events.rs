@@ -178,10 +178,20 @@ fn a_flood_of_denied_packets_adds_up_to_the_drop_counter() -> Result<()> {
     // load); every one that reached the data path is in the events.
     eprintln!("flood: {dropped} of {FLOOD} dropped as no-policy");
     assert!(dropped >= FLOOD / 2, "the flood did not arrive: {dropped}");
-    let reported: u64 = observe(&daemon, &["--verdict", "dropped", "--reason", "no-policy"])?
-        .iter()
-        .map(|e| e["count"].as_u64().unwrap_or(0))
-        .sum();
+    let drops = observe(&daemon, &["--verdict", "dropped", "--reason", "no-policy"])?;
+    let reported: u64 = drops.iter().map(|e| e["count"].as_u64().unwrap_or(0)).sum();
+    // The flood's first packet came alone, the rest in aggregates.
+    let flood: Vec<&Value> = drops.iter().filter(|e| e["dst_port"] == 9).collect();
+    assert_eq!(
+        (flood[0]["count"].as_u64(), flood[0].get("aggregated")),
+        (Some(1), None)
+    );
+    assert!(flood[1..].iter().all(|e| e["aggregated"] == true));
+    assert!(
+        flood.len() < 100,
+        "aggregated, not one event per packet: {}",
+        flood.len()
+    );
     assert_eq!(
         reported, dropped,
         "aggregated counts must add up to the drop counter"

@@ -214,6 +214,28 @@ impl Story {
             flows.as_array().is_some_and(|f| f.len() == 2),
             "flows lists the laptop's two connections",
         )?;
+        self.step("What the gateway decided, as it decided it: routing-peer observe")?;
+        println!();
+        self.show(&daemon, &["observe", "--since", "5m", "--for", "1s"])?;
+        let events = daemon.cli(&["observe", "--json", "--since", "5m", "--for", "1s"])?;
+        let events: Vec<serde_json::Value> = events
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        self.check(
+            events
+                .iter()
+                .any(|e| e["type"] == "drop" && e["peer"] == "sales" && e["reason"] == "no-policy"),
+            "observe shows the Sales attempt, dropped for no-policy",
+        )?;
+        self.check(
+            events
+                .iter()
+                .filter(|e| e["type"] == "start" && e["peer"] == "laptop")
+                .count()
+                >= 2,
+            "observe shows the engineer's flows starting, with their rule and NAT",
+        )?;
         if self.netbird {
             let status = daemon.cli_json(&["status", "--json"])?;
             self.check(

@@ -122,8 +122,9 @@ pub fn human(r: &Record) -> String {
                 .map(|f| format!(" [{f}]"))
                 .unwrap_or_default(),
             r.reason.as_deref().unwrap_or("?"),
-            match r.count {
-                Some(n) if n > 1 => format!(" x{n}"),
+            match (r.aggregated, r.count) {
+                (true, Some(n)) => format!(", {n} more like it"),
+                (false, Some(n)) if n > 1 => format!(" x{n}"),
                 _ => String::new(),
             }
         ),

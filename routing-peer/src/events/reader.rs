@@ -16,6 +16,9 @@ use routing_peer_common::{
 
 use crate::datapath::gc::take;
 
+/// `Event::_pad[0]` of an aggregate the daemon reports.
+pub const AGGREGATE: u8 = 1;
+
 /// An aggregate idle this long is removed; the next drop like it is
 /// reported at once again.
 pub const DROP_WINDOW_NS: u64 = 10_000_000_000;
@@ -71,6 +74,8 @@ impl Reader {
                 out.push(Event {
                     count: (agg.count - *done).min(u64::from(u32::MAX)) as u32,
                     time_ns: agg.last_ns,
+                    // Marks an aggregate (user space only; the kernel leaves it 0).
+                    _pad: [AGGREGATE, 0, 0, 0],
                     ..agg.first
                 });
                 *done = agg.count;

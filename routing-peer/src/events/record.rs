@@ -35,6 +35,10 @@ pub struct Record {
     /// Drops: the packets this record stands for (aggregated).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub count: Option<u64>,
+    /// Drops: true for the count of packets since the first of an
+    /// aggregate (which came as a record of its own, `count` 1).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub aggregated: bool,
     /// Drops: `overlay` (from a peer) or `lan`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub from: Option<String>,
@@ -176,6 +180,7 @@ impl Namer {
             },
             rule: Self::by_id(&self.names.rules, ev.rule_id),
             count: is_drop.then_some(u64::from(ev.count)),
+            aggregated: is_drop && ev._pad[0] == super::reader::AGGREGATE,
             from: is_drop.then(|| {
                 if ev.hook == EVENT_FROM_LAN {
                     "lan"
@@ -295,6 +300,10 @@ mod tests {
         assert_eq!(json["tcp_flags"], "SYN");
         assert_eq!(json["from"], "overlay");
         assert!(json.get("packets_out").is_none());
+        assert!(
+            json.get("aggregated").is_none(),
+            "the first of an aggregate"
+        );
         let end = Event {
             time_ns: 10_000_000_000,
             first_seen_ns: 4_000_000_000,

@@ -13,6 +13,7 @@ use anyhow::Result;
 use routing_peer_testbed::Netns;
 use serde_json::{json, Value};
 
+mod events;
 mod goodput;
 mod profile;
 mod report;
@@ -168,6 +169,11 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
     let repeats = 5;
     let scenarios = scenarios(quick);
     let results = throughput(&bench, &scenarios, repeats)?;
+    step("events: a denied flood with and without an observe client, interleaved");
+    let events = [1, 1000]
+        .into_iter()
+        .map(|flows| bench.event_cost(&Scenario::forward(flows, 1000, 64), repeats))
+        .collect::<Result<Vec<_>>>()?;
     step("profile: an established flow on the TC path of the L3 overlay (perf, cpu-clock)");
     let profile = bench.profile_l3(1000)?;
     eprintln!("  {profile}");
@@ -183,6 +189,7 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
         goodput,
         reload,
         profile,
+        events,
     };
     bench.report(&measured, quick, started.elapsed().as_secs_f64())
 }
@@ -297,6 +304,13 @@ fn run_only(bin_dir: &std::path::Path, quick: bool, only: &str) -> Result<()> {
     let bench = Bench::new(bin_dir.to_path_buf(), 1.3)?;
     if only == "profile" {
         println!("{}", bench.profile_l3(1000)?);
+        return Ok(());
+    }
+    if only == "events" {
+        for flows in [1, 1000] {
+            let r = bench.event_cost(&Scenario::forward(flows, 1000, 64), 3)?;
+            println!("{r}");
+        }
         return Ok(());
     }
     let picked: Vec<Scenario> = scenarios(quick)
