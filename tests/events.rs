@@ -90,6 +90,14 @@ fn observe_shows_the_denied_attempt_and_the_flow_from_start_to_end() -> Result<(
         Ok(echoed)
     })??;
     assert_eq!(echoed, COUNT);
+    // Top talkers: the laptop's live flows summed.
+    let by_peer = daemon.cli_json(&["flows", "--by", "peer", "--json"])?;
+    let laptop = by_peer
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == "laptop"))
+        .expect("the laptop among the talkers");
+    assert!(laptop["flows"].as_u64() >= Some(1));
+    assert!(laptop["packets_out"].as_u64() >= Some(COUNT));
     let end = wait_for(Duration::from_secs(30), || {
         let ends = observe(&daemon, &["--proto", "udp", "--port", "5353"])?;
         Ok(ends.into_iter().find(|e| e["type"] == "end"))

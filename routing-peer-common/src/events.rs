@@ -28,6 +28,9 @@ pub enum EndReason {
     Reset = 2,
     /// The policy no longer allows it; removed by the data path.
     Revoked = 3,
+    /// Gone from the table between two GC passes, the kernel's LRU making
+    /// room: the counts are those of the pass before (a lower bound).
+    Evicted = 4,
 }
 
 impl EndReason {
@@ -37,6 +40,7 @@ impl EndReason {
             EndReason::Close => "close",
             EndReason::Reset => "reset",
             EndReason::Revoked => "revoked",
+            EndReason::Evicted => "evicted",
         }
     }
 
@@ -45,6 +49,7 @@ impl EndReason {
             1 => EndReason::Close,
             2 => EndReason::Reset,
             3 => EndReason::Revoked,
+            4 => EndReason::Evicted,
             _ => EndReason::Timeout,
         }
     }

@@ -366,7 +366,11 @@ mod tests {
             ..Default::default()
         };
         s.errors.insert("timeout".into(), 2);
-        s.last_sync_unix = Some(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        s.last_sync_unix = Some(now - 5);
         source(&r, &s).unwrap();
         let mut out = Vec::new();
         TextEncoder::new().encode(&r.gather(), &mut out).unwrap();
@@ -375,13 +379,39 @@ mod tests {
             text.contains("routing_peer_source_sync_errors_total{reason=\"timeout\"} 2"),
             "{text}"
         );
-        assert!(
-            text.contains("routing_peer_source_sync_age_seconds 17"),
-            "{text}"
-        );
+        let age: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("routing_peer_source_sync_age_seconds "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no age in:\n{text}"));
+        assert!((5..=6).contains(&age), "{age}");
         // A file source has neither.
         let r = Registry::new();
         source(&r, &Default::default()).unwrap();
         assert!(r.gather().is_empty());
+    }
+
+    #[test]
+    fn events_are_counted_by_type_and_exporter() {
+        let r = Registry::new();
+        let mut e = crate::events::EventCounters {
+            aggregated: 99_999,
+            lost: 3,
+            ..Default::default()
+        };
+        e.published.insert("drop".into(), 12);
+        e.export_errors.insert("ipfix".into(), 1);
+        events(&r, &e).unwrap();
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&r.gather(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for line in [
+            "routing_peer_events_total{type=\"drop\"} 12",
+            "routing_peer_events_aggregated_total 99999",
+            "routing_peer_events_lost_total 3",
+            "routing_peer_event_export_errors_total{exporter=\"ipfix\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
     }
 }

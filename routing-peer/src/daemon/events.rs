@@ -27,6 +27,9 @@ pub(super) struct Events {
     file: Option<JsonLines>,
     ipfix: Option<Ipfix>,
     exports: config::Events,
+    /// Flows whose end the kernel reported since the last GC pass: GC's
+    /// "vanished" ones among them are not evictions.
+    kernel_ended: std::collections::HashSet<routing_peer_common::CtKey>,
 }
 
 impl Events {
@@ -40,6 +43,7 @@ impl Events {
             file: None,
             ipfix: None,
             exports: config::Events::default(),
+            kernel_ended: Default::default(),
         };
         events.configure(settings);
         Ok((events, ring))
@@ -88,6 +92,9 @@ impl Daemon {
         let (mono, wall) = (gc::monotonic_ns(), SystemTime::now());
         let mut ipfix_batch = Vec::new();
         for e in &events {
+            if e.kind == routing_peer_common::EventKind::End as u8 {
+                ev.kernel_ended.insert(reader::flow_key(e));
+            }
             let record = ev.namer.record(e, mono, wall);
             if let Some(file) = ev.file.as_mut() {
                 let line = serde_json::to_string(&record).unwrap_or_default();
@@ -115,15 +122,22 @@ impl Daemon {
         self.publish_events(events);
     }
 
-    /// GC's removals, as flow ends.
-    pub(super) fn publish_ends(
-        &mut self,
-        ended: &[(routing_peer_common::CtKey, routing_peer_common::CtEntry)],
-    ) {
+    /// GC's removals, and the flows it found gone that no end reported
+    /// (LRU evictions), as flow ends.
+    pub(super) fn publish_ends(&mut self, stats: &gc::GcStats) {
         let now = gc::monotonic_ns();
-        let events = ended
+        let kernel_ended = std::mem::take(&mut self.events.kernel_ended);
+        let events = stats
+            .ended
             .iter()
-            .map(|(k, e)| reader::gc_end(k, e, now))
+            .map(|(k, e)| reader::gc_end(k, e, now, false))
+            .chain(
+                stats
+                    .vanished
+                    .iter()
+                    .filter(|(k, _)| !kernel_ended.contains(k))
+                    .map(|(k, e)| reader::gc_end(k, e, now, true)),
+            )
             .collect();
         self.publish_events(events);
     }

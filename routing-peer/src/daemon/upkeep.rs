@@ -100,7 +100,7 @@ impl Daemon {
                         "conntrack GC"
                     );
                 }
-                self.publish_ends(&s.ended);
+                self.publish_ends(&s);
             }
             Err(e) => warn!("conntrack GC: {e}"),
         }

@@ -19,6 +19,10 @@ pub struct GcStats {
     pub nat_removed: usize,
     /// The flows removed, as they were: their ends.
     pub ended: Vec<(CtKey, CtEntry)>,
+    /// Flows the last pass saw that are gone now without GC removing
+    /// them (the kernel's LRU evicted them, or the data path removed them),
+    /// as the last pass saw them.
+    pub vanished: Vec<(CtKey, CtEntry)>,
 }
 
 /// CLOCK_MONOTONIC, the clock bpf_ktime_get_ns reads.
@@ -42,6 +46,8 @@ pub struct GcMaps {
     /// pass too, so one created between the conntrack scan and the NAT
     /// scan is never taken from a new flow.
     unused_before: HashSet<NatEndpoint>,
+    /// The live flows of the last pass, for those that vanish before the next.
+    known: std::collections::HashMap<CtKey, CtEntry>,
 }
 
 impl GcMaps {
@@ -52,7 +58,14 @@ impl GcMaps {
             nat_fwd: take(ebpf, map_names::NAT_FWD)?,
             nat_rev: take(ebpf, map_names::NAT_REV)?,
             unused_before: HashSet::new(),
+            known: Default::default(),
         })
+    }
+
+    /// The flows the last pass found live.
+    #[cfg(test)]
+    pub fn live_keys(&self) -> impl Iterator<Item = &CtKey> {
+        self.known.keys()
     }
 
     /// One GC pass.
@@ -60,12 +73,14 @@ impl GcMaps {
         let now = monotonic_ns();
         let mut stats = GcStats::default();
         let mut expired = Vec::new();
+        let mut live = std::collections::HashMap::new();
         let mut in_use = HashSet::new();
         for item in self.conntrack.iter() {
             let Ok((key, entry)) = item else { continue };
             if now.saturating_sub(entry.last_seen_ns) > config.timeout_ns(entry.state) {
                 expired.push(key);
             } else {
+                live.insert(key, entry);
                 stats.flows_live += 1;
                 if entry.flags & CT_FLAG_MASQUERADE != 0 {
                     in_use.insert((key.peer, key.peer_port, key.proto));
@@ -83,6 +98,13 @@ impl GcMaps {
                 }
             }
         }
+        let previous = std::mem::replace(&mut self.known, live);
+        // Expired ones a packet refreshed meanwhile are not gone either.
+        let accounted: HashSet<CtKey> = expired.iter().copied().collect();
+        stats.vanished = previous
+            .into_iter()
+            .filter(|(k, _)| !self.known.contains_key(k) && !accounted.contains(k))
+            .collect();
         if stats.flows_expired > 0 {
             // Counted so that LRU evictions can be derived (see `CtEvent`).
             let before = self.ct_gc.get(&0, 0)?;

@@ -170,6 +170,7 @@ fn data(out: &mut Vec<u8>, r: &Record, v6: bool) {
         ("start", _) => (1u8, 0u8),
         ("end", Some("timeout")) => (2, 1),
         ("end", Some("revoked")) => (2, 4),
+        ("end", Some("evicted")) => (2, 5),
         ("end", _) => (2, 3),
         _ => (3, 0),
     };

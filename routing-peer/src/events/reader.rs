@@ -50,7 +50,7 @@ impl Reader {
     }
 
     /// Every event the ring buffer holds now.
-    pub fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
+    pub fn drain<T: std::borrow::Borrow<MapData>>(ring: &mut RingBuf<T>) -> Vec<Event> {
         let mut out = Vec::new();
         while let Some(item) = ring.next() {
             if item.len() >= std::mem::size_of::<Event>() {
@@ -102,9 +102,23 @@ impl Reader {
     }
 }
 
-/// A flow GC removed, as its end.
-pub fn gc_end(key: &CtKey, entry: &CtEntry, mono_now: u64) -> Event {
+/// The flow an event is about, as conntrack keys it.
+pub fn flow_key(ev: &Event) -> CtKey {
+    CtKey {
+        peer: ev.src,
+        remote: ev.dst,
+        peer_port: ev.sport,
+        remote_port: ev.dport,
+        proto: ev.proto,
+        family: ev.family,
+        _pad: [0; 2],
+    }
+}
+
+/// A flow GC removed (or found gone: `evicted`), as its end.
+pub fn gc_end(key: &CtKey, entry: &CtEntry, mono_now: u64, evicted: bool) -> Event {
     let reason = match entry.state {
+        _ if evicted => EndReason::Evicted,
         CT_TCP_CLOSING => EndReason::Close,
         CT_TCP_RESET => EndReason::Reset,
         _ => EndReason::Timeout,

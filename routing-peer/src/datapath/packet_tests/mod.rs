@@ -354,6 +354,7 @@ fn udp_v6(payload: &[u8]) -> Vec<u8> {
 }
 
 mod conntrack;
+mod events;
 mod fail_closed;
 mod frag;
 mod fuzz;
