@@ -249,17 +249,7 @@ impl Daemon {
     /// Starts `routing-peer run --config <config> <extra>` in `ns`, and waits
     /// (bounded) until its programs are attached.
     pub fn start(ns: &Netns, config: &std::path::Path, extra: &[&str]) -> Result<Self> {
-        let mut args = vec!["--config".to_string(), config.display().to_string()];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut daemon = Self {
-            instance: unique_name("d"),
-            netns: ns.name.clone(),
-            args,
-            child: None,
-            log: None,
-        };
-        daemon.spawn()?;
-        Ok(daemon)
+        Self::launch(ns, config, extra, None)
     }
 
     /// As `start`, with the log kept in `log` (appended across restarts).
@@ -269,6 +259,15 @@ impl Daemon {
         extra: &[&str],
         log: PathBuf,
     ) -> Result<Self> {
+        Self::launch(ns, config, extra, Some(log))
+    }
+
+    fn launch(
+        ns: &Netns,
+        config: &std::path::Path,
+        extra: &[&str],
+        log: Option<PathBuf>,
+    ) -> Result<Self> {
         let mut args = vec!["--config".to_string(), config.display().to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut daemon = Self {
@@ -276,7 +275,7 @@ impl Daemon {
             netns: ns.name.clone(),
             args,
             child: None,
-            log: Some(log),
+            log,
         };
         daemon.spawn()?;
         Ok(daemon)
