@@ -6,7 +6,7 @@
 //! in the ring buffer or in per-CPU scratch: the stack has no room.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
@@ -49,6 +49,20 @@ pub struct DropNote {
 struct DropScratch {
     key: DropKey,
     agg: DropAgg,
+}
+
+/// Unread bytes past which a submit wakes the daemon. Below, no wakeup:
+/// one per event costs more than the event (an irq_work each); the
+/// daemon drains every second anyway.
+const WAKEUP_BYTES: u64 = 64 << 10;
+
+#[inline(always)]
+fn submit_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 #[inline(always)]
@@ -121,7 +135,7 @@ pub fn flow(key: &CtKey, entry: *const CtEntry, kind: EventKind, reason: EndReas
         fill_flow(&mut *ev, key, &*entry, kind);
         (*ev).reason = reason as u8;
     }
-    slot.submit(0);
+    slot.submit(submit_flags());
     stat(EventStat::Emitted);
 }
 
@@ -177,7 +191,7 @@ pub fn dropped(pkt: &Packet, reason: DropReason, hook: u8) {
     let ev = slot.as_mut_ptr();
     // SAFETY: the reserved event, written whole from the scratch copy.
     unsafe { core::ptr::copy_nonoverlapping(&s.agg.first as *const Event, ev, 1) };
-    slot.submit(0);
+    slot.submit(submit_flags());
     stat(EventStat::Emitted);
 }
 

@@ -72,6 +72,10 @@ impl Daemon {
                     }
                     self.refresh_peers();
                     self.expire_resolved();
+                    // The kernel wakes this loop only past 64 KiB of
+                    // events: the rest are read here, once a second.
+                    let events = crate::events::reader::Reader::drain(ring.get_mut());
+                    self.publish_events(events);
                     self.flush_drop_events();
                     if ticks.is_multiple_of(10) {
                         self.collect_garbage();
