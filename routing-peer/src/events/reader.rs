@@ -10,7 +10,7 @@ use aya::{
     Ebpf,
 };
 use routing_peer_common::{
-    map_names, CtEntry, CtKey, DropAgg, DropKey, EndReason, Event, EventKind, EventStat,
+    map_names, CtEntry, CtKey, DropAgg, DropKey, EndReason, Event, EventKind, EventStat, Family,
     CT_TCP_CLOSING, CT_TCP_RESET,
 };
 
@@ -104,15 +104,12 @@ impl Reader {
 
 /// The flow an event is about, as conntrack keys it.
 pub fn flow_key(ev: &Event) -> CtKey {
-    CtKey {
-        peer: ev.src,
-        remote: ev.dst,
-        peer_port: ev.sport,
-        remote_port: ev.dport,
-        proto: ev.proto,
-        family: ev.family,
-        _pad: [0; 2],
-    }
+    CtKey::new(
+        Family::from_tag(u32::from(ev.family)),
+        ev.proto,
+        (ev.src, ev.sport),
+        (ev.dst, ev.dport),
+    )
 }
 
 /// A flow GC removed (or found gone: `evicted`), as its end.

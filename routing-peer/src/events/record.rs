@@ -3,14 +3,14 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     time::{Duration, SystemTime},
 };
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use routing_peer_common::{DropReason, EndReason, Event, EventKind, EVENT_FROM_LAN};
+use routing_peer_common::{DropReason, EndReason, Event, EventKind, Family, EVENT_FROM_LAN};
 
 use crate::{compile::Names, config::Config};
 
@@ -208,16 +208,9 @@ impl Namer {
     }
 }
 
-pub fn addr(family: u8, words: [u32; 4]) -> IpAddr {
-    if family == 6 {
-        let mut b = [0u8; 16];
-        for (i, w) in words.iter().enumerate() {
-            b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-        }
-        IpAddr::V6(Ipv6Addr::from(b))
-    } else {
-        IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes()))
-    }
+/// An event's address (its `family` tag, 4 or 6).
+fn addr(family: u8, words: [u32; 4]) -> IpAddr {
+    crate::model::addr_from_key(Family::from_tag(u32::from(family)), words)
 }
 
 pub fn proto_name(proto: u8) -> String {
