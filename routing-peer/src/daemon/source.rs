@@ -146,9 +146,14 @@ impl Source {
     pub fn accept(&mut self, outcome: Outcome, status: Option<&SharedStatus>) -> Option<Config> {
         let now = unix_now();
         self.status.requests_per_sync = outcome.requests;
-        let result = outcome.result.and_then(|(import, _)| {
-            // Merged again: the file may have changed since the poller began.
+        let result = outcome.result.and_then(|(import, synced)| {
+            // Merged again: the file may have changed since the poller
+            // began. `sync_once` validated what it merged: only a different
+            // merge needs validating again (at 100k rules, 0.2 s a poll).
             let merged = netbird::merge(&self.local, Some(&import));
+            if merged == synced {
+                return Ok((import, merged));
+            }
             let (problems, _) = crate::config::validate(&merged);
             match problems.first() {
                 Some(p) => Err(netbird::SyncError::Invalid(format!(
