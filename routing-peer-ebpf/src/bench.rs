@@ -1,10 +1,10 @@
 //! Benchmark-only programs: a packet generator for BPF_PROG_TEST_RUN live
 //! frames, a counting sink, a pass-through (veth needs an XDP program on the
-//! receiving end to take XDP_TX frames) and the stateless XDP-redirect
-//! upper bound. They are loaded only by `cargo xtask bench`.
+//! receiving end to take XDP_TX frames) and the stateless XDP- and
+//! TC-redirect upper bounds. They are loaded only by `cargo xtask bench`.
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_SHOT},
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     macros::{classifier, map, xdp},
     maps::{Array, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -199,7 +199,7 @@ pub fn rp_bench_pass(_ctx: XdpContext) -> u32 {
 /// without options, the ports): the full validation lives in the data path.
 #[xdp]
 pub fn rp_bench_redirect(ctx: XdpContext) -> u32 {
-    let Some(pkt) = minimal_ipv4(&ctx) else {
+    let Some(pkt) = minimal_ipv4(ctx.data(), ctx.data_end(), 14) else {
         return xdp_action::XDP_PASS;
     };
     if pkt.ttl <= 1 {
@@ -218,25 +218,64 @@ pub fn rp_bench_redirect(ctx: XdpContext) -> u32 {
     forward::xdp_redirect(&ctx, &route).unwrap_or(xdp_action::XDP_PASS)
 }
 
-/// Ethernet + IPv4 (no options) + the first 4 bytes of L4, or `None`.
+/// The TC bound of the L3 overlay (at the TUN's ingress, as the overlay
+/// program sits at `wg0`'s): the same stateless work as
+/// `rp_bench_redirect` — FIB lookup with the neighbour, TTL, an Ethernet
+/// header pushed, redirect — and nothing else. No TC program can forward
+/// faster on this rig; it is the ceiling of the L3 rows.
+#[classifier]
+pub fn rp_bench_tc_redirect_l3(ctx: TcContext) -> i32 {
+    tc_redirect(&ctx, false)
+}
+
+/// The same bound for replies, at the LAN's TC ingress into the TUN.
+#[classifier]
+pub fn rp_bench_tc_redirect_l2(ctx: TcContext) -> i32 {
+    tc_redirect(&ctx, true)
+}
+
 #[inline(always)]
-fn minimal_ipv4(ctx: &XdpContext) -> Option<Packet> {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    // One bound for all we read: 14 + 20 + 4 bytes.
-    if start + ETH_IP_LEN + 4 > end {
+fn tc_redirect(ctx: &TcContext, l2_in: bool) -> i32 {
+    let l3 = if l2_in { 14 } else { 0 };
+    let Some(pkt) = minimal_ipv4(ctx.data(), ctx.data_end(), l3) else {
+        return TC_ACT_OK;
+    };
+    if pkt.ttl <= 1 {
+        return TC_ACT_OK;
+    }
+    // SAFETY: reading the skb's ingress ifindex.
+    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    let forward::Fib::Forward(route) =
+        forward::lookup_tc(ctx, &pkt, &forward::To::dst_of(&pkt), ifindex)
+    else {
+        return TC_ACT_OK;
+    };
+    if forward::decrement_ttl(ctx, &pkt).is_err() {
+        return TC_ACT_SHOT;
+    }
+    forward::redirect_tc(ctx, &route, false, l2_in).unwrap_or(TC_ACT_SHOT)
+}
+
+/// [Ethernet +] IPv4 (no options) + the first 4 bytes of L4 at `l3`
+/// (0 or 14), or `None`.
+#[inline(always)]
+fn minimal_ipv4(start: usize, end: usize, l3: usize) -> Option<Packet> {
+    // One bound for all we read: [14 +] 20 + 4 bytes.
+    if start + l3 + 20 + 4 > end {
         return None;
     }
     let eth = start as *const EthHdr;
-    let ip = (start + 14) as *const Ipv4Hdr;
-    let ports = (start + ETH_IP_LEN) as *const [u16; 2];
-    // SAFETY: all three lie inside the frame, checked above.
+    let ip = (start + l3) as *const Ipv4Hdr;
+    let ports = (start + l3 + 20) as *const [u16; 2];
+    // SAFETY: all three lie inside the frame, checked above (the Ethernet
+    // header only read when l3 is 14).
     unsafe {
-        if u16::from_be((*eth).proto) != ETH_P_IP || (*ip).version_ihl != 0x45 {
+        if (l3 == 14 && u16::from_be((*eth).proto) != ETH_P_IP) || (*ip).version_ihl != 0x45 {
             return None;
         }
         Some(Packet {
-            l3_offset: 14,
-            l4_offset: ETH_IP_LEN,
+            l3_offset: l3,
+            l4_offset: l3 + 20,
             l3_len: u16::from_be((*ip).tot_len) as usize,
             proto: (*ip).proto,
             src: [(*ip).src, 0, 0, 0],

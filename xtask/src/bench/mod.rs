@@ -26,7 +26,8 @@ use crate::util::{self, output, step};
 
 /// More distinct flows than one sample sends packets (20000 client ports ×
 /// 128 service ports): every packet opens a new flow (conntrack entry,
-/// masquerade mapping), so Mpps is the new-flow rate.
+/// masquerade mapping), so Mpps is the new-flow rate. On two CPUs each
+/// generator takes half (`NEW_FLOWS / 2`), so that no flow is sent twice.
 const NEW_FLOWS: u32 = 2_560_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -35,6 +36,10 @@ enum Mode {
     RoutingPeerL3,
     Nftables,
     KernelForward,
+    /// A stateless TC program at the TUN's ingress (and the LAN's, for
+    /// replies): FIB lookup and redirect, nothing else. The ceiling of any
+    /// TC program on this rig.
+    TcRedirect,
     /// The XDP fast path on an L2 (veth) overlay with XDP redirect.
     RoutingPeerXdp,
     /// The same daemon on the L2 overlay without XDP redirect.
@@ -43,10 +48,11 @@ enum Mode {
 }
 
 impl Mode {
-    const ALL: [Mode; 6] = [
+    const ALL: [Mode; 7] = [
         Mode::RoutingPeerL3,
         Mode::Nftables,
         Mode::KernelForward,
+        Mode::TcRedirect,
         Mode::RoutingPeerXdp,
         Mode::RoutingPeerL2Tc,
         Mode::XdpRedirect,
@@ -56,6 +62,7 @@ impl Mode {
             Mode::RoutingPeerL3 => "routing-peer, TC path, L3 overlay",
             Mode::Nftables => "nftables + conntrack + masquerade, L3 overlay",
             Mode::KernelForward => "kernel forwarding, no rules, L3 overlay",
+            Mode::TcRedirect => "TC redirect bound, stateless, L3 overlay",
             Mode::RoutingPeerXdp => "routing-peer, XDP path, L2 overlay",
             Mode::RoutingPeerL2Tc => "routing-peer, TC path, L2 overlay",
             Mode::XdpRedirect => "XDP redirect bound, stateless, L2",
@@ -65,7 +72,7 @@ impl Mode {
     fn l3(self) -> bool {
         matches!(
             self,
-            Mode::RoutingPeerL3 | Mode::Nftables | Mode::KernelForward
+            Mode::RoutingPeerL3 | Mode::Nftables | Mode::KernelForward | Mode::TcRedirect
         )
     }
     fn routing_peer(self) -> bool {
@@ -214,6 +221,7 @@ fn throughput(bench: &Bench, scenarios: &[Scenario], repeats: usize) -> Result<V
         }
         let nft = median(&samples[&Mode::Nftables]);
         let kernel = median(&samples[&Mode::KernelForward]);
+        let tc_bound = median(&samples[&Mode::TcRedirect]);
         // Replies have no stateless bound of their own (XDP cannot redirect
         // into an L3 device): they are held against the forward one.
         if let Some(s) = samples.get(&Mode::XdpRedirect) {
@@ -227,7 +235,7 @@ fn throughput(bench: &Bench, scenarios: &[Scenario], repeats: usize) -> Result<V
                 "direction": format!("{:?}", sc.direction).to_lowercase(), "cpus": sc.cpus,
                 "median_mpps": m, "min_mpps": min(s), "max_mpps": max(s), "samples": s,
                 "ratio_to_nftables": m / nft, "ratio_to_kernel": m / kernel,
-                "ratio_to_xdp_redirect": m / xdp,
+                "ratio_to_xdp_redirect": m / xdp, "ratio_to_tc_bound": m / tc_bound,
             }));
         }
     }
@@ -356,6 +364,10 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
         cpus: 2,
         direction: Direction::Reply,
         ..f(1, 1000, 64)
+    });
+    v.push(Scenario {
+        cpus: 2,
+        ..f(NEW_FLOWS / 2, 1000, 64)
     });
     v
 }

@@ -120,6 +120,34 @@ impl Bench {
         ]))
     }
 
+    /// A bench TC program at `iface`'s ingress.
+    fn attach_ingress(&self, ns: &Netns, iface: &str, program: &str, pin: &str) -> Result<()> {
+        let mut cmd = self.rp_bench(ns);
+        cmd.args([
+            "attach",
+            "--ingress",
+            "--iface",
+            iface,
+            "--program",
+            program,
+        ])
+        .arg("--pin")
+        .arg(self.pins.join(pin));
+        run_cmd(&mut cmd)
+    }
+
+    /// The TC bound's programs where `sc`'s traffic enters: the TUN
+    /// (forward), the LAN (replies); their pins.
+    fn tc_bound_pins(sc: &Scenario) -> Vec<(&'static str, &'static str, &'static str)> {
+        let forward = ("ov1", "rp_bench_tc_redirect_l3", "tcbound-ov1");
+        let reply = ("lan0", "rp_bench_tc_redirect_l2", "tcbound-lan0");
+        match sc.direction {
+            Direction::Forward => vec![forward],
+            Direction::Reply => vec![reply],
+            Direction::Both => vec![forward, reply],
+        }
+    }
+
     pub(super) fn detach(&self, pin: &str) -> Result<()> {
         std::fs::remove_dir_all(self.pins.join(pin)).context("detaching")
     }
@@ -191,8 +219,9 @@ impl Bench {
             vec![cmd]
         };
         let reply = || -> Vec<Command> {
-            // Kernel forwarding does not translate: replies go to the peer.
-            let to = if mode == Mode::KernelForward {
+            // Kernel forwarding and the bound do not translate: replies go
+            // to the peer.
+            let to = if matches!(mode, Mode::KernelForward | Mode::TcRedirect) {
                 PEER
             } else {
                 MASQUERADE
@@ -294,6 +323,11 @@ impl Bench {
                 run_cmd(self.dut.cmd("nft").args(["-f", &*path.to_string_lossy()]))?;
             }
             Mode::KernelForward => {}
+            Mode::TcRedirect => {
+                for (iface, program, pin) in Self::tc_bound_pins(sc) {
+                    self.attach_ingress(&self.dut, iface, program, pin)?;
+                }
+            }
             Mode::XdpRedirect => {
                 self.detach("ov0")?;
                 self.attach(&self.dut, "ov0", "rp_bench_redirect", "ov0")?;
@@ -318,6 +352,11 @@ impl Bench {
                 )?;
             }
             Mode::KernelForward => {}
+            Mode::TcRedirect => {
+                for (_, _, pin) in Self::tc_bound_pins(sc) {
+                    self.detach(pin)?;
+                }
+            }
             Mode::XdpRedirect => {
                 self.detach("ov0")?;
                 self.attach(&self.dut, "ov0", "rp_bench_pass", "ov0")?;

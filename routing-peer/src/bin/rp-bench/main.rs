@@ -4,7 +4,8 @@
 //!   pktgen on these kernels, and xdp-trafficgen fails), or packets written
 //!   into a TUN device (the L3 overlay, `tun.rs`).
 //! - `attach`: pins a bench program to an interface: XDP (sink, pass,
-//!   redirect) or TC egress (`rp_bench_tc_sink`).
+//!   redirect) or TC (`rp_bench_tc_sink` at egress, the TC-redirect bound
+//!   at ingress).
 //! - `count`: reads a pinned sink's counter.
 //! - `cost`: nanoseconds per packet of the overlay program, via test runs.
 
@@ -71,7 +72,7 @@ enum Command {
         #[arg(long)]
         reply: bool,
     },
-    /// Attach one of the bench XDP programs to `iface`, pinned under `pin`.
+    /// Attach one of the bench programs to `iface`, pinned under `pin`.
     Attach {
         #[arg(long)]
         iface: String,
@@ -79,6 +80,9 @@ enum Command {
         program: String,
         #[arg(long)]
         pin: PathBuf,
+        /// A TC program at ingress (default: egress).
+        #[arg(long)]
+        ingress: bool,
     },
     /// Print the packets a pinned sink has counted.
     Count {
@@ -146,7 +150,8 @@ fn main() -> Result<()> {
             iface,
             program,
             pin,
-        } => attach(&iface, &program, &pin),
+            ingress,
+        } => attach(&iface, &program, &pin, ingress),
         Command::Count { pin } => {
             let data = MapData::from_pin(pin.join("BENCH_SINK"))?;
             let arr = PerCpuArray::<_, PacketCounter>::try_from(Map::PerCpuArray(data))?;
@@ -319,7 +324,7 @@ fn gen(iface: &str, seconds: f64, frames: Frames) -> Result<()> {
     Ok(())
 }
 
-fn attach(iface: &str, program: &str, pin: &std::path::Path) -> Result<()> {
+fn attach(iface: &str, program: &str, pin: &std::path::Path, ingress: bool) -> Result<()> {
     std::fs::create_dir_all(pin)?;
     let mut loader = EbpfLoader::new();
     let sink_pin = pin.join("BENCH_SINK");
@@ -330,7 +335,12 @@ fn attach(iface: &str, program: &str, pin: &std::path::Path) -> Result<()> {
         .with_context(|| format!("no program {program}"))?;
     let link: FdLink = if let Ok(tc) = <&mut SchedClassifier>::try_from(&mut *prog) {
         tc.load()?;
-        let id = tc.attach(iface, TcAttachType::Egress)?;
+        let at = if ingress {
+            TcAttachType::Ingress
+        } else {
+            TcAttachType::Egress
+        };
+        let id = tc.attach(iface, at)?;
         tc.take_link(id)?.try_into()?
     } else {
         let xdp: &mut Xdp = prog.try_into()?;
