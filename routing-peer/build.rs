@@ -46,6 +46,12 @@ fn main() {
             &["--features", "bench"],
             &out_dir.join("routing-peer-bench.bpf.o"),
         );
+        build_object(
+            &ebpf_dir,
+            &workspace.join("target/bpf-lru"),
+            &["--features", "percpu-lru"],
+            &out_dir.join("routing-peer-percpu-lru.bpf.o"),
+        );
     }
 }
 

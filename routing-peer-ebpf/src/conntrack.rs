@@ -17,10 +17,18 @@ use routing_peer_common::{
 
 const MAX_FLOWS: u32 = 262144;
 
+/// The LRU maps' flags: the shared LRU lists, or per-CPU ones in the
+/// benchmark's comparison object (feature `percpu-lru`).
+pub const LRU_FLAGS: u32 = if cfg!(feature = "percpu-lru") {
+    aya_ebpf::bindings::BPF_F_NO_COMMON_LRU
+} else {
+    0
+};
+
 // Maps.
 /// Tracked flows by their overlay-side key; LRU, so a full table evicts.
 #[map]
-static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_FLOWS, LRU_FLAGS);
 /// Per CPU: conntrack inserts and removals by kind (`CtEvent`), for evictions.
 #[map]
 static CT_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CtEvent::COUNT, 0);

@@ -33,11 +33,11 @@ const MAX_MAPPINGS: u32 = 131072;
 /// Masquerade mappings, peer endpoint → external endpoint.
 #[map]
 static NAT_FWD: LruHashMap<NatEndpoint, NatEndpoint> =
-    LruHashMap::with_max_entries(MAX_MAPPINGS, 0);
+    LruHashMap::with_max_entries(MAX_MAPPINGS, crate::conntrack::LRU_FLAGS);
 /// The same mappings the other way, external endpoint → peer endpoint.
 #[map]
 static NAT_REV: LruHashMap<NatEndpoint, NatEndpoint> =
-    LruHashMap::with_max_entries(MAX_MAPPINGS, 0);
+    LruHashMap::with_max_entries(MAX_MAPPINGS, crate::conntrack::LRU_FLAGS);
 /// Per CPU: the state of one pool scan, for the `bpf_loop` callback.
 #[map]
 static NAT_SCAN: PerCpuArray<Scan> = PerCpuArray::with_max_entries(1, 0);

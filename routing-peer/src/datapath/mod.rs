@@ -30,6 +30,24 @@ pub static EBPF_OBJECT: &[u8] =
 pub static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/routing-peer-bench.bpf.o"));
 
+/// The data path with per-CPU LRU lists for conntrack and NAT
+/// (`BPF_F_NO_COMMON_LRU`), which `cargo xtask bench` compares against the
+/// shared lists: loaded in place of `EBPF_OBJECT` when
+/// `ROUTING_PEER_BENCH_PERCPU_LRU` is set, in bench builds only.
+#[cfg(feature = "bench")]
+pub static PERCPU_LRU_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/routing-peer-percpu-lru.bpf.o"));
+
+/// The object to load: the product's, or in bench builds the comparison.
+fn object() -> &'static [u8] {
+    #[cfg(feature = "bench")]
+    if std::env::var_os("ROUTING_PEER_BENCH_PERCPU_LRU").is_some() {
+        tracing::warn!("bench build: loading the per-CPU LRU comparison object");
+        return PERCPU_LRU_OBJECT;
+    }
+    EBPF_OBJECT
+}
+
 /// Where all instances keep their pins.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf/routing-peer";
 
@@ -90,7 +108,7 @@ pub fn load(pins: Option<&PinDir>, log_level: u8, sizes: &[(&'static str, u32)])
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    Ok(loader.load(EBPF_OBJECT)?)
+    Ok(loader.load(object())?)
 }
 
 #[cfg(test)]

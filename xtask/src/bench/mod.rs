@@ -34,6 +34,9 @@ const NEW_FLOWS: u32 = 2_560_000;
 enum Mode {
     /// The deployment: an L3 overlay (as `wg0`), the TC programs.
     RoutingPeerL3,
+    /// The same with per-CPU LRU lists for conntrack and NAT
+    /// (`BPF_F_NO_COMMON_LRU`), in the new-flow scenarios only.
+    PerCpuLru,
     Nftables,
     KernelForward,
     /// A stateless TC program at the TUN's ingress (and the LAN's, for
@@ -48,8 +51,9 @@ enum Mode {
 }
 
 impl Mode {
-    const ALL: [Mode; 7] = [
+    const ALL: [Mode; 8] = [
         Mode::RoutingPeerL3,
+        Mode::PerCpuLru,
         Mode::Nftables,
         Mode::KernelForward,
         Mode::TcRedirect,
@@ -60,6 +64,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::RoutingPeerL3 => "routing-peer, TC path, L3 overlay",
+            Mode::PerCpuLru => "routing-peer, TC path, L3 overlay, per-CPU LRU lists",
             Mode::Nftables => "nftables + conntrack + masquerade, L3 overlay",
             Mode::KernelForward => "kernel forwarding, no rules, L3 overlay",
             Mode::TcRedirect => "TC redirect bound, stateless, L3 overlay",
@@ -72,13 +77,17 @@ impl Mode {
     fn l3(self) -> bool {
         matches!(
             self,
-            Mode::RoutingPeerL3 | Mode::Nftables | Mode::KernelForward | Mode::TcRedirect
+            Mode::RoutingPeerL3
+                | Mode::PerCpuLru
+                | Mode::Nftables
+                | Mode::KernelForward
+                | Mode::TcRedirect
         )
     }
     fn routing_peer(self) -> bool {
         matches!(
             self,
-            Mode::RoutingPeerL3 | Mode::RoutingPeerXdp | Mode::RoutingPeerL2Tc
+            Mode::RoutingPeerL3 | Mode::PerCpuLru | Mode::RoutingPeerXdp | Mode::RoutingPeerL2Tc
         )
     }
 }
@@ -132,12 +141,15 @@ impl Scenario {
         )
     }
     /// The modes a scenario runs: the L2 rows only in the forward
-    /// direction on one CPU (they exist to compare the XDP path).
+    /// direction on one CPU (they exist to compare the XDP path), the
+    /// per-CPU LRU lists only where flows are created.
     fn modes(&self) -> Vec<Mode> {
+        let new_flows = self.flows >= NEW_FLOWS / 2;
         Mode::ALL
             .into_iter()
             .filter(|m| {
-                m.l3()
+                (*m == Mode::PerCpuLru && new_flows)
+                    || (m.l3() && *m != Mode::PerCpuLru)
                     || (self.direction == Direction::Forward && self.cpus == 1)
                     || (*m == Mode::XdpRedirect && self.direction == Direction::Forward)
             })

@@ -290,6 +290,18 @@ fn targets(results: &[Value], costs: &[Value]) -> Value {
             }
         }
     }
+    // BPF_F_NO_COMMON_LRU against the shared LRU lists, where flows are made.
+    for (cpus, flows) in [(1, NEW_FLOWS), (2, NEW_FLOWS / 2)] {
+        let shared = ratio(
+            find(Mode::RoutingPeerL3, flows, "forward", cpus),
+            "median_mpps",
+        );
+        let own = ratio(find(Mode::PerCpuLru, flows, "forward", cpus), "median_mpps");
+        v.push(json!({
+            "target": format!("new flows on {cpus} CPU(s): per-CPU LRU lists / shared lists"),
+            "measured": own / shared, "unit": "×", "met": null,
+        }));
+    }
     // Per-packet cost from the fewest to the most rules.
     if let (Some(lo), Some(hi)) = (costs.first(), costs.last()) {
         for k in ["established_ns", "denied_ns"] {
@@ -329,7 +341,7 @@ fn svg(results: &[Value]) -> String {
         .fold(0.1, f64::max);
     let (w, h, bar, gap) = (300.0 * groups.len() as f64 + 80.0, 340.0, 40.0, 20.0);
     let colors = [
-        "#2b7bb9", "#d95f02", "#999999", "#e7298a", "#66a61e", "#7570b3", "#444444",
+        "#2b7bb9", "#1b9e77", "#d95f02", "#999999", "#e7298a", "#66a61e", "#7570b3", "#444444",
     ];
     let mut s = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#

@@ -312,10 +312,20 @@ impl Bench {
     pub(super) fn measure(&self, mode: Mode, sc: &Scenario) -> Result<f64> {
         let mut daemon = None;
         match mode {
-            Mode::RoutingPeerL3 | Mode::RoutingPeerXdp | Mode::RoutingPeerL2Tc => {
+            Mode::RoutingPeerL3
+            | Mode::RoutingPeerXdp
+            | Mode::RoutingPeerL2Tc
+            | Mode::PerCpuLru => {
                 let path = self.work.path().join("rp.toml");
                 std::fs::write(&path, workloads::daemon_config(mode, sc.rules))?;
-                daemon = Some(self.start_daemon(&path, mode.l3())?);
+                // The bench build's daemon loads the comparison object.
+                let lru = "ROUTING_PEER_BENCH_PERCPU_LRU";
+                if mode == Mode::PerCpuLru {
+                    std::env::set_var(lru, "1");
+                }
+                let started = self.start_daemon(&path, mode.l3());
+                std::env::remove_var(lru);
+                daemon = Some(started?);
             }
             Mode::Nftables => {
                 let path = self.work.path().join("nft.conf");
@@ -339,7 +349,10 @@ impl Bench {
             Ok::<_, anyhow::Error>((self.sink_count()? - before, secs))
         })();
         match mode {
-            Mode::RoutingPeerL3 | Mode::RoutingPeerXdp | Mode::RoutingPeerL2Tc => {
+            Mode::RoutingPeerL3
+            | Mode::RoutingPeerXdp
+            | Mode::RoutingPeerL2Tc
+            | Mode::PerCpuLru => {
                 if let Some(d) = daemon.take() {
                     self.stop_daemon(d, mode.l3())?;
                 }

@@ -89,7 +89,7 @@ pub(super) fn daemon_config(mode: Mode, rules: usize) -> String {
     if mode != Mode::RoutingPeerXdp {
         config = config.replace("xdp_redirect_interfaces = [\"lan0\"]", "");
     }
-    if mode == Mode::RoutingPeerL3 {
+    if matches!(mode, Mode::RoutingPeerL3 | Mode::PerCpuLru) {
         config = config.replace("overlay_interface = \"ov0\"", "overlay_interface = \"ov1\"");
     }
     config
