@@ -63,8 +63,11 @@ fn same(a: &NatEndpoint, b: &NatEndpoint) -> bool {
 }
 
 /// Claims `external` for `peer` if it is free or already `peer`'s.
+/// `fwd_current`: `NAT_FWD` already maps `peer` to `external`, so it is not
+/// written again (an LRU update allocates a node and frees the old one
+/// even for the same value: a third of a reused mapping's cost).
 #[inline(always)]
-fn claim(peer: &NatEndpoint, external: &NatEndpoint) -> bool {
+fn claim(peer: &NatEndpoint, external: &NatEndpoint, fwd_current: bool) -> bool {
     if NAT_REV.insert(external, peer, BPF_NOEXIST as u64).is_err() {
         // SAFETY: copied out at once.
         match unsafe { NAT_REV.get(external) } {
@@ -72,7 +75,9 @@ fn claim(peer: &NatEndpoint, external: &NatEndpoint) -> bool {
             _ => return false,
         }
     }
-    let _ = NAT_FWD.insert(peer, external, 0);
+    if !fwd_current {
+        let _ = NAT_FWD.insert(peer, external, 0);
+    }
     true
 }
 
@@ -111,7 +116,7 @@ extern "C" fn scan_step(index: u64, _ctx: *mut c_void) -> i64 {
     }
     let offset = scan.start.wrapping_add(index as u32) % scan.span;
     scan.external.port = (scan.min + offset) as u16;
-    if not_reserved(&scan.external) && claim(&scan.peer, &scan.external) {
+    if not_reserved(&scan.external) && claim(&scan.peer, &scan.external, false) {
         scan.found = 1;
         return 1;
     }
@@ -166,7 +171,7 @@ fn allocate(cfg: &DatapathConfig) -> u32 {
         if existing.addr == scan.external.addr
             && in_range(existing.port, cfg)
             && not_reserved(&existing)
-            && claim(&scan.peer, &existing)
+            && claim(&scan.peer, &existing, true)
         {
             scan.external = existing;
             return 1;
@@ -174,7 +179,7 @@ fn allocate(cfg: &DatapathConfig) -> u32 {
     }
     if in_range(scan.peer.port, cfg)
         && not_reserved(&scan.external)
-        && claim(&scan.peer, &scan.external)
+        && claim(&scan.peer, &scan.external, false)
     {
         return 1;
     }

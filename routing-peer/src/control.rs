@@ -205,16 +205,16 @@ pub async fn serve(
     }
 }
 
-/// `observe`: the kept records since `since_unix_ms` (none without it),
-/// then every new one, as JSON lines, until the client goes.
+/// `observe`: the kept events since `since_unix_ms` (none without it),
+/// then every new one, as JSON-lines records, until the client goes.
 async fn stream_events(
     write: &mut tokio::net::unix::OwnedWriteHalf,
     hub: &crate::events::Hub,
     since_unix_ms: Option<u64>,
 ) {
     let (replay, mut live) = hub.subscribe(since_unix_ms);
-    let line = |r: &crate::events::Record| {
-        let mut l = serde_json::to_string(r).unwrap_or_default();
+    let line = |r: &crate::events::Stamped| {
+        let mut l = serde_json::to_string(&r.record()).unwrap_or_default();
         l.push('\n');
         l
     };

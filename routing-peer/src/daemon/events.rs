@@ -1,5 +1,5 @@
-//! The daemon's side of events: records named from the running
-//! configuration, handed to the hub (`observe`) and the exporters.
+//! The daemon's side of events: stamped with the running configuration's
+//! names and handed to the hub (`observe`), and named for the exporters.
 
 use std::{sync::Arc, time::SystemTime};
 
@@ -15,13 +15,13 @@ use super::Daemon;
 use crate::{
     config,
     datapath::gc,
-    events::{file::JsonLines, ipfix::Ipfix, reader, reader::Reader, Hub, Namer},
+    events::{file::JsonLines, ipfix::Ipfix, reader, reader::Reader, Hub, Namer, Stamped},
 };
 
 pub(super) struct Events {
     reader: Reader,
     pub hub: Arc<Hub>,
-    namer: Namer,
+    namer: Arc<Namer>,
     /// The names changed (a reload, resolved addresses): rebuild first.
     pub stale: bool,
     file: Option<JsonLines>,
@@ -38,7 +38,7 @@ impl Events {
         let mut events = Self {
             reader,
             hub: Arc::new(Hub::default()),
-            namer: Namer::default(),
+            namer: Arc::default(),
             stale: true,
             file: None,
             ipfix: None,
@@ -86,7 +86,7 @@ impl Daemon {
                 .iter()
                 .map(|(n, a)| (n.clone(), a.keys().copied().collect()))
                 .collect();
-            ev.namer = Namer::new(&self.config, &self.compiled.names, &resolved);
+            ev.namer = Arc::new(Namer::new(&self.config, &self.compiled.names, &resolved));
             ev.stale = false;
         }
         let (mono, wall) = (gc::monotonic_ns(), SystemTime::now());
@@ -95,18 +95,27 @@ impl Daemon {
             if e.kind == routing_peer_common::EventKind::End as u8 {
                 ev.kernel_ended.insert(reader::flow_key(e));
             }
-            let record = ev.namer.record(e, mono, wall);
-            if let Some(file) = ev.file.as_mut() {
-                let line = serde_json::to_string(&record).unwrap_or_default();
-                if let Err(err) = file.write(&line) {
-                    warn!(error = %err, "event file export");
-                    ev.hub.export_error("file");
+            let stamped = Stamped {
+                event: *e,
+                mono_now: mono,
+                wall_now: wall,
+                namer: ev.namer.clone(),
+            };
+            // Named here only for an exporter; `observe` names its own.
+            if ev.file.is_some() || ev.ipfix.is_some() {
+                let record = stamped.record();
+                if let Some(file) = ev.file.as_mut() {
+                    let line = serde_json::to_string(&record).unwrap_or_default();
+                    if let Err(err) = file.write(&line) {
+                        warn!(error = %err, "event file export");
+                        ev.hub.export_error("file");
+                    }
+                }
+                if ev.ipfix.is_some() {
+                    ipfix_batch.push(record);
                 }
             }
-            if ev.ipfix.is_some() {
-                ipfix_batch.push(record.clone());
-            }
-            ev.hub.publish(record);
+            ev.hub.publish(stamped);
         }
         if let Some(ipfix) = ev.ipfix.as_mut() {
             if let Err(err) = ipfix.send(&ipfix_batch) {

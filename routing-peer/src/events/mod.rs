@@ -8,5 +8,5 @@ pub mod ipfix;
 pub mod reader;
 pub mod record;
 
-pub use hub::{EventCounters, Hub};
+pub use hub::{EventCounters, Hub, Stamped};
 pub use record::{Namer, Record};

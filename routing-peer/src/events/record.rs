@@ -135,18 +135,9 @@ impl Namer {
 
     /// `ev` as a record; `mono_now` and `wall_now` place its monotonic time.
     pub fn record(&self, ev: &Event, mono_now: u64, wall_now: SystemTime) -> Record {
-        let wall = |mono: u64| wall_now - Duration::from_nanos(mono_now.saturating_sub(mono));
-        let ms = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0)
-        };
+        let wall = |mono: u64| wall_time(mono, mono_now, wall_now);
         let (src, dst) = (addr(ev.family, ev.src), addr(ev.family, ev.dst));
-        let kind = match ev.kind {
-            k if k == EventKind::Start as u8 => "start",
-            k if k == EventKind::End as u8 => "end",
-            _ => "drop",
-        };
+        let kind = kind_name(ev.kind);
         let is_drop = kind == "drop";
         let is_end = kind == "end";
         let (peer, resource) = if is_drop && ev.hook == EVENT_FROM_LAN {
@@ -198,14 +189,34 @@ impl Namer {
             bytes_in: is_end.then_some(ev.reply.bytes),
             duration_ms: is_end.then(|| ev.time_ns.saturating_sub(ev.first_seen_ns) / 1_000_000),
             start_unix_ms: if is_drop {
-                ms(at)
+                unix_ms(at)
             } else {
-                ms(wall(ev.first_seen_ns))
+                unix_ms(wall(ev.first_seen_ns))
             },
-            time_unix_ms: ms(at),
+            time_unix_ms: unix_ms(at),
             reason_code: ev.reason,
         }
     }
+}
+
+/// The record type of an event kind: `start`, `end` or `drop`.
+pub fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        k if k == EventKind::Start as u8 => "start",
+        k if k == EventKind::End as u8 => "end",
+        _ => "drop",
+    }
+}
+
+/// The wall-clock time of monotonic `mono`, given both clocks now.
+pub fn wall_time(mono: u64, mono_now: u64, wall_now: SystemTime) -> SystemTime {
+    wall_now - Duration::from_nanos(mono_now.saturating_sub(mono))
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// An event's address (its `family` tag, 4 or 6).

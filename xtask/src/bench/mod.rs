@@ -193,9 +193,11 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
         .into_iter()
         .map(|flows| bench.event_cost(&Scenario::forward(flows, 1000, 64), repeats))
         .collect::<Result<Vec<_>>>()?;
-    step("profile: an established flow on the TC path of the L3 overlay (perf, cpu-clock)");
-    let profile = bench.profile_l3(1000)?;
+    step("profile: the TC path of the L3 overlay (perf, cpu-clock): an established flow; new flows on two CPUs");
+    let profile = bench.profile_l3(&Scenario::forward(1, 1000, 64))?;
     eprintln!("  {profile}");
+    let profile_new = bench.profile_l3(&NEW_FLOWS_TWO_CPUS)?;
+    eprintln!("  {profile_new}");
     step("a 100k-rule reload while traffic flows");
     let reload = bench.reload_under_load(100_000)?;
     eprintln!("  {reload}");
@@ -208,6 +210,7 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
         goodput,
         reload,
         profile,
+        profile_new,
         events,
     };
     bench.report(&measured, quick, started.elapsed().as_secs_f64())
@@ -313,7 +316,7 @@ fn cost_once(bin_dir: &std::path::Path, rules: usize) -> Result<Value> {
 }
 
 /// `--only`: the matching scenarios, three repeats, printed (`profile`:
-/// the TC-path profile; `cost`: the per-packet cost).
+/// the TC-path profiles; `cost`: the per-packet cost).
 fn run_only(bin_dir: &std::path::Path, quick: bool, only: &str) -> Result<()> {
     if only == "cost" {
         for c in per_packet_costs(bin_dir, &[10, 100_000])? {
@@ -323,7 +326,8 @@ fn run_only(bin_dir: &std::path::Path, quick: bool, only: &str) -> Result<()> {
     }
     let bench = Bench::new(bin_dir.to_path_buf(), 1.3)?;
     if only == "profile" {
-        println!("{}", bench.profile_l3(1000)?);
+        println!("{}", bench.profile_l3(&Scenario::forward(1, 1000, 64))?);
+        println!("{}", bench.profile_l3(&NEW_FLOWS_TWO_CPUS)?);
         return Ok(());
     }
     if only == "events" {
@@ -377,12 +381,15 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
         direction: Direction::Reply,
         ..f(1, 1000, 64)
     });
-    v.push(Scenario {
-        cpus: 2,
-        ..f(NEW_FLOWS / 2, 1000, 64)
-    });
+    v.push(NEW_FLOWS_TWO_CPUS);
     v
 }
+
+/// New flows from two generators on two CPUs, half the flows each.
+const NEW_FLOWS_TWO_CPUS: Scenario = Scenario {
+    cpus: 2,
+    ..Scenario::forward(NEW_FLOWS / 2, 1000, 64)
+};
 
 pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();

@@ -1,8 +1,8 @@
-//! Where an established packet's time goes on the TC path of the L3
-//! overlay: `perf record -e cpu-clock` on the generator's CPU while the
-//! TUN writer sends one flow through the daemon, then the samples inside
-//! the overlay program by leaf symbol (the program's own code, the FIB,
-//! map lookups, checksum helpers …).
+//! Where a packet's time goes on the TC path of the L3 overlay:
+//! `perf record -e cpu-clock` on the generators' CPUs while the TUN writer
+//! sends a scenario's flows through the daemon, then the samples by
+//! process and, inside the overlay program, by leaf symbol (the program's
+//! own code, the FIB, map lookups, checksum helpers …).
 
 use std::collections::BTreeMap;
 
@@ -13,19 +13,21 @@ use super::{rig::Bench, Mode, Scenario};
 use crate::util::output;
 
 impl Bench {
-    pub(super) fn profile_l3(&self, rules: usize) -> Result<Value> {
+    /// The profile of `sc` (forward, L3) with the daemon at `rules` rules.
+    pub(super) fn profile_l3(&self, sc: &Scenario) -> Result<Value> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("perf.data");
         let path = self.work.path().join("rp-profile.toml");
-        let config = super::workloads::daemon_config(Mode::RoutingPeerL3, rules);
+        let config = super::workloads::daemon_config(Mode::RoutingPeerL3, sc.rules);
         std::fs::write(&path, config)?;
         let daemon = self.start_daemon(&path, true)?;
-        let sc = Scenario::forward(1, rules, 64);
+        // The generators' CPUs (see `generators`): 1, then 0.
+        let cpus = if sc.cpus > 1 { "0,1" } else { "1" };
         let result = (|| -> Result<String> {
-            let mut gen = self.generators(Mode::RoutingPeerL3, &sc, 3.0);
+            let mut gen = self.generators(Mode::RoutingPeerL3, sc, 3.0);
             let gen = gen.pop().context("a generator")?;
             let mut perf = std::process::Command::new("perf");
-            perf.args(["record", "-q", "-e", "cpu-clock", "-C", "1", "-g", "-o"])
+            perf.args(["record", "-q", "-e", "cpu-clock", "-C", cpus, "-g", "-o"])
                 .arg(&data)
                 .arg("--")
                 .arg(gen.get_program())
@@ -34,23 +36,36 @@ impl Bench {
             output(&mut perf).context("perf record (cargo xtask setup installs linux-perf)")?;
             output(
                 std::process::Command::new("perf")
-                    .args(["script", "-F", "ip,sym", "-i"])
+                    .args(["script", "-F", "comm,ip,sym", "-i"])
                     .arg(&data),
             )
         })();
         self.stop_daemon(daemon, true)?;
-        Ok(summarise(&result?))
+        let mut v = summarise(&result?);
+        v["scenario"] = sc.label().into();
+        Ok(v)
     }
 }
 
-/// Samples by leaf symbol, all of them and those under the overlay program.
+/// Samples by process, by leaf symbol, and those under the overlay
+/// program by leaf symbol.
 fn summarise(script: &str) -> Value {
     let mut total = 0u64;
     let mut in_program: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_comm: BTreeMap<String, u64> = BTreeMap::new();
+    let mut leaves: BTreeMap<String, u64> = BTreeMap::new();
     for stack in script.split("\n\n") {
-        let mut frames = stack.lines().filter_map(|l| l.split_whitespace().nth(1));
-        let Some(leaf) = frames.next() else { continue };
+        let mut lines = stack.lines().filter(|l| !l.trim().is_empty());
+        // The process on the first line, then `ip sym` frames, leaf first.
+        let Some(comm) = lines.next().map(str::trim) else {
+            continue;
+        };
+        let Some(leaf) = lines.next().and_then(|l| l.split_whitespace().nth(1)) else {
+            continue;
+        };
         total += 1;
+        *by_comm.entry(comm.to_string()).or_default() += 1;
+        *leaves.entry(leaf.to_string()).or_default() += 1;
         if stack.contains("rp_overlay_l3") {
             // JIT names carry a tag: bpf_prog_<tag>_<name>.
             let name = match leaf.strip_prefix("bpf_prog_") {
@@ -61,12 +76,20 @@ fn summarise(script: &str) -> Value {
         }
     }
     let program: u64 = in_program.values().sum();
-    let mut top: Vec<(String, u64)> = in_program.into_iter().collect();
-    top.sort_by_key(|t| std::cmp::Reverse(t.1));
     let pct = |n: u64, of: u64| 100.0 * n as f64 / of.max(1) as f64;
+    let top = |m: BTreeMap<String, u64>, n: usize, of: u64| -> Vec<Value> {
+        let mut v: Vec<(String, u64)> = m.into_iter().collect();
+        v.sort_by_key(|t| std::cmp::Reverse(t.1));
+        v.into_iter()
+            .take(n)
+            .map(|(s, c)| json!({"symbol": s, "percent": pct(c, of)}))
+            .collect()
+    };
     json!({
         "samples": total,
         "program_percent_of_cpu": pct(program, total),
-        "inside_program": top.iter().take(14).map(|(s, n)| json!({"symbol": s, "percent": pct(*n, program)})).collect::<Vec<_>>(),
+        "inside_program": top(in_program, 14, program),
+        "by_process": top(by_comm, 6, total),
+        "top_symbols": top(leaves, 12, total),
     })
 }

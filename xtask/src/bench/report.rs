@@ -15,6 +15,8 @@ pub(super) struct Measured {
     pub goodput: Value,
     pub reload: Value,
     pub profile: Value,
+    /// New flows on two CPUs, profiled the same way.
+    pub profile_new: Value,
     /// A denied flood with and without an `observe` client.
     pub events: Vec<Value>,
 }
@@ -44,7 +46,7 @@ impl Bench {
             "versions": { "routing-peer": env!("CARGO_PKG_VERSION"), "aya": "0.14.0", "nftables": nft },
             "seconds_per_sample": self.seconds, "elapsed_seconds": elapsed,
             "per_packet_cost": costs, "throughput": results, "goodput": goodput, "reload_under_load": reload,
-            "tc_profile": profile, "targets": targets(results, costs), "events": m.events,
+            "tc_profile": profile, "tc_profile_new_flows": m.profile_new, "targets": targets(results, costs), "events": m.events,
         });
         let dir = util::workspace_root().join("bench-results");
         std::fs::create_dir_all(&dir)?;
