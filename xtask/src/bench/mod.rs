@@ -193,11 +193,11 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
         .into_iter()
         .map(|flows| bench.event_cost(&Scenario::forward(flows, 1000, 64), repeats))
         .collect::<Result<Vec<_>>>()?;
-    step("profile: the TC path of the L3 overlay (perf, cpu-clock): an established flow; new flows on two CPUs");
-    let profile = bench.profile_l3(&Scenario::forward(1, 1000, 64))?;
-    eprintln!("  {profile}");
-    let profile_new = bench.profile_l3(&NEW_FLOWS_TWO_CPUS)?;
-    eprintln!("  {profile_new}");
+    step("profiles of the TC path, L3 overlay (perf, cpu-clock): established, replies, new flows on one and two CPUs");
+    let profiles = profiled()
+        .iter()
+        .map(|sc| bench.profile_l3(sc))
+        .collect::<Result<Vec<_>>>()?;
     step("a 100k-rule reload while traffic flows");
     let reload = bench.reload_under_load(100_000)?;
     eprintln!("  {reload}");
@@ -209,8 +209,7 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
         results,
         goodput,
         reload,
-        profile,
-        profile_new,
+        profiles,
         events,
     };
     bench.report(&measured, quick, started.elapsed().as_secs_f64())
@@ -326,8 +325,9 @@ fn run_only(bin_dir: &std::path::Path, quick: bool, only: &str) -> Result<()> {
     }
     let bench = Bench::new(bin_dir.to_path_buf(), 1.3)?;
     if only == "profile" {
-        println!("{}", bench.profile_l3(&Scenario::forward(1, 1000, 64))?);
-        println!("{}", bench.profile_l3(&NEW_FLOWS_TWO_CPUS)?);
+        for sc in profiled() {
+            println!("{}", bench.profile_l3(&sc)?);
+        }
         return Ok(());
     }
     if only == "events" {
@@ -383,6 +383,21 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
     });
     v.push(NEW_FLOWS_TWO_CPUS);
     v
+}
+
+/// The scenarios profiled: one established flow each way, new flows on
+/// one CPU and on two.
+fn profiled() -> [Scenario; 4] {
+    let f = Scenario::forward;
+    [
+        f(1, 1000, 64),
+        Scenario {
+            direction: Direction::Reply,
+            ..f(1, 1000, 64)
+        },
+        f(NEW_FLOWS, 1000, 64),
+        NEW_FLOWS_TWO_CPUS,
+    ]
 }
 
 /// New flows from two generators on two CPUs, half the flows each.

@@ -1,7 +1,8 @@
 //! Where a packet's time goes on the TC path of the L3 overlay:
 //! `perf record -e cpu-clock` on the generators' CPUs while the TUN writer
-//! sends a scenario's flows through the daemon, then the samples by
-//! process and, inside the overlay program, by leaf symbol (the program's
+//! or the LAN's reply generator sends a scenario's flows through the
+//! daemon, then the samples by process and, inside the overlay (or LAN)
+//! program, by leaf symbol (the program's
 //! own code, the FIB, map lookups, checksum helpers …).
 
 use std::collections::BTreeMap;
@@ -9,11 +10,12 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use super::{rig::Bench, Mode, Scenario};
+use super::{rig::Bench, Direction, Mode, Scenario};
 use crate::util::output;
 
 impl Bench {
-    /// The profile of `sc` (forward, L3) with the daemon at `rules` rules.
+    /// The profile of `sc` (L3, one direction) with the daemon at its rules:
+    /// the samples under the overlay program (forward) or the LAN's (replies).
     pub(super) fn profile_l3(&self, sc: &Scenario) -> Result<Value> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("perf.data");
@@ -24,6 +26,16 @@ impl Bench {
         // The generators' CPUs (see `generators`): 1, then 0.
         let cpus = if sc.cpus > 1 { "0,1" } else { "1" };
         let result = (|| -> Result<String> {
+            if sc.direction == Direction::Reply {
+                // The replies' flows: opened by the forward direction first.
+                let warm = Scenario {
+                    direction: Direction::Forward,
+                    ..*sc
+                };
+                for mut cmd in self.generators(Mode::RoutingPeerL3, &warm, 0.2) {
+                    output(&mut cmd)?;
+                }
+            }
             let mut gen = self.generators(Mode::RoutingPeerL3, sc, 3.0);
             let gen = gen.pop().context("a generator")?;
             let mut perf = std::process::Command::new("perf");
@@ -41,7 +53,11 @@ impl Bench {
             )
         })();
         self.stop_daemon(daemon, true)?;
-        let mut v = summarise(&result?);
+        let program = match sc.direction {
+            Direction::Reply => "rp_lan_tc",
+            _ => "rp_overlay_l3",
+        };
+        let mut v = summarise(&result?, program);
         v["scenario"] = sc.label().into();
         Ok(v)
     }
@@ -49,7 +65,7 @@ impl Bench {
 
 /// Samples by process, by leaf symbol, and those under the overlay
 /// program by leaf symbol.
-fn summarise(script: &str) -> Value {
+fn summarise(script: &str, program_name: &str) -> Value {
     let mut total = 0u64;
     let mut in_program: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_comm: BTreeMap<String, u64> = BTreeMap::new();
@@ -66,7 +82,7 @@ fn summarise(script: &str) -> Value {
         total += 1;
         *by_comm.entry(comm.to_string()).or_default() += 1;
         *leaves.entry(leaf.to_string()).or_default() += 1;
-        if stack.contains("rp_overlay_l3") {
+        if stack.contains(program_name) {
             // JIT names carry a tag: bpf_prog_<tag>_<name>.
             let name = match leaf.strip_prefix("bpf_prog_") {
                 Some(rest) => format!("BPF {}", rest.split_once('_').map_or(rest, |(_, n)| n)),

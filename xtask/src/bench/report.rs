@@ -14,9 +14,9 @@ pub(super) struct Measured {
     pub results: Vec<Value>,
     pub goodput: Value,
     pub reload: Value,
-    pub profile: Value,
-    /// New flows on two CPUs, profiled the same way.
-    pub profile_new: Value,
+    /// Where the time goes (`profiled()`): by process, by symbol, and
+    /// inside the program.
+    pub profiles: Vec<Value>,
     /// A denied flood with and without an `observe` client.
     pub events: Vec<Value>,
 }
@@ -24,7 +24,7 @@ pub(super) struct Measured {
 impl Bench {
     pub(super) fn report(&self, m: &Measured, quick: bool, elapsed: f64) -> Result<()> {
         let (costs, results) = (&m.costs, &m.results);
-        let (goodput, reload, profile) = (&m.goodput, &m.reload, &m.profile);
+        let (goodput, reload) = (&m.goodput, &m.reload);
         let date = output(Command::new("date").args(["-u", "+%Y-%m-%dT%H%M%SZ"]))?
             .trim()
             .to_string();
@@ -46,7 +46,7 @@ impl Bench {
             "versions": { "routing-peer": env!("CARGO_PKG_VERSION"), "aya": "0.14.0", "nftables": nft },
             "seconds_per_sample": self.seconds, "elapsed_seconds": elapsed,
             "per_packet_cost": costs, "throughput": results, "goodput": goodput, "reload_under_load": reload,
-            "tc_profile": profile, "tc_profile_new_flows": m.profile_new, "targets": targets(results, costs), "events": m.events,
+            "tc_profiles": m.profiles, "targets": targets(results, costs), "events": m.events,
         });
         let dir = util::workspace_root().join("bench-results");
         std::fs::create_dir_all(&dir)?;
@@ -133,19 +133,32 @@ fn markdown(doc: &Value) -> String {
             if e["target_met"] == true { "yes" } else { "no" }
         );
     }
-    let p = &doc["tc_profile"];
-    s += &format!(
-        "\nWhere an established packet's time goes on the TC path of the L3 overlay (`perf record -e cpu-clock` on the generator's CPU, {} samples): the overlay program and its helpers take {:.1}% of the CPU, the rest is the TUN write, the LAN veth and the sink. Inside the program: {}.\n",
-        p["samples"],
-        p["program_percent_of_cpu"].as_f64().unwrap_or(0.0),
-        p["inside_program"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|t| format!("{} {:.1}%", t["symbol"].as_str().unwrap_or("?"), t["percent"].as_f64().unwrap_or(0.0)))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
+    s += "\nWhere the time goes on the TC path of the L3 overlay (`perf record -e cpu-clock -g` on the generators' CPUs, 3 s each). The program's share is of all samples, the TUN write, the veths and the sinks being the rest; inside it, by leaf symbol:\n\n| scenario | samples | program and helpers | by process | inside the program |\n|---|---:|---:|---|---|\n";
+    for p in doc["tc_profiles"].as_array().into_iter().flatten() {
+        let list = |k: &str, n: usize| {
+            p[k].as_array()
+                .into_iter()
+                .flatten()
+                .take(n)
+                .map(|t| {
+                    format!(
+                        "{} {:.1}%",
+                        t["symbol"].as_str().unwrap_or("?"),
+                        t["percent"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        s += &format!(
+            "| {} | {} | {:.1}% | {} | {} |\n",
+            p["scenario"].as_str().unwrap_or(""),
+            p["samples"],
+            p["program_percent_of_cpu"].as_f64().unwrap_or(0.0),
+            list("by_process", 3),
+            list("inside_program", 10),
+        );
+    }
     let r = &doc["reload_under_load"];
     s += &format!(
         "\nA reload of {} rules while 64-byte traffic flows: applied in {} (SIGHUP to the new generation the daemon reports: read and validate the file, compile, write both slots); the slowest 50-ms window of forwarding during it ran at {:.3} Mpps against a median of {:.3} Mpps before.\n",

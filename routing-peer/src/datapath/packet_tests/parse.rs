@@ -95,8 +95,9 @@ fn ipv6_extension_headers_are_walked() {
     });
 }
 
-/// Every program in the objects (the benchmark's with feature `bench`,
-/// as `cargo xtask test` builds) passes the verifier: a program no test
+/// Every program in the objects (the benchmark's and the per-CPU LRU
+/// comparison with feature `bench`, as `cargo xtask test` builds) passes
+/// the verifier: a program no test
 /// loads could otherwise break unseen.
 #[test]
 #[ignore = "needs root and network namespaces: cargo xtask test runs it"]
@@ -111,9 +112,13 @@ fn every_program_in_the_object_passes_the_verifier() {
                 .expect("load the benchmark's object");
             assert_eq!(
                 load_all(bench),
-                11,
-                "the data path's and the benchmark's five"
+                13,
+                "the data path's and the benchmark's seven"
             );
+            let lru = aya::EbpfLoader::new()
+                .load(datapath::PERCPU_LRU_OBJECT)
+                .expect("load the per-CPU LRU comparison object");
+            assert_eq!(load_all(lru), 6, "the per-CPU LRU object's");
         }
     });
 }
