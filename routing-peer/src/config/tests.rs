@@ -271,6 +271,24 @@ fn fragment_settings_are_bounded() {
     assert_eq!(loaded.config.fragments.max_datagrams, 100_000);
 }
 
+#[test]
+fn event_export_rotation_is_bounded() {
+    let text =
+        example() + "\n[events]\nfile = \"/tmp/x.jsonl\"\nfile_max_bytes = 0\nfile_keep = 0\n";
+    let fields: Vec<String> = problems(&text).into_iter().map(|p| p.field).collect();
+    assert!(
+        fields.contains(&"events.file_max_bytes".to_string()),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"events.file_keep".to_string()),
+        "{fields:?}"
+    );
+    let ok = example() + "\n[events]\nfile_max_bytes = 1048576\nfile_keep = 10\n";
+    let loaded = parse(Path::new("rp.toml"), &ok).unwrap();
+    assert_eq!(loaded.config.events.file_keep, 10);
+}
+
 /// The gateway's own settings beside `[netbird]`.
 fn netbird_file(token: &Path, extra: &str) -> String {
     format!(

@@ -54,6 +54,7 @@ pub fn validate(config: &Config) -> (Vec<Problem>, Vec<Problem>) {
         warnings: Vec::new(),
     };
     routing_peer(&mut r, config);
+    events(&mut r, config);
     netbird(&mut r, config);
     peers(&mut r, config);
     let resources = networks(&mut r, config);
@@ -131,6 +132,29 @@ fn routing_peer(r: &mut Report, config: &Config) {
                 "SNAT ports below 1024 collide with services; start at 1024 or above",
             );
         }
+    }
+}
+
+/// `[events]`: an export file's rotation.
+fn events(r: &mut Report, config: &Config) {
+    let ev = &config.events;
+    if ev.file_max_bytes < 64 << 10 {
+        r.error(
+            "events.file_max_bytes",
+            format!(
+                "{} bytes would rotate every few events; use at least 65536 (64 MiB by default)",
+                ev.file_max_bytes
+            ),
+        );
+    }
+    if !(1..=1000).contains(&ev.file_keep) {
+        r.error(
+            "events.file_keep",
+            format!(
+                "{} is out of range; keep 1 to 1000 rotated files (5 by default)",
+                ev.file_keep
+            ),
+        );
     }
 }
 

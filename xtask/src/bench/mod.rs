@@ -148,8 +148,10 @@ impl Scenario {
         Mode::ALL
             .into_iter()
             .filter(|m| {
-                (*m == Mode::PerCpuLru && new_flows)
-                    || (m.l3() && *m != Mode::PerCpuLru)
+                if *m == Mode::PerCpuLru {
+                    return new_flows;
+                }
+                m.l3()
                     || (self.direction == Direction::Forward && self.cpus == 1)
                     || (*m == Mode::XdpRedirect && self.direction == Direction::Forward)
             })
@@ -416,4 +418,44 @@ fn min(v: &[f64]) -> f64 {
 }
 fn max(v: &[f64]) -> f64 {
     v.iter().copied().fold(0.0, f64::max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each scenario runs the modes it is for: the per-CPU LRU comparison
+    /// only where flows are made, the L2 rows only forward on one CPU,
+    /// the L3 references and the TC bound everywhere.
+    #[test]
+    fn scenarios_run_the_modes_they_compare() {
+        for sc in scenarios(false) {
+            let modes = sc.modes();
+            let new_flows = sc.flows >= NEW_FLOWS / 2;
+            assert_eq!(
+                modes.contains(&Mode::PerCpuLru),
+                new_flows,
+                "{}",
+                sc.label()
+            );
+            for m in [
+                Mode::RoutingPeerL3,
+                Mode::Nftables,
+                Mode::KernelForward,
+                Mode::TcRedirect,
+            ] {
+                assert!(modes.contains(&m), "{}: {m:?}", sc.label());
+            }
+            let l2_rows = sc.direction == Direction::Forward && sc.cpus == 1;
+            assert_eq!(
+                modes.contains(&Mode::RoutingPeerXdp),
+                l2_rows,
+                "{}",
+                sc.label()
+            );
+        }
+        assert!(scenarios(true)
+            .iter()
+            .any(|s| s.label() == "1280000 flows, 1000 rules, 64 B, forward, 2 CPUs"));
+    }
 }
