@@ -72,7 +72,7 @@ impl Daemon {
                     }
                     self.refresh_peers();
                     self.expire_resolved();
-                    // The kernel wakes this loop only past 64 KiB of
+                    // The kernel wakes this loop once per 64 KiB of
                     // events: the rest are read here, once a second.
                     let events = crate::events::reader::Reader::drain(ring.get_mut());
                     self.publish_events(events);

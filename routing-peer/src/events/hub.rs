@@ -151,7 +151,7 @@ mod tests {
     fn events_replay_since_a_time_named_as_records() {
         let hub = Hub::default();
         let namer = Arc::new(Namer::default());
-        // 10 s before "now" down to 1 ms after it: 9 s, 9.5 s, … in ms.
+        // 1 s, 0.5 s and 0.1 s before the stamps' "now".
         hub.publish(stamped(EventKind::Start, 9_000_000_000, &namer));
         hub.publish(stamped(EventKind::Drop, 9_500_000_000, &namer));
         hub.publish(stamped(EventKind::End, 9_900_000_000, &namer));

@@ -30,6 +30,12 @@ use crate::util::{self, output, step};
 /// generator takes half (`NEW_FLOWS / 2`), so that no flow is sent twice.
 const NEW_FLOWS: u32 = 2_560_000;
 
+/// Whether a generator sending `flows` flows opens a new one with every
+/// packet (one of `NEW_FLOWS`, or of its half on two CPUs).
+fn every_packet_new(flows: u64) -> bool {
+    flows >= u64::from(NEW_FLOWS / 2)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
     /// The deployment: an L3 overlay (as `wg0`), the TC programs.
@@ -144,7 +150,7 @@ impl Scenario {
     /// direction on one CPU (they exist to compare the XDP path), the
     /// per-CPU LRU lists only where flows are created.
     fn modes(&self) -> Vec<Mode> {
-        let new_flows = self.flows >= NEW_FLOWS / 2;
+        let new_flows = every_packet_new(self.flows.into());
         Mode::ALL
             .into_iter()
             .filter(|m| {
@@ -431,7 +437,7 @@ mod tests {
     fn scenarios_run_the_modes_they_compare() {
         for sc in scenarios(false) {
             let modes = sc.modes();
-            let new_flows = sc.flows >= NEW_FLOWS / 2;
+            let new_flows = every_packet_new(sc.flows.into());
             assert_eq!(
                 modes.contains(&Mode::PerCpuLru),
                 new_flows,

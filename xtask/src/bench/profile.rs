@@ -26,16 +26,7 @@ impl Bench {
         // The generators' CPUs (see `generators`): 1, then 0.
         let cpus = if sc.cpus > 1 { "0,1" } else { "1" };
         let result = (|| -> Result<String> {
-            if sc.direction == Direction::Reply {
-                // The replies' flows: opened by the forward direction first.
-                let warm = Scenario {
-                    direction: Direction::Forward,
-                    ..*sc
-                };
-                for mut cmd in self.generators(Mode::RoutingPeerL3, &warm, 0.2) {
-                    output(&mut cmd)?;
-                }
-            }
+            self.open_reply_flows(Mode::RoutingPeerL3, sc)?;
             let mut gen = self.generators(Mode::RoutingPeerL3, sc, 3.0);
             let gen = gen.pop().context("a generator")?;
             let mut perf = std::process::Command::new("perf");

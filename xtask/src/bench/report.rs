@@ -77,7 +77,7 @@ fn markdown(doc: &Value) -> String {
     );
     s += "| direction | CPUs | flows | rules | frame | mode | Mpps | vs nftables | vs kernel | vs TC bound | vs XDP bound |\n|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|\n";
     for r in doc["throughput"].as_array().into_iter().flatten() {
-        let flows = if r["flows"].as_u64() >= Some(u64::from(NEW_FLOWS / 2)) {
+        let flows = if r["flows"].as_u64().is_some_and(super::every_packet_new) {
             "every packet new".to_string()
         } else {
             r["flows"].to_string()
@@ -291,7 +291,7 @@ fn targets(results: &[Value], costs: &[Value]) -> Value {
             let one = ratio(find(mode, flows, "forward", 1), "median_mpps");
             // Two generators split the new flows between them.
             let each = if flows == NEW_FLOWS {
-                NEW_FLOWS / 2
+                super::NEW_FLOWS_TWO_CPUS.flows
             } else {
                 flows
             };
@@ -306,7 +306,7 @@ fn targets(results: &[Value], costs: &[Value]) -> Value {
         }
     }
     // BPF_F_NO_COMMON_LRU against the shared LRU lists, where flows are made.
-    for (cpus, flows) in [(1, NEW_FLOWS), (2, NEW_FLOWS / 2)] {
+    for (cpus, flows) in [(1, NEW_FLOWS), (2, super::NEW_FLOWS_TWO_CPUS.flows)] {
         let shared = ratio(
             find(Mode::RoutingPeerL3, flows, "forward", cpus),
             "median_mpps",

@@ -109,30 +109,26 @@ impl Bench {
     }
 
     pub(super) fn attach(&self, ns: &Netns, iface: &str, program: &str, pin: &str) -> Result<()> {
-        run_cmd(self.rp_bench(ns).args([
-            "attach",
-            "--iface",
-            iface,
-            "--program",
-            program,
-            "--pin",
-            &*self.pins.join(pin).to_string_lossy(),
-        ]))
+        self.attach_at(ns, iface, program, pin, false)
     }
 
-    /// A bench TC program at `iface`'s ingress.
-    fn attach_ingress(&self, ns: &Netns, iface: &str, program: &str, pin: &str) -> Result<()> {
+    /// A bench program on `iface` pinned under `pin`; a TC one at ingress
+    /// when `ingress`, else at egress.
+    fn attach_at(
+        &self,
+        ns: &Netns,
+        iface: &str,
+        program: &str,
+        pin: &str,
+        ingress: bool,
+    ) -> Result<()> {
         let mut cmd = self.rp_bench(ns);
-        cmd.args([
-            "attach",
-            "--ingress",
-            "--iface",
-            iface,
-            "--program",
-            program,
-        ])
-        .arg("--pin")
-        .arg(self.pins.join(pin));
+        cmd.args(["attach", "--iface", iface, "--program", program])
+            .arg("--pin")
+            .arg(self.pins.join(pin));
+        if ingress {
+            cmd.arg("--ingress");
+        }
         run_cmd(&mut cmd)
     }
 
@@ -244,18 +240,24 @@ impl Bench {
         }
     }
 
+    /// Replies answer flows: the forward direction opens them first.
+    pub(super) fn open_reply_flows(&self, mode: Mode, sc: &Scenario) -> Result<()> {
+        if sc.direction == Direction::Forward {
+            return Ok(());
+        }
+        let warm = Scenario {
+            direction: Direction::Forward,
+            ..*sc
+        };
+        for mut cmd in self.generators(mode, &warm, 0.2) {
+            output(&mut cmd)?;
+        }
+        Ok(())
+    }
+
     /// Runs the generators side by side; the longest one's seconds.
     pub(super) fn generate(&self, mode: Mode, sc: &Scenario) -> Result<f64> {
-        if sc.direction != Direction::Forward {
-            // The replies' flows: opened by the forward direction first.
-            let warm = Scenario {
-                direction: Direction::Forward,
-                ..*sc
-            };
-            for mut cmd in self.generators(mode, &warm, 0.2) {
-                output(&mut cmd)?;
-            }
-        }
+        self.open_reply_flows(mode, sc)?;
         let children = self
             .generators(mode, sc, self.seconds)
             .into_iter()
@@ -335,7 +337,7 @@ impl Bench {
             Mode::KernelForward => {}
             Mode::TcRedirect => {
                 for (iface, program, pin) in Self::tc_bound_pins(sc) {
-                    self.attach_ingress(&self.dut, iface, program, pin)?;
+                    self.attach_at(&self.dut, iface, program, pin, true)?;
                 }
             }
             Mode::XdpRedirect => {
